@@ -1,0 +1,164 @@
+"""Every setting Kestrel reads from the environment, typed and validated in one place.
+
+A bad value raises `SettingsError` naming the variable. The README's configuration
+table lists the same names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlparse
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message starts with the variable's name."""
+
+
+def _read(env: Mapping[str, str], key: str, default: str) -> str:
+    value = env.get(key, "").strip()
+    return value or default
+
+
+def _parse(env: Mapping[str, str], key: str, default: str, parse: Callable[[str], T]) -> T:
+    raw = _read(env, key, default)
+    try:
+        return parse(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{key}: {exc} (got {raw!r})") from None
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 1 <= port <= 65535:
+        raise ValueError("must be a TCP port between 1 and 65535")
+    return port
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _redis_url(raw: str) -> str:
+    scheme = urlparse(raw).scheme
+    if scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parsed = urlparse(raw)
+    if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _loopback(raw: str) -> str:
+    if raw not in {"127.0.0.1", "localhost", "::1"}:
+        raise ValueError("local servers bind to loopback only (127.0.0.1, localhost or ::1)")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a Kestrel function needs at run time, locally and on AWS."""
+
+    region: str
+    aws_endpoint_url: str | None
+    redis_url: str
+    stage: str
+    transactions_stream: str
+    labels_stream: str
+    decisions_stream: str
+    poison_dlq_url: str
+    event_log_bucket: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the function settings from `env` (default: the process environment)."""
+        env = os.environ if env is None else env
+        endpoint = _read(env, "AWS_ENDPOINT_URL", "")
+        return cls(
+            region=_read(env, "AWS_REGION", _read(env, "AWS_DEFAULT_REGION", "us-east-1")),
+            aws_endpoint_url=_parse(env, "AWS_ENDPOINT_URL", endpoint, _http_url)
+            if endpoint
+            else None,
+            redis_url=_parse(env, "REDIS_URL", "redis://127.0.0.1:6399/0", _redis_url),
+            stage=_read(env, "KESTREL_STAGE", "local"),
+            transactions_stream=_read(env, "TRANSACTIONS_STREAM", "kestrel-transactions"),
+            labels_stream=_read(env, "LABELS_STREAM", "kestrel-labels"),
+            decisions_stream=_read(env, "DECISIONS_STREAM", "kestrel-decisions"),
+            poison_dlq_url=_read(env, "POISON_DLQ_URL", ""),
+            event_log_bucket=_read(env, "EVENT_LOG_BUCKET", ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSettings:
+    """What the local stack (emulator, redis-server, local Lambda runtime) needs on a laptop."""
+
+    run_dir: str
+    emulator_host: str
+    emulator_port: int
+    redis_port: int
+    stack_name: str
+    aws_endpoint_url: str | None
+    redis_url: str | None
+    max_concurrency: int
+    retry_backoff_s: float
+    poll_interval_s: float
+
+    @property
+    def endpoint(self) -> str:
+        """The AWS endpoint the local tools talk to: the user's, or the embedded emulator's."""
+        return self.aws_endpoint_url or f"http://{self.emulator_host}:{self.emulator_port}"
+
+    @property
+    def redis(self) -> str:
+        """The Redis URL the local tools use: the user's, or the embedded redis-server's."""
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def embedded_emulator(self) -> bool:
+        """True when no external endpoint is configured, so `up` starts the moto server."""
+        return self.aws_endpoint_url is None
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when no external Redis is configured, so `up` starts redis-server."""
+        return self.redis_url is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LocalSettings:
+        """Read and validate the local-stack settings from `env` (default: the process environment)."""
+        env = os.environ if env is None else env
+        endpoint = _read(env, "AWS_ENDPOINT_URL", "")
+        redis_url = _read(env, "REDIS_URL", "")
+        return cls(
+            run_dir=os.path.abspath(_read(env, "KESTREL_RUN_DIR", ".run")),
+            emulator_host=_parse(env, "KESTREL_EMULATOR_HOST", "127.0.0.1", _loopback),
+            emulator_port=_parse(env, "KESTREL_EMULATOR_PORT", "5050", _port),
+            redis_port=_parse(env, "KESTREL_REDIS_PORT", "6399", _port),
+            stack_name=_read(env, "KESTREL_STACK_NAME", "kestrel"),
+            aws_endpoint_url=_parse(env, "AWS_ENDPOINT_URL", endpoint, _http_url)
+            if endpoint
+            else None,
+            redis_url=_parse(env, "REDIS_URL", redis_url, _redis_url) if redis_url else None,
+            max_concurrency=_parse(env, "KESTREL_MAX_CONCURRENCY", "4", _positive_int),
+            retry_backoff_s=_parse(env, "KESTREL_RETRY_BACKOFF_S", "0.2", _non_negative_float),
+            poll_interval_s=_parse(env, "KESTREL_POLL_INTERVAL_S", "0.05", _non_negative_float),
+        )

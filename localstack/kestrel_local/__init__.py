@@ -1,0 +1,1 @@
+"""Kestrel's local serverless platform: embedded AWS emulator, provisioning and a local Lambda runtime."""
