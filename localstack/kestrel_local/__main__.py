@@ -1,0 +1,138 @@
+"""Command line of the local platform: provision, invoke and run any SAM template locally.
+
+    python -m kestrel_local provision --template template.yaml
+    python -m kestrel_local invoke --template template.yaml TransactionsFunction --event events/x.json
+    python -m kestrel_local run --template template.yaml [--function F ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from kestrel.settings import LocalSettings, SettingsError
+from kestrel_local.aws import AwsClients
+from kestrel_local.events import load_event
+from kestrel_local.invoker import FunctionPool, function_environment
+from kestrel_local.provision import LocalApp, bind
+from kestrel_local.runtime import LocalRuntime
+from kestrel_local.template import TemplateError
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, str]:
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TemplateError(f"--parameter-overrides: {pair!r} is not Key=Value")
+        result[key] = value
+    return result
+
+
+def _bind(args: argparse.Namespace, settings: LocalSettings, create: bool) -> tuple[LocalApp,
+                                                                                     AwsClients]:
+    clients = AwsClients(settings.endpoint, region=args.region)
+    overrides = _overrides(args.parameter_overrides)
+    app, report = bind(args.template, clients, args.stack_name, overrides, create=create)
+    for line in report:
+        print(line)
+    return app, clients
+
+
+def _cmd_provision(args: argparse.Namespace, settings: LocalSettings) -> int:
+    print(f"provisioning {args.template} as stack {args.stack_name!r} on {settings.endpoint}")
+    _bind(args, settings, create=True)
+    return 0
+
+
+def _cmd_invoke(args: argparse.Namespace, settings: LocalSettings) -> int:
+    event = load_event(args.event) if args.event else {}
+    app, clients = _bind(args, settings, create=False)
+    spec = app.function(args.function)
+    pool = FunctionPool(spec, function_environment(spec, clients.credentials_env()), 1)
+    try:
+        result = pool.invoke(event)
+    finally:
+        pool.close()
+    print(f"{spec.logical_id} {result.request_id}: {result.duration_ms:.1f} ms", file=sys.stderr)
+    print(json.dumps(result.error if result.function_error else result.payload, indent=2))
+    return 1 if result.function_error else 0
+
+
+def _cmd_run(args: argparse.Namespace, settings: LocalSettings) -> int:
+    app, clients = _bind(args, settings, create=False)
+    runtime = LocalRuntime(app, clients, settings, only=args.function or None)
+    lines = runtime.describe()
+    if not lines:
+        print(f"no Kinesis or SQS event sources in {args.template}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    runtime.start()
+    print(f"local Lambda runtime on {settings.endpoint}; Ctrl-C stops it", file=sys.stderr)
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+    stop.wait()
+    print("stopping: finishing in-flight batches and flushing checkpoints", file=sys.stderr)
+    runtime.stop()
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kestrel_local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {
+        "provision": ("create the template's streams, queues and buckets", _cmd_provision),
+        "invoke": ("run one function once on one event, like sam local invoke", _cmd_invoke),
+        "run": ("poll every Kinesis/SQS event source and invoke the functions", _cmd_run),
+    }
+    for name, (help_text, func) in commands.items():
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.set_defaults(func=func)
+        cmd.add_argument("--template", "-t", default="template.yaml")
+        cmd.add_argument("--stack-name", default=None, help="default: KESTREL_STACK_NAME")
+        cmd.add_argument("--region", default="us-east-1")
+        cmd.add_argument("--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE")
+        if name == "invoke":
+            cmd.add_argument("function", help="logical id or function name")
+            cmd.add_argument("--event", "-e", help="JSON event file (default: {})")
+        if name == "run":
+            cmd.add_argument("--function", "-f", action="append",
+                             help="run only this function (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    try:
+        settings = LocalSettings.from_env()
+        args.stack_name = args.stack_name or settings.stack_name
+        return int(args.func(args, settings))
+    except (SettingsError, TemplateError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (BotoCoreError, ClientError) as exc:
+        print(f"error: the AWS endpoint {LocalSettings.from_env().endpoint} failed: {exc}\n"
+              "hint: is the local stack up? (make up)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

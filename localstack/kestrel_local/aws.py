@@ -1,0 +1,74 @@
+"""boto3 clients for the local platform's endpoint, created once and shared between threads."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from kestrel_local.template import DEFAULT_ACCOUNT_ID
+
+# Credentials the embedded emulator accepts; they open nothing anywhere else.
+EMULATOR_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+class AwsClients:
+    """A cache of boto3 clients for one endpoint (the emulator, LocalStack) or real AWS."""
+
+    def __init__(self, endpoint: str | None, region: str = "us-east-1") -> None:
+        self.endpoint = endpoint
+        self.region = region
+        self._session = boto3.session.Session(
+            region_name=region, **(EMULATOR_CREDENTIALS if endpoint else {})
+        )
+        self._config = Config(
+            retries={"max_attempts": 5, "mode": "standard"},
+            max_pool_connections=64,
+            connect_timeout=5,
+            read_timeout=30,
+        )
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._account_id: str | None = None
+
+    def client(self, service: str) -> Any:
+        """The shared client for `service` (boto3 clients are thread-safe)."""
+        with self._lock:
+            if service not in self._clients:
+                self._clients[service] = self._session.client(
+                    service, endpoint_url=self.endpoint, config=self._config  # type: ignore[call-overload]
+                )
+            return self._clients[service]
+
+    def account_id(self) -> str:
+        """The endpoint's account id (STS), or the emulator's default when it cannot say."""
+        if self._account_id is None:
+            try:
+                self._account_id = str(self.client("sts").get_caller_identity()["Account"])
+            except (BotoCoreError, ClientError):
+                self._account_id = DEFAULT_ACCOUNT_ID
+        return self._account_id
+
+    def queue_url_prefix(self) -> str:
+        """Where queue URLs start on this endpoint, for queues not created yet."""
+        return self.endpoint or f"https://sqs.{self.region}.amazonaws.com"
+
+    def credentials_env(self) -> dict[str, str]:
+        """Environment variables that give a function the same endpoint and credentials."""
+        env = {"AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region}
+        if self.endpoint:
+            env["AWS_ENDPOINT_URL"] = self.endpoint
+            env["AWS_ACCESS_KEY_ID"] = EMULATOR_CREDENTIALS["aws_access_key_id"]
+            env["AWS_SECRET_ACCESS_KEY"] = EMULATOR_CREDENTIALS["aws_secret_access_key"]
+        else:
+            creds = self._session.get_credentials()
+            if creds is not None:
+                frozen = creds.get_frozen_credentials()
+                env["AWS_ACCESS_KEY_ID"] = frozen.access_key
+                env["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
+                if frozen.token:
+                    env["AWS_SESSION_TOKEN"] = frozen.token
+        return env

@@ -1,0 +1,82 @@
+"""The local Lambda service: one worker pool per function and a poller per event source."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from kestrel.settings import LocalSettings
+from kestrel_local.aws import AwsClients
+from kestrel_local.checkpoints import CheckpointStore
+from kestrel_local.esm_kinesis import KinesisMapping
+from kestrel_local.esm_sqs import SqsMapping
+from kestrel_local.invoker import FunctionPool, function_environment
+from kestrel_local.provision import LocalApp
+
+log = logging.getLogger("kestrel_local.runtime")
+
+
+class LocalRuntime:
+    """Runs every enabled Kinesis and SQS event source of an app until stopped."""
+
+    def __init__(self, app: LocalApp, clients: AwsClients, settings: LocalSettings,
+                 only: list[str] | None = None) -> None:
+        self.app = app
+        self.stopping = threading.Event()
+        specs = [app.function(name) for name in only] if only else list(app.functions.values())
+        aws_env = clients.credentials_env()
+        self.pools = {
+            spec.logical_id: FunctionPool(
+                spec, function_environment(spec, aws_env),
+                spec.reserved_concurrency or settings.max_concurrency,
+            )
+            for spec in specs
+        }
+        db = Path(settings.run_dir) / "checkpoints" / f"{app.stack.stack_name}.db"
+        self.checkpoints = CheckpointStore(db)
+        self.kinesis = [
+            KinesisMapping(source, spec, self.pools[spec.logical_id], clients, self.checkpoints,
+                           self.stopping, settings.retry_backoff_s, settings.poll_interval_s)
+            for spec in specs for source in spec.kinesis if source.enabled
+        ]
+        self.sqs = [
+            SqsMapping(source, spec, self.pools[spec.logical_id], clients, self.stopping)
+            for spec in specs for source in spec.sqs if source.enabled
+        ]
+
+    def describe(self) -> list[str]:
+        """One line per event source that will run."""
+        lines = [
+            f"{m.spec.logical_id}.{m.source.name}: Kinesis {m.source.stream_arn.split('/')[-1]} "
+            f"batch={m.source.batch_size} window={m.source.window_s:g}s "
+            f"parallel={m.source.parallelization} retries={m.source.max_retries} "
+            f"max_age={m.source.max_record_age_s}s bisect={m.source.bisect} "
+            f"partial={m.source.report_item_failures} on_failure={m.source.on_failure_arn}"
+            for m in self.kinesis
+        ]
+        lines += [
+            f"{m.spec.logical_id}.{m.source.name}: SQS {m.source.queue_arn.split(':')[-1]} "
+            f"batch={m.source.batch_size} window={m.source.window_s:g}s "
+            f"partial={m.source.report_item_failures} pollers={m.source.max_concurrency}"
+            for m in self.sqs
+        ]
+        return lines
+
+    def start(self) -> None:
+        """Start every poller."""
+        for mapping in [*self.kinesis, *self.sqs]:
+            mapping.start()
+
+    def stop(self) -> None:
+        """Stop polling, let in-flight batches finish (or leave them for later), flush, clean up."""
+        self.stopping.set()
+        grace = max((pool.spec.timeout_s for pool in self.pools.values()), default=3.0) + 5.0
+        for mapping in [*self.kinesis, *self.sqs]:
+            mapping.join(grace)
+        for pool in self.pools.values():
+            pool.close()
+        self.checkpoints.close()
+        for mapping in [*self.kinesis, *self.sqs]:
+            log.info("%s.%s: %s", mapping.spec.logical_id, mapping.source.name,
+                     mapping.stats.summary())
