@@ -1,8 +1,8 @@
 """Command line of the local platform: provision, invoke and run any SAM template locally.
 
-    python -m kestrel_local provision --template template.yaml
-    python -m kestrel_local invoke --template template.yaml TransactionsFunction --event events/x.json
-    python -m kestrel_local run --template template.yaml [--function F ...]
+python -m kestrel_local provision --template template.yaml
+python -m kestrel_local invoke --template template.yaml TransactionsFunction --event events/x.json
+python -m kestrel_local run --template template.yaml [--function F ...]
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import threading
 from collections.abc import Sequence
 
 from botocore.exceptions import BotoCoreError, ClientError
-
 from kestrel.settings import LocalSettings, SettingsError
+
 from kestrel_local.aws import AwsClients
 from kestrel_local.events import load_event
 from kestrel_local.invoker import FunctionPool, function_environment
@@ -26,9 +26,9 @@ from kestrel_local.runtime import LocalRuntime
 from kestrel_local.template import TemplateError
 
 
-def _overrides(pairs: Sequence[str]) -> dict[str, str]:
+def _overrides(values: Sequence[str]) -> dict[str, str]:
     result = {}
-    for pair in pairs:
+    for pair in (pair for value in values for pair in value.split()):
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise TemplateError(f"--parameter-overrides: {pair!r} is not Key=Value")
@@ -36,8 +36,9 @@ def _overrides(pairs: Sequence[str]) -> dict[str, str]:
     return result
 
 
-def _bind(args: argparse.Namespace, settings: LocalSettings, create: bool) -> tuple[LocalApp,
-                                                                                     AwsClients]:
+def _bind(
+    args: argparse.Namespace, settings: LocalSettings, create: bool
+) -> tuple[LocalApp, AwsClients]:
     clients = AwsClients(settings.endpoint, region=args.region)
     overrides = _overrides(args.parameter_overrides)
     app, report = bind(args.template, clients, args.stack_name, overrides, create=create)
@@ -87,8 +88,11 @@ def _cmd_run(args: argparse.Namespace, settings: LocalSettings) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kestrel_local", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m kestrel_local",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
@@ -102,13 +106,20 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--template", "-t", default="template.yaml")
         cmd.add_argument("--stack-name", default=None, help="default: KESTREL_STACK_NAME")
         cmd.add_argument("--region", default="us-east-1")
-        cmd.add_argument("--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE")
+        cmd.add_argument(
+            "--parameter-overrides",
+            action="append",
+            default=[],
+            metavar="'K=V [K=V ...]'",
+            help="template parameter values, as with sam deploy (repeatable)",
+        )
         if name == "invoke":
             cmd.add_argument("function", help="logical id or function name")
             cmd.add_argument("--event", "-e", help="JSON event file (default: {})")
         if name == "run":
-            cmd.add_argument("--function", "-f", action="append",
-                             help="run only this function (repeatable)")
+            cmd.add_argument(
+                "--function", "-f", action="append", help="run only this function (repeatable)"
+            )
     return parser
 
 
@@ -129,8 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (BotoCoreError, ClientError) as exc:
-        print(f"error: the AWS endpoint {LocalSettings.from_env().endpoint} failed: {exc}\n"
-              "hint: is the local stack up? (make up)", file=sys.stderr)
+        print(
+            f"error: the AWS endpoint {LocalSettings.from_env().endpoint} failed: {exc}\n"
+            "hint: is the local stack up? (make up)",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -21,8 +21,11 @@ class AwsClients:
     def __init__(self, endpoint: str | None, region: str = "us-east-1") -> None:
         self.endpoint = endpoint
         self.region = region
+        creds = EMULATOR_CREDENTIALS if endpoint else {}
         self._session = boto3.session.Session(
-            region_name=region, **(EMULATOR_CREDENTIALS if endpoint else {})
+            region_name=region,
+            aws_access_key_id=creds.get("aws_access_key_id"),
+            aws_secret_access_key=creds.get("aws_secret_access_key"),
         )
         self._config = Config(
             retries={"max_attempts": 5, "mode": "standard"},
@@ -39,7 +42,9 @@ class AwsClients:
         with self._lock:
             if service not in self._clients:
                 self._clients[service] = self._session.client(
-                    service, endpoint_url=self.endpoint, config=self._config  # type: ignore[call-overload]
+                    service,
+                    endpoint_url=self.endpoint,
+                    config=self._config,  # type: ignore[call-overload]
                 )
             return self._clients[service]
 
@@ -67,8 +72,8 @@ class AwsClients:
             creds = self._session.get_credentials()
             if creds is not None:
                 frozen = creds.get_frozen_credentials()
-                env["AWS_ACCESS_KEY_ID"] = frozen.access_key
-                env["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
+                env["AWS_ACCESS_KEY_ID"] = frozen.access_key or ""
+                env["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key or ""
                 if frozen.token:
                     env["AWS_SESSION_TOKEN"] = frozen.token
         return env

@@ -25,7 +25,8 @@ class CheckpointStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS checkpoints (mapping TEXT NOT NULL, shard TEXT NOT NULL,"
+                "CREATE TABLE IF NOT EXISTS checkpoints (mapping TEXT NOT NULL,"
+                " shard TEXT NOT NULL,"
                 " position TEXT NOT NULL, updated REAL NOT NULL, PRIMARY KEY (mapping, shard))"
             )
 

@@ -51,7 +51,7 @@ def failed_item_ids(
 
 
 def iso_millis(epoch_s: float) -> str:
-    """An ISO-8601 UTC timestamp with milliseconds, as AWS writes them (2019-11-14T00:13:49.717Z)."""
+    """An ISO-8601 UTC time with milliseconds, as AWS writes them (2019-11-14T00:13:49.717Z)."""
     moment = datetime.fromtimestamp(epoch_s, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 

@@ -35,8 +35,9 @@ log = logging.getLogger("kestrel_local.kinesis")
 Record = dict[str, Any]
 
 
-def kinesis_event_record(record: Record, shard_id: str, spec: FunctionSpec, stream_arn: str,
-                         region: str) -> dict[str, Any]:
+def kinesis_event_record(
+    record: Record, shard_id: str, spec: FunctionSpec, stream_arn: str, region: str
+) -> dict[str, Any]:
     """One GetRecords record in the exact shape Lambda passes to a handler."""
     arrival = record["ApproximateArrivalTimestamp"]
     account = stream_arn.split(":")[4]
@@ -144,11 +145,15 @@ class ShardConsumer:
                 if code == "ExpiredIteratorException":
                     iterator = self._resume_after(last_seq)
                     continue
-                log.warning("%s %s: GetRecords failed (%s); retrying", self.source.mapping_id,
-                            self.shard_id, code)
+                log.warning(
+                    "%s %s: GetRecords failed (%s); retrying",
+                    self.source.mapping_id,
+                    self.shard_id,
+                    code,
+                )
                 stop.wait(max(self.mapping.backoff_s, 1.0))
                 continue
-            except Exception:  # noqa: BLE001 - an endpoint hiccup must not kill the shard
+            except Exception:
                 log.exception("%s: GetRecords failed; retrying", self.shard_id)
                 stop.wait(max(self.mapping.backoff_s, 1.0))
                 continue
@@ -159,8 +164,8 @@ class ShardConsumer:
                 self.progress.fetched([int(r["SequenceNumber"]) for r in records])
                 self.mapping.stats.add(received=len(records))
                 for record in records:
-                    lane = zlib.crc32(record["PartitionKey"].encode()) % len(self.lanes)
-                    self.lanes[lane].inbox.put(record)
+                    index = zlib.crc32(record["PartitionKey"].encode()) % len(self.lanes)
+                    self.lanes[index].inbox.put(record)
             else:
                 stop.wait(self.mapping.poll_interval_s)
         for lane in self.lanes:
@@ -175,8 +180,10 @@ class ShardConsumer:
         if last_seq is None:
             return self._iterator()
         response = self.mapping.clients.client("kinesis").get_shard_iterator(
-            StreamName=self.mapping.stream_name, ShardId=self.shard_id,
-            ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=last_seq,
+            StreamName=self.mapping.stream_name,
+            ShardId=self.shard_id,
+            ShardIteratorType="AFTER_SEQUENCE_NUMBER",
+            StartingSequenceNumber=last_seq,
         )
         return str(response["ShardIterator"])
 
@@ -212,7 +219,9 @@ class _Lane(threading.Thread):
         while len(batch) < self.source.batch_size:
             remaining = deadline - time.monotonic()
             try:
-                item = self.inbox.get(timeout=remaining) if remaining > 0 else self.inbox.get_nowait()
+                item = (
+                    self.inbox.get(timeout=remaining) if remaining > 0 else self.inbox.get_nowait()
+                )
             except queue.Empty:
                 break
             if item is None:
@@ -225,10 +234,18 @@ class _Lane(threading.Thread):
 class KinesisMapping:
     """One Kinesis event source of one function: shard discovery, delivery rules, on-failure."""
 
-    def __init__(self, source: KinesisSource, spec: FunctionSpec, pool: FunctionPool,
-                 clients: AwsClients, checkpoints: CheckpointStore, stopping: threading.Event,
-                 backoff_s: float = 0.2, poll_interval_s: float = 0.05,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        source: KinesisSource,
+        spec: FunctionSpec,
+        pool: FunctionPool,
+        clients: AwsClients,
+        checkpoints: CheckpointStore,
+        stopping: threading.Event,
+        backoff_s: float = 0.2,
+        poll_interval_s: float = 0.05,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.source, self.spec, self.pool = source, spec, pool
         self.clients, self.checkpoints, self.stopping = clients, checkpoints, stopping
         self.backoff_s, self.poll_interval_s, self.clock = backoff_s, poll_interval_s, clock
@@ -238,8 +255,9 @@ class KinesisMapping:
         self.stream_name = source.stream_arn.split("/", 1)[1]
         self.consumers: dict[str, ShardConsumer] = {}
         self._initial_shards: set[str] = set()
-        self._thread = threading.Thread(target=self._discover, name=f"esm:{source.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._discover, name=f"esm:{source.name}", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -261,7 +279,7 @@ class KinesisMapping:
                 # so checkpoints are keyed by the stream's creation time too.
                 try:
                     summary = kinesis.describe_stream_summary(StreamName=self.stream_name)
-                except Exception:  # noqa: BLE001 - keep polling; the stream may appear
+                except Exception:
                     log.exception("%s: DescribeStreamSummary failed", self.source.mapping_id)
                     self.stopping.wait(max(self.backoff_s, 1.0))
                     continue
@@ -269,14 +287,15 @@ class KinesisMapping:
                 self.mapping_id = f"{self.source.mapping_id}#{created.timestamp():.3f}"
             try:
                 shards = kinesis.list_shards(StreamName=self.stream_name)["Shards"]
-            except Exception:  # noqa: BLE001 - keep polling; the stream may come back
+            except Exception:
                 log.exception("%s: ListShards failed", self.source.mapping_id)
                 self.stopping.wait(max(self.backoff_s, 1.0))
                 continue
             known = {s["ShardId"] for s in shards}
             if first:
-                self._initial_shards = {s["ShardId"] for s in shards
-                                        if s.get("ParentShardId") not in known}
+                self._initial_shards = {
+                    s["ShardId"] for s in shards if s.get("ParentShardId") not in known
+                }
                 first = False
             for shard in shards:
                 shard_id = shard["ShardId"]
@@ -303,8 +322,9 @@ class KinesisMapping:
             if self.stopping.is_set():
                 return  # not finished: re-read after the checkpoint on restart
             result = self._invoke(shard, batch)
-            failed = failed_item_ids(result, self.source.report_item_failures,
-                                     {r["SequenceNumber"] for r in batch})
+            failed = failed_item_ids(
+                result, self.source.report_item_failures, {r["SequenceNumber"] for r in batch}
+            )
             if failed == []:
                 self.stats.add(succeeded=len(batch))
                 shard.records_finished(batch)
@@ -328,17 +348,21 @@ class KinesisMapping:
             pending.appendleft((batch, retries + 1))
 
     def _invoke(self, shard: ShardConsumer, batch: list[Record]) -> InvokeResult:
-        event = {"Records": [
-            kinesis_event_record(r, shard.shard_id, self.spec, self.source.stream_arn,
-                                 self.clients.region)
-            for r in batch
-        ]}
+        event = {
+            "Records": [
+                kinesis_event_record(
+                    r, shard.shard_id, self.spec, self.source.stream_arn, self.clients.region
+                )
+                for r in batch
+            ]
+        }
         result = self.pool.invoke(event)
         self.stats.add(invokes=1, function_errors=int(result.function_error))
         return result
 
-    def _drop_expired(self, shard: ShardConsumer, batch: list[Record],
-                      retries: int) -> list[Record]:
+    def _drop_expired(
+        self, shard: ShardConsumer, batch: list[Record], retries: int
+    ) -> list[Record]:
         if self.source.max_record_age_s < 0:
             return batch
         cutoff = self.clock() - self.source.max_record_age_s
@@ -348,13 +372,25 @@ class KinesisMapping:
             self._discard(shard, batch[:keep_from], "RecordAgeExceeded", retries, None)
         return batch[keep_from:]
 
-    def _discard(self, shard: ShardConsumer, batch: list[Record], condition: str,
-                 invoke_count: int, last: InvokeResult | None) -> None:
+    def _discard(
+        self,
+        shard: ShardConsumer,
+        batch: list[Record],
+        condition: str,
+        invoke_count: int,
+        last: InvokeResult | None,
+    ) -> None:
         """Send the on-failure record for a batch (if configured) and move past it."""
         self.stats.add(discarded=len(batch))
-        log.warning("%s %s: discarding %d record(s) %s..%s (%s)", self.source.mapping_id,
-                    shard.shard_id, len(batch), batch[0]["SequenceNumber"],
-                    batch[-1]["SequenceNumber"], condition)
+        log.warning(
+            "%s %s: discarding %d record(s) %s..%s (%s)",
+            self.source.mapping_id,
+            shard.shard_id,
+            len(batch),
+            batch[0]["SequenceNumber"],
+            batch[-1]["SequenceNumber"],
+            condition,
+        )
         if self.source.on_failure_arn is not None:
             message = on_failure_message(self, shard.shard_id, batch, condition, invoke_count, last)
             self._send_on_failure(message)
@@ -373,15 +409,24 @@ class KinesisMapping:
                 else:
                     self.clients.client("sns").publish(TopicArn=arn, Message=body)
                 return
-            except Exception:  # noqa: BLE001 - never lose the failure record: keep trying
-                log.exception("%s: cannot deliver on-failure record to %s; retrying",
-                              self.source.mapping_id, arn)
+            except Exception:
+                log.exception(
+                    "%s: cannot deliver on-failure record to %s; retrying",
+                    self.source.mapping_id,
+                    arn,
+                )
                 if self.stopping.wait(max(self.backoff_s, 1.0)):
                     raise
 
 
-def on_failure_message(mapping: KinesisMapping, shard_id: str, batch: list[Record],
-                       condition: str, invoke_count: int, last: InvokeResult | None) -> dict[str, Any]:
+def on_failure_message(
+    mapping: KinesisMapping,
+    shard_id: str,
+    batch: list[Record],
+    condition: str,
+    invoke_count: int,
+    last: InvokeResult | None,
+) -> dict[str, Any]:
     """The record Lambda sends to an on-failure destination for a Kinesis batch (no payloads)."""
     arrivals = [r["ApproximateArrivalTimestamp"].timestamp() for r in batch]
     failed_call = last is not None and last.function_error

@@ -48,9 +48,15 @@ def sqs_event_record(message: dict[str, Any], queue_arn: str, region: str) -> di
 class SqsMapping:
     """One SQS event source of one function, with MaximumConcurrency poller threads."""
 
-    def __init__(self, source: SqsSource, spec: FunctionSpec, pool: FunctionPool,
-                 clients: AwsClients, stopping: threading.Event,
-                 poll_wait_s: int = 1) -> None:
+    def __init__(
+        self,
+        source: SqsSource,
+        spec: FunctionSpec,
+        pool: FunctionPool,
+        clients: AwsClients,
+        stopping: threading.Event,
+        poll_wait_s: int = 1,
+    ) -> None:
         self.source, self.spec, self.pool = source, spec, pool
         self.clients, self.stopping, self.poll_wait_s = clients, stopping, poll_wait_s
         self.stats = MappingStats()
@@ -64,8 +70,11 @@ class SqsMapping:
     def queue_url(self) -> str:
         if self._url is None:
             parts = self.source.queue_arn.split(":")
-            self._url = str(self.clients.client("sqs").get_queue_url(
-                QueueName=parts[5], QueueOwnerAWSAccountId=parts[4])["QueueUrl"])
+            self._url = str(
+                self.clients.client("sqs").get_queue_url(
+                    QueueName=parts[5], QueueOwnerAWSAccountId=parts[4]
+                )["QueueUrl"]
+            )
         return self._url
 
     def start(self) -> None:
@@ -101,31 +110,42 @@ class SqsMapping:
                 messages = self._receive()
                 if messages:
                     self.deliver(messages)
-            except Exception:  # noqa: BLE001 - a poller survives endpoint and function trouble
-                log.exception("%s.%s: poll failed; retrying", self.spec.logical_id, self.source.name)
+            except Exception:
+                log.exception(
+                    "%s.%s: poll failed; retrying", self.spec.logical_id, self.source.name
+                )
                 self.stopping.wait(1.0)
 
     def deliver(self, messages: list[dict[str, Any]]) -> None:
         """Invoke once on a batch; delete the messages that succeeded, leave the rest."""
         self.stats.add(received=len(messages))
-        event = {"Records": [sqs_event_record(m, self.source.queue_arn, self.clients.region)
-                             for m in messages]}
+        event = {
+            "Records": [
+                sqs_event_record(m, self.source.queue_arn, self.clients.region) for m in messages
+            ]
+        }
         result = self.pool.invoke(event)
         self.stats.add(invokes=1, function_errors=int(result.function_error))
-        failed = failed_item_ids(result, self.source.report_item_failures,
-                                 {m["MessageId"] for m in messages})
+        failed = failed_item_ids(
+            result, self.source.report_item_failures, {m["MessageId"] for m in messages}
+        )
         if failed is None:
-            log.info("%s.%s: batch of %d failed; messages return after the visibility timeout",
-                     self.spec.logical_id, self.source.name, len(messages))
+            log.info(
+                "%s.%s: batch of %d failed; messages return after the visibility timeout",
+                self.spec.logical_id,
+                self.source.name,
+                len(messages),
+            )
             return
         done = [m for m in messages if m["MessageId"] not in set(failed)]
         self.stats.add(succeeded=len(done), partial_failures=int(bool(failed)))
         for start in range(0, len(done), 10):
-            chunk = done[start:start + 10]
+            chunk = done[start : start + 10]
             response = self.clients.client("sqs").delete_message_batch(
                 QueueUrl=self.queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                         for i, m in enumerate(chunk)],
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)
+                ],
             )
             for failure in response.get("Failed", []):
                 log.warning("%s: delete failed for a message: %s", self.source.name, failure)

@@ -20,8 +20,16 @@ LAYER_TYPES = {"AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion"}
 STARTING_POSITIONS = {"TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"}
 # Properties the local runtime acts on; the rest (policies, VPC, tags...) matter only on AWS.
 _USED_PROPERTIES = {
-    "CodeUri", "Handler", "Runtime", "Environment", "Events", "Timeout", "MemorySize",
-    "FunctionName", "ReservedConcurrentExecutions", "Architectures",
+    "CodeUri",
+    "Handler",
+    "Runtime",
+    "Environment",
+    "Events",
+    "Timeout",
+    "MemorySize",
+    "FunctionName",
+    "ReservedConcurrentExecutions",
+    "Architectures",
 }
 
 
@@ -121,7 +129,9 @@ def _bool(props: Mapping[str, Any], key: str, default: bool, where: str) -> bool
 def _report_item_failures(props: Mapping[str, Any], where: str) -> bool:
     types = props.get("FunctionResponseTypes") or []
     if not isinstance(types, list) or any(t != "ReportBatchItemFailures" for t in types):
-        raise TemplateError(f"{where}.FunctionResponseTypes: only [ReportBatchItemFailures] is valid")
+        raise TemplateError(
+            f"{where}.FunctionResponseTypes: only [ReportBatchItemFailures] is valid"
+        )
     return bool(types)
 
 
@@ -150,7 +160,9 @@ def _kinesis_source(function: str, name: str, props: Mapping[str, Any]) -> Kines
         raise TemplateError(f"{where}.Stream: enhanced fan-out consumers are not supported locally")
     position = props.get("StartingPosition")
     if position not in STARTING_POSITIONS:
-        raise TemplateError(f"{where}.StartingPosition: must be one of {sorted(STARTING_POSITIONS)}")
+        raise TemplateError(
+            f"{where}.StartingPosition: must be one of {sorted(STARTING_POSITIONS)}"
+        )
     timestamp = None
     if position == "AT_TIMESTAMP":
         raw = props.get("StartingPositionTimestamp")
@@ -245,7 +257,10 @@ def functions_of(stack: Stack, template_dir: Path) -> dict[str, FunctionSpec]:
 
 
 def _function_spec(
-    stack: Stack, template_dir: Path, logical_id: str, props: Mapping[str, Any],
+    stack: Stack,
+    template_dir: Path,
+    logical_id: str,
+    props: Mapping[str, Any],
     layers: tuple[Path, ...],
 ) -> FunctionSpec:
     code_uri = props.get("CodeUri")

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -107,28 +106,48 @@ class FunctionPool:
                 worker.stop()
                 message = f"Task timed out after {self.spec.timeout_s:.2f} seconds"
                 log.warning("%s %s: %s", self.spec.logical_id, request_id, message)
-                return self._result(request_id, started, error={
-                    "errorMessage": f"{time.strftime('%Y-%m-%dT%H:%M:%SZ')} {request_id} {message}",
-                    "errorType": "Sandbox.Timedout",
-                })
+                return self._result(
+                    request_id,
+                    started,
+                    error={
+                        "errorMessage": f"{_now()} {request_id} {message}",
+                        "errorType": "Sandbox.Timedout",
+                    },
+                )
             except (EOFError, OSError, BrokenPipeError):
                 code = worker.process.exitcode
                 worker.stop()
-                log.warning("%s %s: worker exited (code %s)", self.spec.logical_id, request_id, code)
-                return self._result(request_id, started, error={
-                    "errorMessage": f"RequestId: {request_id} Error: Runtime exited with "
-                    f"error: exit status {code}",
-                    "errorType": "Runtime.ExitError",
-                })
+                log.warning(
+                    "%s %s: worker exited (code %s)", self.spec.logical_id, request_id, code
+                )
+                return self._result(
+                    request_id,
+                    started,
+                    error={
+                        "errorMessage": f"RequestId: {request_id} Error: Runtime exited with "
+                        f"error: exit status {code}",
+                        "errorType": "Runtime.ExitError",
+                    },
+                )
             self._checkin(worker)
             if ok:
                 return self._result(request_id, started, payload=body)
-            log.info("%s %s: %s: %s", self.spec.logical_id, request_id,
-                     body.get("errorType"), body.get("errorMessage"))
+            log.info(
+                "%s %s: %s: %s",
+                self.spec.logical_id,
+                request_id,
+                body.get("errorType"),
+                body.get("errorMessage"),
+            )
             return self._result(request_id, started, error=body)
 
-    def _result(self, request_id: str, started: float, payload: Any = None,
-                error: Mapping[str, Any] | None = None) -> InvokeResult:
+    def _result(
+        self,
+        request_id: str,
+        started: float,
+        payload: Any = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> InvokeResult:
         elapsed = (time.perf_counter() - started) * 1000
         return InvokeResult(request_id, payload=payload, error=error, duration_ms=elapsed)
 
@@ -154,6 +173,10 @@ class FunctionPool:
             idle, self._idle = self._idle, []
         for worker in idle:
             worker.stop()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def function_environment(spec: FunctionSpec, aws_env: Mapping[str, str]) -> dict[str, str]:

@@ -19,7 +19,13 @@ from botocore.exceptions import ClientError
 
 from kestrel_local.aws import AwsClients
 from kestrel_local.functions import FUNCTION_TYPES, LAYER_TYPES, FunctionSpec, functions_of
-from kestrel_local.template import PhysicalResource, Stack, TemplateError, load_template, physical_name
+from kestrel_local.template import (
+    PhysicalResource,
+    Stack,
+    TemplateError,
+    load_template,
+    physical_name,
+)
 
 log = logging.getLogger("kestrel_local.provision")
 
@@ -69,14 +75,18 @@ def _names(stack: Stack, endpoint: str) -> None:
         props = resource.get("Properties") or {}
         if kind in _NAME_PROPERTY:
             raw = props.get(_NAME_PROPERTY[kind])
-            name = str(stack.resolve(raw, f"{logical_id}.{_NAME_PROPERTY[kind]}")) if raw else (
-                physical_name(stack.stack_name, logical_id, kind)
+            name = (
+                str(stack.resolve(raw, f"{logical_id}.{_NAME_PROPERTY[kind]}"))
+                if raw
+                else (physical_name(stack.stack_name, logical_id, kind))
             )
             stack.physical[logical_id] = _physical(kind, name, region, account, endpoint)
         elif kind in FUNCTION_TYPES:
             raw = props.get("FunctionName")
-            name = str(stack.resolve(raw, f"{logical_id}.FunctionName")) if raw else (
-                physical_name(stack.stack_name, logical_id, kind)
+            name = (
+                str(stack.resolve(raw, f"{logical_id}.FunctionName"))
+                if raw
+                else (physical_name(stack.stack_name, logical_id, kind))
             )
             arn = f"arn:aws:lambda:{region}:{account}:function:{name}"
             stack.physical[logical_id] = PhysicalResource(ref=name, attributes={"Arn": arn})
@@ -93,15 +103,20 @@ def _physical(kind: str, name: str, region: str, account: str, endpoint: str) ->
     if kind == QUEUE:
         arn = f"arn:aws:sqs:{region}:{account}:{name}"
         url = f"{endpoint}/{account}/{name}"
-        return PhysicalResource(ref=url, attributes={"Arn": arn, "QueueName": name, "QueueUrl": url})
+        return PhysicalResource(
+            ref=url, attributes={"Arn": arn, "QueueName": name, "QueueUrl": url}
+        )
     if kind == TOPIC:
         arn = f"arn:aws:sns:{region}:{account}:{name}"
         return PhysicalResource(ref=arn, attributes={"TopicArn": arn, "TopicName": name})
     arn = f"arn:aws:s3:::{name}"
     return PhysicalResource(
         ref=name,
-        attributes={"Arn": arn, "DomainName": f"{name}.s3.amazonaws.com",
-                    "RegionalDomainName": f"{name}.s3.{region}.amazonaws.com"},
+        attributes={
+            "Arn": arn,
+            "DomainName": f"{name}.s3.amazonaws.com",
+            "RegionalDomainName": f"{name}.s3.{region}.amazonaws.com",
+        },
     )
 
 
@@ -241,7 +256,9 @@ def _bucket(clients: AwsClients, physical: PhysicalResource, props: Mapping[str,
         s3.put_bucket_encryption(
             Bucket=name,
             ServerSideEncryptionConfiguration={
-                "Rules": encryption["ServerSideEncryptionConfiguration"]
+                "Rules": [
+                    _s3_rule(rule) for rule in encryption["ServerSideEncryptionConfiguration"]
+                ]
             },
         )
     block = props.get("PublicAccessBlockConfiguration")
@@ -251,6 +268,14 @@ def _bucket(clients: AwsClients, physical: PhysicalResource, props: Mapping[str,
             PublicAccessBlockConfiguration={k: bool(v) for k, v in block.items()},
         )
     return outcome, physical
+
+
+def _s3_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
+    """CloudFormation's encryption rule in the S3 API's words (the default key differs)."""
+    out = {k: v for k, v in rule.items() if k != "ServerSideEncryptionByDefault"}
+    if "ServerSideEncryptionByDefault" in rule:
+        out["ApplyServerSideEncryptionByDefault"] = rule["ServerSideEncryptionByDefault"]
+    return out
 
 
 def _topic(clients: AwsClients, physical: PhysicalResource, props: Mapping[str, Any]) -> Created:

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from kestrel.settings import LocalSettings
+
 from kestrel_local.aws import AwsClients
 from kestrel_local.checkpoints import CheckpointStore
 from kestrel_local.esm_kinesis import KinesisMapping
@@ -20,15 +21,21 @@ log = logging.getLogger("kestrel_local.runtime")
 class LocalRuntime:
     """Runs every enabled Kinesis and SQS event source of an app until stopped."""
 
-    def __init__(self, app: LocalApp, clients: AwsClients, settings: LocalSettings,
-                 only: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        app: LocalApp,
+        clients: AwsClients,
+        settings: LocalSettings,
+        only: list[str] | None = None,
+    ) -> None:
         self.app = app
         self.stopping = threading.Event()
         specs = [app.function(name) for name in only] if only else list(app.functions.values())
         aws_env = clients.credentials_env()
         self.pools = {
             spec.logical_id: FunctionPool(
-                spec, function_environment(spec, aws_env),
+                spec,
+                function_environment(spec, aws_env),
                 spec.reserved_concurrency or settings.max_concurrency,
             )
             for spec in specs
@@ -36,14 +43,31 @@ class LocalRuntime:
         db = Path(settings.run_dir) / "checkpoints" / f"{app.stack.stack_name}.db"
         self.checkpoints = CheckpointStore(db)
         self.kinesis = [
-            KinesisMapping(source, spec, self.pools[spec.logical_id], clients, self.checkpoints,
-                           self.stopping, settings.retry_backoff_s, settings.poll_interval_s)
-            for spec in specs for source in spec.kinesis if source.enabled
+            KinesisMapping(
+                source,
+                spec,
+                self.pools[spec.logical_id],
+                clients,
+                self.checkpoints,
+                self.stopping,
+                settings.retry_backoff_s,
+                settings.poll_interval_s,
+            )
+            for spec in specs
+            for source in spec.kinesis
+            if source.enabled
         ]
         self.sqs = [
             SqsMapping(source, spec, self.pools[spec.logical_id], clients, self.stopping)
-            for spec in specs for source in spec.sqs if source.enabled
+            for spec in specs
+            for source in spec.sqs
+            if source.enabled
         ]
+
+    @property
+    def mappings(self) -> list[KinesisMapping | SqsMapping]:
+        """Every event-source mapping this runtime runs."""
+        return [*self.kinesis, *self.sqs]
 
     def describe(self) -> list[str]:
         """One line per event source that will run."""
@@ -65,18 +89,19 @@ class LocalRuntime:
 
     def start(self) -> None:
         """Start every poller."""
-        for mapping in [*self.kinesis, *self.sqs]:
+        for mapping in self.mappings:
             mapping.start()
 
     def stop(self) -> None:
         """Stop polling, let in-flight batches finish (or leave them for later), flush, clean up."""
         self.stopping.set()
         grace = max((pool.spec.timeout_s for pool in self.pools.values()), default=3.0) + 5.0
-        for mapping in [*self.kinesis, *self.sqs]:
+        for mapping in self.mappings:
             mapping.join(grace)
         for pool in self.pools.values():
             pool.close()
         self.checkpoints.close()
-        for mapping in [*self.kinesis, *self.sqs]:
-            log.info("%s.%s: %s", mapping.spec.logical_id, mapping.source.name,
-                     mapping.stats.summary())
+        for mapping in self.mappings:
+            log.info(
+                "%s.%s: %s", mapping.spec.logical_id, mapping.source.name, mapping.stats.summary()
+            )

@@ -48,7 +48,9 @@ class _CfnLoader(yaml.SafeLoader):
 def _construct_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
     name = _SHORT_TAGS.get(suffix)
     if name is None:
-        raise TemplateError(f"unknown CloudFormation tag !{suffix} at line {node.start_mark.line + 1}")
+        raise TemplateError(
+            f"unknown CloudFormation tag !{suffix} at line {node.start_mark.line + 1}"
+        )
     value: Any
     if isinstance(node, yaml.ScalarNode):
         value = loader.construct_scalar(node)
@@ -72,7 +74,7 @@ def load_template(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise TemplateError(f"{path}: cannot read template ({exc.strerror})") from None
     try:
-        document = yaml.load(text, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+        document = yaml.load(text, Loader=_CfnLoader)
     except yaml.YAMLError as exc:
         raise TemplateError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):
@@ -122,7 +124,9 @@ class Stack:
         declared: Mapping[str, Any] = self.template.get("Parameters") or {}
         unknown = sorted(set(self.parameter_overrides) - set(declared))
         if unknown:
-            raise TemplateError(f"parameter override for undeclared parameter(s): {', '.join(unknown)}")
+            raise TemplateError(
+                f"parameter override for undeclared parameter(s): {', '.join(unknown)}"
+            )
         values: dict[str, str] = {}
         for name, spec in declared.items():
             if name in self.parameter_overrides:
@@ -170,7 +174,7 @@ class Stack:
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
-            (key, arg), = value.items()
+            ((key, arg),) = value.items()
             handler = _INTRINSICS.get(key)
             if handler is not None:
                 return handler(self, arg, where)

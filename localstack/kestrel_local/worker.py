@@ -62,8 +62,12 @@ def serve(
     try:
         function = _load_handler(handler)
     except Exception as exc:  # noqa: BLE001 - reported to every invoke, as Lambda does
-        kind = "Runtime.ImportModuleError" if isinstance(exc, ImportError) else (
-            "Runtime.HandlerNotFound" if isinstance(exc, AttributeError) else "Runtime.Unknown"
+        kind = (
+            "Runtime.ImportModuleError"
+            if isinstance(exc, ImportError)
+            else (
+                "Runtime.HandlerNotFound" if isinstance(exc, AttributeError) else "Runtime.Unknown"
+            )
         )
         init_error = error_payload(exc, kind)
         traceback.print_exc()

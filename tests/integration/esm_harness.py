@@ -27,14 +27,21 @@ class EsmHarness:
         self.clients = AwsClients(endpoint)
         self.stack_name = f"esm{uuid.uuid4().hex[:10]}"
         self.app: LocalApp
-        self.app, _ = bind(FIXTURE_TEMPLATE, self.clients, self.stack_name,
-                           {"ObserveDir": str(self.observe_dir)}, create=True)
-        self.settings = LocalSettings.from_env({
-            "KESTREL_RUN_DIR": str(workdir / "run"),
-            "AWS_ENDPOINT_URL": endpoint,
-            "KESTREL_RETRY_BACKOFF_S": "0.05",
-            "KESTREL_POLL_INTERVAL_S": "0.02",
-        })
+        self.app, _ = bind(
+            FIXTURE_TEMPLATE,
+            self.clients,
+            self.stack_name,
+            {"ObserveDir": str(self.observe_dir)},
+            create=True,
+        )
+        self.settings = LocalSettings.from_env(
+            {
+                "KESTREL_RUN_DIR": str(workdir / "run"),
+                "AWS_ENDPOINT_URL": endpoint,
+                "KESTREL_RETRY_BACKOFF_S": "0.05",
+                "KESTREL_POLL_INTERVAL_S": "0.02",
+            }
+        )
 
     def stream(self, logical_id: str) -> str:
         return self.app.stack.physical[logical_id].ref
@@ -44,13 +51,16 @@ class EsmHarness:
 
     def put(self, logical_id: str, payloads: list[dict[str, Any]], key: str = "k") -> list[str]:
         """Put records in order (one partition key unless payloads carry 'pk'); return seqs."""
-        records = [{"Data": json.dumps(p).encode(), "PartitionKey": str(p.get("pk", key))}
-                   for p in payloads]
+        records = [
+            {"Data": json.dumps(p).encode(), "PartitionKey": str(p.get("pk", key))}
+            for p in payloads
+        ]
         seqs: list[str] = []
         kinesis = self.clients.client("kinesis")
         for start in range(0, len(records), 500):
-            response = kinesis.put_records(StreamName=self.stream(logical_id),
-                                           Records=records[start:start + 500])
+            response = kinesis.put_records(
+                StreamName=self.stream(logical_id), Records=records[start : start + 500]
+            )
             assert response["FailedRecordCount"] == 0
             seqs += [r["SequenceNumber"] for r in response["Records"]]
         return seqs
@@ -76,12 +86,14 @@ class EsmHarness:
         bodies: list[str] = []
         deadline = time.monotonic() + timeout_s
         while len(bodies) < expect and time.monotonic() < deadline:
-            response = sqs.receive_message(QueueUrl=self.queue_url(logical_id),
-                                           MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            response = sqs.receive_message(
+                QueueUrl=self.queue_url(logical_id), MaxNumberOfMessages=10, WaitTimeSeconds=1
+            )
             for message in response.get("Messages", []):
                 bodies.append(message["Body"])
-                sqs.delete_message(QueueUrl=self.queue_url(logical_id),
-                                   ReceiptHandle=message["ReceiptHandle"])
+                sqs.delete_message(
+                    QueueUrl=self.queue_url(logical_id), ReceiptHandle=message["ReceiptHandle"]
+                )
         return bodies
 
 

@@ -6,6 +6,7 @@ import json
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from esm_harness import EsmHarness, wait_until
@@ -16,52 +17,93 @@ def harness(emulator_endpoint: str, tmp_path: Path) -> EsmHarness:
     return EsmHarness(emulator_endpoint, tmp_path)
 
 
-def ids(line: dict[str, object]) -> list[int]:
-    return [int(item["id"]) for item in line["items"]]  # type: ignore[attr-defined,index]
+def ids(line: dict[str, Any]) -> list[int]:
+    return [int(item["id"]) for item in line["items"]]
 
 
 def test_runtime_bisects_failing_batch_then_sends_exact_on_failure_message(
     harness: EsmHarness,
 ) -> None:
-    seqs = harness.put("BisectStream", [{"id": i, "mode": "raise" if i == 5 else "ok"}
-                                        for i in range(8)])
+    seqs = harness.put(
+        "BisectStream", [{"id": i, "mode": "raise" if i == 5 else "ok"} for i in range(8)]
+    )
     with harness.running("BisectFunction"):
-        wait_until(lambda: sorted({i for line in harness.observed("bisect")
-                                   if line["outcome"] == "ok" for i in ids(line)})
-                   == [0, 1, 2, 3, 4, 6, 7], what="every good record processed")
+        wait_until(
+            lambda: (
+                sorted(
+                    {
+                        i
+                        for line in harness.observed("bisect")
+                        if line["outcome"] == "ok"
+                        for i in ids(line)
+                    }
+                )
+                == [0, 1, 2, 3, 4, 6, 7]
+            ),
+            what="every good record processed",
+        )
         (body,) = harness.drain_queue("FailureQueue", expect=1)
     calls = [ids(line) for line in harness.observed("bisect")]
     # 8 fails -> halves; [4..7] fails -> [4,5] fails -> [4] ok, [5] fails twice (1 retry).
-    assert calls == [[0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7], [4, 5], [4], [5], [5],
-                     [6, 7]]
+    assert calls == [
+        [0, 1, 2, 3, 4, 5, 6, 7],
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [4, 5],
+        [4],
+        [5],
+        [5],
+        [6, 7],
+    ]
     message = json.loads(body)
-    assert set(message) == {"requestContext", "responseContext", "version", "timestamp",
-                            "KinesisBatchInfo"}
+    assert set(message) == {
+        "requestContext",
+        "responseContext",
+        "version",
+        "timestamp",
+        "KinesisBatchInfo",
+    }
     assert message["requestContext"]["condition"] == "RetryAttemptsExhausted"
     assert message["requestContext"]["approximateInvokeCount"] == 2
     assert message["requestContext"]["functionArn"].endswith(
-        f":function:{harness.stack_name}-BisectFunction")
-    assert message["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST",
-                                          "functionError": "Unhandled"}
+        f":function:{harness.stack_name}-BisectFunction"
+    )
+    assert message["responseContext"] == {
+        "statusCode": 200,
+        "executedVersion": "$LATEST",
+        "functionError": "Unhandled",
+    }
     info = message["KinesisBatchInfo"]
-    assert set(info) == {"shardId", "startSequenceNumber", "endSequenceNumber",
-                         "approximateArrivalOfFirstRecord", "approximateArrivalOfLastRecord",
-                         "batchSize", "streamArn"}
+    assert set(info) == {
+        "shardId",
+        "startSequenceNumber",
+        "endSequenceNumber",
+        "approximateArrivalOfFirstRecord",
+        "approximateArrivalOfLastRecord",
+        "batchSize",
+        "streamArn",
+    }
     assert (info["startSequenceNumber"], info["endSequenceNumber"], info["batchSize"]) == (
-        seqs[5], seqs[5], 1)
+        seqs[5],
+        seqs[5],
+        1,
+    )
     assert info["streamArn"].endswith(f":stream/{harness.stream('BisectStream')}")
 
 
 def test_runtime_partial_failure_checkpoints_and_retries_from_lowest_failed_record(
     harness: EsmHarness,
 ) -> None:
-    seqs = harness.put("PartialStream", [{"id": i, "mode": "fail" if i == 2 else "ok"}
-                                         for i in range(5)])
+    seqs = harness.put(
+        "PartialStream", [{"id": i, "mode": "fail" if i == 2 else "ok"} for i in range(5)]
+    )
     with harness.running("PartialFunction"):
         (body,) = harness.drain_queue("FailureQueue", expect=1)
         harness.put("PartialStream", [{"id": 5, "mode": "ok"}])
-        wait_until(lambda: any(5 in ids(line) for line in harness.observed("partial")),
-                   what="the shard to move on after the discard")
+        wait_until(
+            lambda: any(5 in ids(line) for line in harness.observed("partial")),
+            what="the shard to move on after the discard",
+        )
     calls = [ids(line) for line in harness.observed("partial")]
     assert calls == [[0, 1, 2, 3, 4], [2, 3, 4], [2, 3, 4], [5]]
     message = json.loads(body)
@@ -69,7 +111,10 @@ def test_runtime_partial_failure_checkpoints_and_retries_from_lowest_failed_reco
     assert message["responseContext"]["functionError"] == ""
     info = message["KinesisBatchInfo"]
     assert (info["startSequenceNumber"], info["endSequenceNumber"], info["batchSize"]) == (
-        seqs[2], seqs[4], 3)
+        seqs[2],
+        seqs[4],
+        3,
+    )
 
 
 @pytest.mark.parametrize("mode", ["empty_id", "null_id", "bad_key", "unknown_id", "not_a_list"])
@@ -89,8 +134,10 @@ def test_runtime_times_out_handler_and_recovers_with_fresh_worker(harness: EsmHa
     with harness.running("TimeoutFunction"):
         (body,) = harness.drain_queue("FailureQueue", expect=1)
         harness.put("TimeoutStream", [{"id": 1}])
-        wait_until(lambda: any(ids(line) == [1] for line in harness.observed("timeout")),
-                   what="the next record after a timeout")
+        wait_until(
+            lambda: any(ids(line) == [1] for line in harness.observed("timeout")),
+            what="the next record after a timeout",
+        )
     message = json.loads(body)
     assert message["requestContext"]["approximateInvokeCount"] == 1
     assert message["responseContext"]["functionError"] == "Unhandled"
@@ -104,8 +151,10 @@ def test_runtime_parallelization_keeps_order_per_partition_key(harness: EsmHarne
     payloads = [{"id": n, "pk": keys[n % len(keys)]} for n in range(400)]
     harness.put("ParallelStream", payloads)
     with harness.running("ParallelFunction"):
-        wait_until(lambda: sum(len(line["items"]) for line in harness.observed("parallel")) >= 400,
-                   what="all 400 records")
+        wait_until(
+            lambda: sum(len(line["items"]) for line in harness.observed("parallel")) >= 400,
+            what="all 400 records",
+        )
     lines = harness.observed("parallel")
     delivered = [item for line in lines for item in line["items"]]
     assert sorted(item["id"] for item in delivered) == list(range(400))
@@ -122,12 +171,16 @@ def test_runtime_resumes_after_durable_checkpoint_without_skipping_or_repeating(
 ) -> None:
     harness.put("ParallelStream", [{"id": n, "pk": f"k{n % 5}"} for n in range(60)])
     with harness.running("ParallelFunction"):
-        wait_until(lambda: sum(len(line["items"]) for line in harness.observed("parallel")) >= 60,
-                   what="the first 60 records")
+        wait_until(
+            lambda: sum(len(line["items"]) for line in harness.observed("parallel")) >= 60,
+            what="the first 60 records",
+        )
     harness.put("ParallelStream", [{"id": n, "pk": f"k{n % 5}"} for n in range(60, 120)])
     with harness.running("ParallelFunction"):
-        wait_until(lambda: sum(len(line["items"]) for line in harness.observed("parallel")) >= 120,
-                   what="the next 60 records after a restart")
+        wait_until(
+            lambda: sum(len(line["items"]) for line in harness.observed("parallel")) >= 120,
+            what="the next 60 records after a restart",
+        )
         time.sleep(1.5)  # a re-delivery of old records would show up here
     delivered = [item["id"] for line in harness.observed("parallel") for item in line["items"]]
     assert sorted(delivered) == list(range(120))
@@ -140,12 +193,16 @@ def test_runtime_latest_starts_at_the_tip_and_keeps_that_position(harness: EsmHa
         wait_until(db.exists, what="the checkpoint store")
         time.sleep(1.0)
         harness.put("LatestStream", [{"id": n} for n in range(5, 10)])
-        wait_until(lambda: sum(len(line["items"]) for line in harness.observed("latest")) >= 5,
-                   what="records put after the start")
+        wait_until(
+            lambda: sum(len(line["items"]) for line in harness.observed("latest")) >= 5,
+            what="records put after the start",
+        )
     harness.put("LatestStream", [{"id": n} for n in range(10, 12)])
     with harness.running("LatestFunction"):
-        wait_until(lambda: sum(len(line["items"]) for line in harness.observed("latest")) >= 7,
-                   what="records put while stopped")
+        wait_until(
+            lambda: sum(len(line["items"]) for line in harness.observed("latest")) >= 7,
+            what="records put while stopped",
+        )
     delivered = [i for line in harness.observed("latest") for i in ids(line)]
     assert delivered == list(range(5, 12))
 
@@ -163,7 +220,8 @@ def test_runtime_sqs_deletes_successes_and_queue_redrives_failures_to_dlq(
     bodies = [item["body"] for line in lines for item in line["items"]]
     assert sorted(b for b in bodies if b != "fail") == ["a", "b", "c"]
     assert bodies.count("fail") == 2  # maxReceiveCount 2, then the queue moves it
-    attributes = sqs.get_queue_attributes(QueueUrl=harness.queue_url("WorkQueue"),
-                                          AttributeNames=["All"])["Attributes"]
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=harness.queue_url("WorkQueue"), AttributeNames=["All"]
+    )["Attributes"]
     assert attributes["ApproximateNumberOfMessages"] == "0"
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"

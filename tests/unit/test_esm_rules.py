@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kestrel_local.esm_common import failed_item_ids
@@ -134,15 +134,36 @@ class FakeShard:
 
 def mapping(pool: FakePool, **source: Any) -> tuple[KinesisMapping, FakeClients]:
     spec = FunctionSpec(
-        logical_id="F", name="stack-F", arn="arn:aws:lambda:us-east-1:123456789012:function:stack-F",
-        handler="app.handler", code_dir=Path("."), runtime="python3.11", timeout_s=3,
-        memory_mb=128, environment={}, layer_dirs=(),
+        logical_id="F",
+        name="stack-F",
+        arn="arn:aws:lambda:us-east-1:123456789012:function:stack-F",
+        handler="app.handler",
+        code_dir=Path("."),
+        runtime="python3.11",
+        timeout_s=3,
+        memory_mb=128,
+        environment={},
+        layer_dirs=(),
     )
-    src = KinesisSource(function="F", name="Stream", stream_arn=STREAM_ARN,
-                        starting_position="TRIM_HORIZON", on_failure_arn=QUEUE_ARN, **source)
+    src = KinesisSource(
+        function="F",
+        name="Stream",
+        stream_arn=STREAM_ARN,
+        starting_position="TRIM_HORIZON",
+        on_failure_arn=QUEUE_ARN,
+        **source,
+    )
     clients = FakeClients()
-    esm = KinesisMapping(src, spec, pool, clients, checkpoints=None,  # type: ignore[arg-type]
-                         stopping=threading.Event(), backoff_s=0.0, clock=lambda: NOW)
+    esm = KinesisMapping(
+        src,
+        spec,
+        cast(Any, pool),
+        cast(Any, clients),
+        checkpoints=cast(Any, None),
+        stopping=threading.Event(),
+        backoff_s=0.0,
+        clock=lambda: NOW,
+    )
     return esm, clients
 
 
@@ -170,11 +191,17 @@ def test_deliver_retries_until_maximum_then_sends_on_failure_record() -> None:
     assert message["requestContext"]["approximateInvokeCount"] == 3
     assert message["requestContext"]["functionArn"] == esm.spec.arn
     assert message["responseContext"] == {
-        "statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"}
+        "statusCode": 200,
+        "executedVersion": "$LATEST",
+        "functionError": "Unhandled",
+    }
     assert message["version"] == "1.0"
     info = message["KinesisBatchInfo"]
     assert (info["shardId"], info["startSequenceNumber"], info["endSequenceNumber"]) == (
-        "shardId-000000000000", "7", "8")
+        "shardId-000000000000",
+        "7",
+        "8",
+    )
     assert info["streamArn"] == STREAM_ARN
     assert info["approximateArrivalOfFirstRecord"] == "2027-01-15T08:00:00.000Z"
     assert "Records" not in json.dumps(message) and "data" not in json.dumps(message)
@@ -182,10 +209,12 @@ def test_deliver_retries_until_maximum_then_sends_on_failure_record() -> None:
 
 
 def test_deliver_partial_failure_checkpoints_before_lowest_failed_sequence() -> None:
-    answers = iter([
-        ok({"batchItemFailures": [{"itemIdentifier": "5"}, {"itemIdentifier": "3"}]}),
-        ok({"batchItemFailures": []}),
-    ])
+    answers = iter(
+        [
+            ok({"batchItemFailures": [{"itemIdentifier": "5"}, {"itemIdentifier": "3"}]}),
+            ok({"batchItemFailures": []}),
+        ]
+    )
     pool = FakePool(lambda seqs: next(answers))
     esm, clients = mapping(pool, report_item_failures=True, max_retries=3)
     shard = FakeShard()
@@ -228,8 +257,9 @@ def test_deliver_with_infinite_retries_leaves_batch_unfinished_on_stop() -> None
 
 def test_kinesis_event_record_has_aws_shape() -> None:
     esm, _ = mapping(FakePool(lambda seqs: ok()))
-    event = kinesis_event_record(record(42, key="cust-1"), "shardId-000000000003", esm.spec,
-                                 STREAM_ARN, "us-east-1")
+    event = kinesis_event_record(
+        record(42, key="cust-1"), "shardId-000000000003", esm.spec, STREAM_ARN, "us-east-1"
+    )
     assert event == {
         "kinesis": {
             "kinesisSchemaVersion": "1.0",

@@ -144,7 +144,7 @@ class LocalSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LocalSettings:
-        """Read and validate the local-stack settings from `env` (default: the process environment)."""
+        """Read and validate the local-stack settings from `env` (default: os.environ)."""
         env = os.environ if env is None else env
         endpoint = _read(env, "AWS_ENDPOINT_URL", "")
         redis_url = _read(env, "REDIS_URL", "")

@@ -1,0 +1,1 @@
+"""Adapters: implementations of `kestrel.ports` on redis-py and boto3."""

@@ -1,0 +1,200 @@
+"""Stream events of the domain: transactions and fraud labels, parsed and validated.
+
+Pure domain code: no boto3, no redis. A record that can never be processed raises
+`PoisonRecord` with a stable reason code (`PoisonReason`) and a detail that names the
+field and the problem; handlers send it to the dead-letter sink and carry on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, NoReturn
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+_ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . : - starting with a letter or digit"
+
+
+class PoisonReason(StrEnum):
+    """Why a record can never be processed; stable codes that dead letters carry."""
+
+    UNDECODABLE = "undecodable"
+    INVALID_JSON = "invalid_json"
+    MISSING_FIELD = "missing_field"
+    INVALID_FIELD = "invalid_field"
+
+
+class PoisonRecord(ValueError):
+    """A record that no retry can fix: its `reason` code and a `detail` naming the problem."""
+
+    def __init__(self, reason: PoisonReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Increment:
+    """Add `by` to counter `field` of `entity` (e.g. entity "cust:C1", field "transactions")."""
+
+    entity: str
+    field: str
+    by: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A card transaction as the producer writes it to the transactions stream."""
+
+    transaction_id: str
+    customer_id: str
+    terminal_id: str
+    amount: float
+    event_time: datetime
+
+    @property
+    def event_id(self) -> str:
+        """Idempotency key: the same transaction is applied once, however often it arrives."""
+        return f"txn:{self.transaction_id}"
+
+    def increments(self) -> tuple[Increment, ...]:
+        """Counters an applied transaction adds to: its customer, its terminal, the total."""
+        return (
+            Increment(f"cust:{self.customer_id}", "transactions"),
+            Increment(f"term:{self.terminal_id}", "transactions"),
+            Increment("global", "transactions_applied"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A (delayed) fraud label for one transaction, from the label feed."""
+
+    transaction_id: str
+    customer_id: str
+    terminal_id: str
+    is_fraud: bool
+    label_time: datetime
+
+    @property
+    def event_id(self) -> str:
+        """Idempotency key: one label per transaction is applied once."""
+        return f"label:{self.transaction_id}"
+
+    def increments(self) -> tuple[Increment, ...]:
+        """Counters one applied label adds to: its terminal's label and fraud counts, the total."""
+        terminal = f"term:{self.terminal_id}"
+        counts = [Increment(terminal, "labels"), Increment("global", "labels_applied")]
+        if self.is_fraud:
+            counts.append(Increment(terminal, "fraud_labels"))
+        return tuple(counts)
+
+
+def decode_base64(data: str) -> bytes:
+    """Decode a Kinesis record's base64 `data`; malformed base64 is an `undecodable` poison."""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PoisonRecord(PoisonReason.UNDECODABLE, f"data: not valid base64 ({exc})") from None
+
+
+def parse_transaction(raw: bytes) -> Transaction:
+    """Parse and validate one transaction from JSON bytes, or raise `PoisonRecord`."""
+    doc = _json_object(raw)
+    return Transaction(
+        transaction_id=_identifier(doc, "transaction_id"),
+        customer_id=_identifier(doc, "customer_id"),
+        terminal_id=_identifier(doc, "terminal_id"),
+        amount=_amount(doc, "amount"),
+        event_time=_utc_time(doc, "event_time"),
+    )
+
+
+def parse_label(raw: bytes) -> Label:
+    """Parse and validate one fraud label from JSON bytes, or raise `PoisonRecord`."""
+    doc = _json_object(raw)
+    return Label(
+        transaction_id=_identifier(doc, "transaction_id"),
+        customer_id=_identifier(doc, "customer_id"),
+        terminal_id=_identifier(doc, "terminal_id"),
+        is_fraud=_boolean(doc, "is_fraud"),
+        label_time=_utc_time(doc, "label_time"),
+    )
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_object(raw: bytes) -> Mapping[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PoisonRecord(
+            PoisonReason.UNDECODABLE, f"data: not UTF-8 text (byte {exc.start})"
+        ) from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise PoisonRecord(PoisonReason.INVALID_JSON, f"data: {exc}") from None
+    if not isinstance(doc, dict):
+        raise PoisonRecord(
+            PoisonReason.INVALID_JSON, f"data: expected a JSON object, got {type(doc).__name__}"
+        )
+    return doc
+
+
+def _field(doc: Mapping[str, Any], name: str) -> Any:
+    if name not in doc or doc[name] is None:
+        raise PoisonRecord(PoisonReason.MISSING_FIELD, f"{name}: required field is missing")
+    return doc[name]
+
+
+def _invalid(name: str, problem: str, value: Any) -> PoisonRecord:
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return PoisonRecord(PoisonReason.INVALID_FIELD, f"{name}: {problem} (got {shown})")
+
+
+def _identifier(doc: Mapping[str, Any], name: str) -> str:
+    value = _field(doc, name)
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise _invalid(name, f"must be a string of {_ID_RULE}", value)
+    return value
+
+
+def _amount(doc: Mapping[str, Any], name: str) -> float:
+    value = _field(doc, name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _invalid(name, "must be a number", value)
+    amount = float(value)
+    if not math.isfinite(amount) or amount < 0:
+        raise _invalid(name, "must be a finite number of at least 0", value)
+    return amount
+
+
+def _boolean(doc: Mapping[str, Any], name: str) -> bool:
+    value = _field(doc, name)
+    if not isinstance(value, bool):
+        raise _invalid(name, "must be true or false", value)
+    return value
+
+
+def _utc_time(doc: Mapping[str, Any], name: str) -> datetime:
+    value = _field(doc, name)
+    if not isinstance(value, str):
+        raise _invalid(name, "must be an ISO-8601 UTC timestamp string", value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _invalid(name, "must be an ISO-8601 timestamp", value) from None
+    if parsed.utcoffset() != timedelta(0):
+        raise _invalid(name, "must be in UTC (Z or +00:00)", value)
+    return parsed.astimezone(UTC)

@@ -1,0 +1,156 @@
+"""Kestrel's own template end to end: emulator streams, local runtime, real Redis, poison DLQ."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from esm_harness import wait_until
+from kestrel.settings import LocalSettings
+from kestrel_local.aws import AwsClients
+from kestrel_local.provision import LocalApp, bind
+from kestrel_local.runtime import LocalRuntime
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@pytest.fixture
+def stack(emulator_endpoint: str, redis_url: str) -> Iterator[tuple[LocalApp, AwsClients]]:
+    clients = AwsClients(emulator_endpoint)
+    name = f"k{uuid.uuid4().hex[:8]}"
+    app, _ = bind(ROOT / "template.yaml", clients, name, {"RedisUrl": redis_url}, create=True)
+    yield app, clients
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+def transaction(n: int) -> dict[str, object]:
+    return {
+        "transaction_id": f"T-{n:06d}",
+        "customer_id": f"C-{n % 7}",
+        "terminal_id": f"TERM-{n % 3}",
+        "amount": 10.5 + n,
+        "event_time": "2026-11-29T10:00:00Z",
+    }
+
+
+def test_stack_counts_each_transaction_once_and_dead_letters_poison(
+    stack: tuple[LocalApp, AwsClients], redis_url: str, tmp_path: Path, emulator_endpoint: str
+) -> None:
+    app, clients = stack
+    kinesis, sqs = clients.client("kinesis"), clients.client("sqs")
+    stream = app.stack.physical["TransactionsStream"].ref
+    good = [transaction(n) for n in range(300)]
+    records = [
+        {"Data": json.dumps(t).encode(), "PartitionKey": str(t["customer_id"])} for t in good
+    ]
+    records += records[:50]  # duplicated puts: at-least-once delivery must not double count
+    records.append({"Data": b"\xff\xfe not json", "PartitionKey": "C-poison"})
+    for start in range(0, len(records), 500):
+        assert (
+            kinesis.put_records(StreamName=stream, Records=records[start : start + 500])[
+                "FailedRecordCount"
+            ]
+            == 0
+        )
+    settings = LocalSettings.from_env(
+        {"KESTREL_RUN_DIR": str(tmp_path), "AWS_ENDPOINT_URL": emulator_endpoint}
+    )
+    runtime = LocalRuntime(app, clients, settings, only=["TransactionsFunction"])
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
+    runtime.start()
+    try:
+        wait_until(
+            lambda: store.hget("kestrel:{global}:counts", "transactions_applied") == "300",
+            what="300 transactions applied",
+        )
+        poison_url = app.stack.physical["PoisonDLQ"].ref
+        messages: list[dict[str, object]] = []
+        wait_until(
+            lambda: bool(
+                messages.extend(
+                    sqs.receive_message(QueueUrl=poison_url, WaitTimeSeconds=1).get("Messages", [])
+                )
+                or messages
+            ),
+            what="the poison record in the DLQ",
+        )
+    finally:
+        runtime.stop()
+    assert (
+        sum(
+            int(store.hget(f"kestrel:{{cust:C-{c}}}:counts", "transactions") or 0) for c in range(7)
+        )
+        == 300
+    )
+    dead = json.loads(str(messages[0]["Body"]))
+    assert dead["reason"] == "undecodable"
+    assert base64.b64decode(dead["payload_b64"]).startswith(b"\xff\xfe")
+    assert dead["stream_arn"].endswith(f":stream/{stream}")
+    assert runtime.kinesis[0].stats.discarded == 0
+
+
+def test_invoke_cli_runs_transactions_function_on_sample_event(
+    stack: tuple[LocalApp, AwsClients], redis_url: str, emulator_endpoint: str, tmp_path: Path
+) -> None:
+    app, _ = stack
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AWS_ENDPOINT_URL": emulator_endpoint,
+        "KESTREL_RUN_DIR": str(tmp_path),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "kestrel_local",
+        "invoke",
+        "TransactionsFunction",
+        "--event",
+        "events/kinesis-transactions.json",
+        "--stack-name",
+        app.stack.stack_name,
+        "--parameter-overrides",
+        f"RedisUrl={redis_url}",
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"batchItemFailures": []}
+    event = json.loads((ROOT / "events" / "kinesis-transactions.json").read_text())
+    applied = redis.Redis.from_url(redis_url).hget(
+        "kestrel:{global}:counts", "transactions_applied"
+    )
+    assert int(applied or 0) == len(event["Records"])
+
+
+def test_invoke_cli_exits_non_zero_with_aws_error_shape_on_function_error(
+    stack: tuple[LocalApp, AwsClients], emulator_endpoint: str, tmp_path: Path
+) -> None:
+    app, _ = stack
+    bad_event = tmp_path / "bad.json"
+    bad_event.write_text(json.dumps({"Records": "not a list"}))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AWS_ENDPOINT_URL": emulator_endpoint,
+        "KESTREL_RUN_DIR": str(tmp_path),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "kestrel_local",
+        "invoke",
+        "TransactionsFunction",
+        "--event",
+        str(bad_event),
+        "--stack-name",
+        app.stack.stack_name,
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    error = json.loads(done.stdout)
+    assert set(error) >= {"errorMessage", "errorType", "stackTrace", "requestId"}

@@ -1,0 +1,180 @@
+"""Unit tests for kestrel.events: parsing, validation and every poison reason."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from kestrel.events import (
+    Increment,
+    Label,
+    PoisonReason,
+    PoisonRecord,
+    Transaction,
+    decode_base64,
+    parse_label,
+    parse_transaction,
+)
+
+TXN: dict[str, Any] = {
+    "transaction_id": "T-1",
+    "customer_id": "C-1",
+    "terminal_id": "TERM-1",
+    "amount": 12.5,
+    "event_time": "2026-11-28T09:15:02.123Z",
+}
+LABEL: dict[str, Any] = {
+    "transaction_id": "T-1",
+    "customer_id": "C-1",
+    "terminal_id": "TERM-1",
+    "is_fraud": True,
+    "label_time": "2026-12-05T14:02:11+00:00",
+}
+
+
+def _raw(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def _poison(raw: bytes, parse: Any = parse_transaction) -> PoisonRecord:
+    with pytest.raises(PoisonRecord) as info:
+        parse(raw)
+    return info.value
+
+
+def test_parse_transaction_returns_typed_utc_transaction() -> None:
+    txn = parse_transaction(_raw(TXN))
+    assert txn == Transaction(
+        transaction_id="T-1",
+        customer_id="C-1",
+        terminal_id="TERM-1",
+        amount=12.5,
+        event_time=datetime(2026, 11, 28, 9, 15, 2, 123000, tzinfo=UTC),
+    )
+    assert txn.event_id == "txn:T-1"
+
+
+def test_parse_transaction_accepts_integer_amount_and_ignores_unknown_fields() -> None:
+    txn = parse_transaction(_raw({**TXN, "amount": 3, "channel": "pos"}))
+    assert txn.amount == 3.0
+    assert isinstance(txn.amount, float)
+
+
+def test_transaction_increments_count_customer_terminal_and_global() -> None:
+    assert parse_transaction(_raw(TXN)).increments() == (
+        Increment("cust:C-1", "transactions"),
+        Increment("term:TERM-1", "transactions"),
+        Increment("global", "transactions_applied"),
+    )
+
+
+def test_parse_label_returns_typed_label() -> None:
+    label = parse_label(_raw(LABEL))
+    assert label == Label(
+        transaction_id="T-1",
+        customer_id="C-1",
+        terminal_id="TERM-1",
+        is_fraud=True,
+        label_time=datetime(2026, 12, 5, 14, 2, 11, tzinfo=UTC),
+    )
+    assert label.event_id == "label:T-1"
+
+
+def test_label_increments_count_fraud_labels_per_terminal() -> None:
+    fraud = parse_label(_raw(LABEL)).increments()
+    genuine = parse_label(_raw({**LABEL, "is_fraud": False})).increments()
+    assert Increment("term:TERM-1", "fraud_labels") in fraud
+    assert Increment("term:TERM-1", "fraud_labels") not in genuine
+    assert Increment("term:TERM-1", "labels") in genuine
+
+
+def test_decode_base64_rejects_malformed_data_as_undecodable() -> None:
+    with pytest.raises(PoisonRecord) as info:
+        decode_base64("not base64!!")
+    assert info.value.reason is PoisonReason.UNDECODABLE
+    assert info.value.detail.startswith("data:")
+    assert decode_base64(base64.b64encode(b"ok").decode()) == b"ok"
+
+
+def test_parse_transaction_rejects_non_utf8_as_undecodable() -> None:
+    poison = _poison(b"\xff\xfe\x00garbage")
+    assert poison.reason is PoisonReason.UNDECODABLE
+    assert "UTF-8" in poison.detail
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{not json", b"", b'{"amount": NaN}', b"[1, 2]", b'"text"'],
+    ids=["syntax", "empty", "nan", "array", "string"],
+)
+def test_parse_transaction_rejects_bad_json_as_invalid_json(raw: bytes) -> None:
+    poison = _poison(raw)
+    assert poison.reason is PoisonReason.INVALID_JSON
+    assert poison.detail.startswith("data:")
+
+
+@pytest.mark.parametrize("field", sorted(TXN))
+def test_parse_transaction_names_each_missing_field(field: str) -> None:
+    doc = {k: v for k, v in TXN.items() if k != field}
+    poison = _poison(_raw(doc))
+    assert poison.reason is PoisonReason.MISSING_FIELD
+    assert poison.detail.startswith(f"{field}:")
+
+
+def test_parse_transaction_treats_null_as_missing() -> None:
+    poison = _poison(_raw({**TXN, "customer_id": None}))
+    assert poison.reason is PoisonReason.MISSING_FIELD
+    assert poison.detail.startswith("customer_id:")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("transaction_id", 42, "must be a string"),
+        ("customer_id", "", "must be a string"),
+        ("terminal_id", "TERM{1}", "must be a string"),
+        ("amount", "12.50", "must be a number"),
+        ("amount", True, "must be a number"),
+        ("amount", -1, "at least 0"),
+        ("event_time", "yesterday", "ISO-8601"),
+        ("event_time", "2026-11-28T09:15:02", "UTC"),
+        ("event_time", "2026-11-28T10:15:02+01:00", "UTC"),
+        ("event_time", 1764321302, "ISO-8601"),
+    ],
+)
+def test_parse_transaction_names_each_invalid_field(field: str, value: Any, problem: str) -> None:
+    poison = _poison(_raw({**TXN, field: value}))
+    assert poison.reason is PoisonReason.INVALID_FIELD
+    assert poison.detail.startswith(f"{field}:")
+    assert problem in poison.detail
+
+
+def test_parse_transaction_rejects_overflowing_amount() -> None:
+    raw = _raw(TXN).replace(b"12.5", b"1e400")
+    poison = _poison(raw)
+    assert poison.reason is PoisonReason.INVALID_FIELD
+    assert poison.detail.startswith("amount:")
+    assert "finite" in poison.detail
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("is_fraud", "yes", PoisonReason.INVALID_FIELD),
+        ("is_fraud", 1, PoisonReason.INVALID_FIELD),
+        ("label_time", "2026-12-05", PoisonReason.INVALID_FIELD),
+        ("is_fraud", None, PoisonReason.MISSING_FIELD),
+    ],
+)
+def test_parse_label_rejects_bad_fields(field: str, value: Any, reason: PoisonReason) -> None:
+    poison = _poison(_raw({**LABEL, field: value}), parse_label)
+    assert poison.reason is reason
+    assert poison.detail.startswith(f"{field}:")
+
+
+def test_poison_record_message_carries_reason_and_detail() -> None:
+    poison = PoisonRecord(PoisonReason.INVALID_FIELD, "amount: must be a number")
+    assert str(poison) == "invalid_field: amount: must be a number"

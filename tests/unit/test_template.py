@@ -1,0 +1,65 @@
+"""Kestrel's template.yaml: every stream mapping carries the failure-handling settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kestrel_local.template import load_template
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+TEMPLATE = load_template(ROOT / "template.yaml")
+FUNCTIONS = {
+    name: resource
+    for name, resource in TEMPLATE["Resources"].items()
+    if resource["Type"] == "AWS::Serverless::Function"
+}
+KINESIS_EVENTS = [
+    (name, event_name, event["Properties"])
+    for name, resource in FUNCTIONS.items()
+    for event_name, event in resource["Properties"].get("Events", {}).items()
+    if event["Type"] == "Kinesis"
+]
+
+
+def test_template_declares_both_stream_functions() -> None:
+    assert {"TransactionsFunction", "LabelsFunction"} <= set(FUNCTIONS)
+    assert len(KINESIS_EVENTS) >= 2
+
+
+@pytest.mark.parametrize(("function", "event", "props"), KINESIS_EVENTS)
+def test_template_kinesis_events_handle_failures_as_designed(
+    function: str, event: str, props: dict[str, Any]
+) -> None:
+    assert props["BisectBatchOnFunctionError"] is True
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert props["DestinationConfig"]["OnFailure"]["Type"] == "SQS"
+    assert props["DestinationConfig"]["OnFailure"]["Destination"] == {
+        "Fn::GetAtt": ["OnFailureQueue", "Arn"]
+    }
+    assert 0 <= props["MaximumRetryAttempts"] <= 10000
+    assert 60 <= props["MaximumRecordAgeInSeconds"] <= 604800
+    for key in (
+        "BatchSize",
+        "MaximumBatchingWindowInSeconds",
+        "ParallelizationFactor",
+        "StartingPosition",
+    ):
+        assert key in props, f"{function}.{event} lacks {key}"
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_template_function_handler_file_exists_under_code_uri(function: str) -> None:
+    props = FUNCTIONS[function]["Properties"]
+    module, _, _ = props["Handler"].rpartition(".")
+    assert (ROOT / props["CodeUri"] / f"{module.replace('.', '/')}.py").is_file()
+
+
+def test_template_layers_point_at_existing_folders() -> None:
+    layers = [
+        r for r in TEMPLATE["Resources"].values() if r["Type"] == "AWS::Serverless::LayerVersion"
+    ]
+    assert len(layers) == 3
+    for layer in layers:
+        assert (ROOT / layer["Properties"]["ContentUri"]).is_dir()
