@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
-from esm_harness import EsmHarness, wait_until
+from esm_harness import FIXTURE_TEMPLATE, EsmHarness, wait_until
 
 
 @pytest.fixture
@@ -225,3 +228,47 @@ def test_runtime_sqs_deletes_successes_and_queue_redrives_failures_to_dlq(
     )["Attributes"]
     assert attributes["ApproximateNumberOfMessages"] == "0"
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_runtime_cli_stops_cleanly_on_sigterm_and_resumes_without_loss(
+    harness: EsmHarness, emulator_endpoint: str
+) -> None:
+    harness.put("SlowStream", [{"id": n} for n in range(40)])
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AWS_ENDPOINT_URL": emulator_endpoint,
+        "KESTREL_RUN_DIR": harness.settings.run_dir,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "kestrel_local",
+        "run",
+        "--template",
+        str(FIXTURE_TEMPLATE),
+        "--stack-name",
+        harness.stack_name,
+        "--function",
+        "SlowFunction",
+        "--parameter-overrides",
+        f"ObserveDir={harness.observe_dir}",
+    ]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(harness.observed("slow")) >= 2, what="a few slow batches")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "flushing checkpoints" in stderr
+    before = [i for line in harness.observed("slow") for i in ids(line)]
+    assert 0 < len(before) < 40
+    with harness.running("SlowFunction"):
+        wait_until(
+            lambda: sum(len(line["items"]) for line in harness.observed("slow")) >= 40,
+            what="the rest after a restart",
+        )
+        time.sleep(1.0)
+    delivered = [i for line in harness.observed("slow") for i in ids(line)]
+    assert delivered == list(range(40))

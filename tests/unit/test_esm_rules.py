@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 from kestrel_local.esm_common import failed_item_ids
-from kestrel_local.esm_kinesis import KinesisMapping, _Progress, kinesis_event_record
+from kestrel_local.esm_kinesis import KinesisMapping, _Lane, _Progress, kinesis_event_record
 from kestrel_local.functions import FunctionSpec, KinesisSource
 from kestrel_local.invoker import InvokeResult
 
@@ -276,3 +276,42 @@ def test_kinesis_event_record_has_aws_shape() -> None:
         "awsRegion": "us-east-1",
         "eventSourceARN": STREAM_ARN,
     }
+
+
+class LaneShard:
+    """Just enough of a shard consumer for a lane to gather batches."""
+
+    shard_id = "shardId-000000000000"
+
+    def __init__(self, **source: Any) -> None:
+        self.mapping = type("M", (), {"stopping": threading.Event()})()
+        self.source = KinesisSource(
+            function="F",
+            name="S",
+            stream_arn=STREAM_ARN,
+            starting_position="TRIM_HORIZON",
+            **source,
+        )
+
+
+def gather_with_late_arrivals(**source: Any) -> list[int]:
+    lane = _Lane(cast(Any, LaneShard(**source)), 0)
+    lane.inbox.put(record(1))
+    late = threading.Timer(0.1, lambda: [lane.inbox.put(record(n)) for n in (2, 3)])
+    late.start()
+    try:
+        return [int(r["SequenceNumber"]) for r in lane._gather()]
+    finally:
+        late.join()
+
+
+def test_lane_without_window_invokes_with_what_is_there() -> None:
+    assert gather_with_late_arrivals(batch_size=10, window_s=0.0) == [1]
+
+
+def test_lane_batching_window_gathers_records_arriving_within_it() -> None:
+    assert gather_with_late_arrivals(batch_size=10, window_s=2.0) == [1, 2, 3]
+
+
+def test_lane_stops_gathering_at_batch_size() -> None:
+    assert gather_with_late_arrivals(batch_size=2, window_s=2.0) == [1, 2]
