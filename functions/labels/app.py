@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from kestrel import clients
 from kestrel.events import PoisonRecord, decode_base64, parse_label
 from kestrel.ports import DeadLetter, DeadLetterSink, EventCounter

@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from kestrel import clients
 from kestrel.events import PoisonRecord, decode_base64, parse_transaction
 from kestrel.ports import DeadLetter, DeadLetterSink, EventCounter
@@ -44,7 +45,9 @@ def record_handler(
         return
     logger.set_correlation_id(txn.transaction_id)
     if not counter.apply(txn.event_id, txn.increments()):
-        logger.debug("duplicate transaction skipped", sequence_number=record.kinesis.sequence_number)
+        logger.debug(
+            "duplicate transaction skipped", sequence_number=record.kinesis.sequence_number
+        )
 
 
 @logger.inject_lambda_context

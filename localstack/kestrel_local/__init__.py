@@ -1,1 +1,1 @@
-"""Kestrel's local serverless platform: embedded AWS emulator, provisioning and a local Lambda runtime."""
+"""Kestrel's local serverless platform: AWS emulator, provisioning, local Lambda runtime."""

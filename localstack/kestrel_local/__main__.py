@@ -16,8 +16,8 @@ import threading
 from collections.abc import Sequence
 
 from botocore.exceptions import BotoCoreError, ClientError
-from kestrel.settings import LocalSettings, SettingsError
 
+from kestrel.settings import LocalSettings, SettingsError
 from kestrel_local.aws import AwsClients
 from kestrel_local.events import load_event
 from kestrel_local.invoker import FunctionPool, function_environment

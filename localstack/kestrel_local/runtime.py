@@ -7,7 +7,6 @@ import threading
 from pathlib import Path
 
 from kestrel.settings import LocalSettings
-
 from kestrel_local.aws import AwsClients
 from kestrel_local.checkpoints import CheckpointStore
 from kestrel_local.esm_kinesis import KinesisMapping

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from esm_harness import wait_until
+
 from kestrel.settings import LocalSettings
 from kestrel_local.aws import AwsClients
 from kestrel_local.provision import LocalApp, bind
@@ -72,15 +73,13 @@ def test_stack_counts_each_transaction_once_and_dead_letters_poison(
         )
         poison_url = app.stack.physical["PoisonDLQ"].ref
         messages: list[dict[str, object]] = []
-        wait_until(
-            lambda: bool(
-                messages.extend(
-                    sqs.receive_message(QueueUrl=poison_url, WaitTimeSeconds=1).get("Messages", [])
-                )
-                or messages
-            ),
-            what="the poison record in the DLQ",
-        )
+
+        def poison_arrived() -> bool:
+            response = sqs.receive_message(QueueUrl=poison_url, WaitTimeSeconds=1)
+            messages.extend(response.get("Messages", []))
+            return bool(messages)
+
+        wait_until(poison_arrived, what="the poison record in the DLQ")
     finally:
         runtime.stop()
     assert (

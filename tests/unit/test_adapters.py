@@ -10,6 +10,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
+
 from kestrel import clients
 from kestrel.adapters.redis_counter import APPLY_ONCE_LUA, RedisEventCounter
 from kestrel.adapters.sqs_dead_letters import SqsDeadLetterSink, message_body

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+
 from kestrel_local.esm_common import failed_item_ids
 from kestrel_local.esm_kinesis import KinesisMapping, _Lane, _Progress, kinesis_event_record
 from kestrel_local.functions import FunctionSpec, KinesisSource
@@ -297,7 +298,12 @@ class LaneShard:
 def gather_with_late_arrivals(**source: Any) -> list[int]:
     lane = _Lane(cast(Any, LaneShard(**source)), 0)
     lane.inbox.put(record(1))
-    late = threading.Timer(0.1, lambda: [lane.inbox.put(record(n)) for n in (2, 3)])
+
+    def arrive() -> None:
+        for n in (2, 3):
+            lane.inbox.put(record(n))
+
+    late = threading.Timer(0.1, arrive)
     late.start()
     try:
         return [int(r["SequenceNumber"]) for r in lane._gather()]

@@ -14,11 +14,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from kestrel import clients
 from kestrel.events import Increment
 from kestrel.ports import DeadLetter
 from kestrel_local.events import load_event
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 REPO = Path(__file__).resolve().parents[2]
 

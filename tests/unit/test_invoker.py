@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from kestrel_local.functions import FunctionSpec
 from kestrel_local.invoker import FunctionPool, function_environment
 

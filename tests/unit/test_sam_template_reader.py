@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kestrel_local.functions import functions_of
 from kestrel_local.provision import _names
 from kestrel_local.template import Stack, TemplateError, load_template

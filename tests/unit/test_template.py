@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kestrel_local.template import load_template
 
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -1,0 +1,134 @@
+# Kestrel: every command a developer or CI runs. `make help` lists them.
+# Variables below can be overridden from the environment or the command line.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?=
+TEMPLATE ?= template.yaml
+STACK_NAME ?= $(or $(KESTREL_STACK_NAME),kestrel)
+# Template parameter overrides ('K=V K=V'); an external REDIS_URL becomes the RedisUrl parameter.
+PARAMS ?= $(if $(REDIS_URL),RedisUrl=$(REDIS_URL))
+PYTEST_ARGS ?=
+STAMPS := .stamps
+SETUP_STAMP := $(STAMPS)/setup
+LINT_REGION ?= $(or $(AWS_DEFAULT_REGION),us-east-1)
+# Directories mypy checks (those without Python files are left out).
+MYPY_DIRS ?= layers/core/python localstack functions training bench tests
+
+ifneq ($(filter invoke,$(MAKECMDGOALS)),)
+ifeq ($(and $(FUNCTION),$(EVENT)),)
+$(error usage: make invoke FUNCTION=<LogicalId in $(TEMPLATE)> EVENT=events/<file>.json)
+endif
+ifeq ($(wildcard $(EVENT)),)
+$(error EVENT file not found: $(EVENT))
+endif
+endif
+
+.PHONY: help setup up down status deploy-local invoke run demo test test-unit test-integration \
+	lint bench-emulator bench clean
+
+help: ## List every target with what it does
+	@echo "Kestrel: make <target> [VAR=value]"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)
+
+setup: $(SETUP_STAMP) ## Create .venv, install pinned deps and redis-server (idempotent)
+
+$(PY):
+	@py="$(PYTHON)"; \
+	if [ -z "$$py" ]; then \
+		if command -v python3.11 >/dev/null 2>&1; then py=python3.11; \
+		elif command -v python3 >/dev/null 2>&1 && \
+			python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then py=python3; \
+		else echo "error: Python 3.11+ is needed: install python3.11 (apt-get install -y python3 python3-venv on Debian 12) or set PYTHON=/path/to/python3.11" >&2; exit 1; fi; \
+	fi; \
+	echo "creating $(VENV) with $$py ($$($$py --version))"; \
+	"$$py" -m venv $(VENV)
+
+$(SETUP_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ] \
+		&& [ ! -x /usr/sbin/redis-server ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing redis-server with apt-get"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else \
+			echo "error: redis-server is missing. Install it: sudo apt-get install -y redis-server (Debian/Ubuntu) or brew install redis (macOS), then run make setup again" >&2; \
+			exit 1; \
+		fi; \
+	fi
+	@mkdir -p $(STAMPS) && touch $@
+	@echo "setup done: $(VENV) ready, redis-server at $$(command -v redis-server || echo /usr/bin/redis-server)"
+
+up: $(SETUP_STAMP) ## Start the embedded AWS emulator and redis-server in the background (.run/)
+	$(PY) -m kestrel_local.services up
+
+down: ## Stop what `make up` started
+	@if [ -x $(PY) ]; then $(PY) -m kestrel_local.services down; else echo "nothing to stop (no $(VENV))"; fi
+
+status: $(SETUP_STAMP) ## Show emulator and Redis: embedded/external, pid, address, healthy
+	@$(PY) -m kestrel_local.services status
+
+deploy-local: up ## Create the template's streams, queues and bucket on the running endpoint
+	$(PY) -m kestrel_local provision --template $(TEMPLATE) --stack-name $(STACK_NAME) \
+		$(if $(PARAMS),--parameter-overrides "$(PARAMS)")
+
+invoke: up ## Run one handler on one event: make invoke FUNCTION=<LogicalId> EVENT=<file>
+	$(PY) -m kestrel_local invoke --template $(TEMPLATE) --stack-name $(STACK_NAME) \
+		$(if $(PARAMS),--parameter-overrides "$(PARAMS)") $(FUNCTION) --event $(EVENT)
+
+run: up ## Run the local Lambda runtime (event source mapping pollers) in the foreground
+	$(PY) -m kestrel_local run --template $(TEMPLATE) --stack-name $(STACK_NAME) \
+		$(if $(PARAMS),--parameter-overrides "$(PARAMS)")
+
+demo: setup up deploy-local ## Set up, start services, provision, then run the local runtime in the foreground (Ctrl-C stops; no simulator or dashboard yet)
+	@echo "AWS endpoint: $$($(PY) -c 'from kestrel.settings import LocalSettings as S; print(S.from_env().endpoint)')"
+	@echo "Redis:        $$($(PY) -c 'from kestrel.settings import LocalSettings as S; print(S.from_env().redis)')"
+	@echo "Logs:         .run/emulator.log, .run/redis.log; stop services with: make down"
+	@echo "Starting the local Lambda runtime; Ctrl-C stops it."
+	$(PY) -m kestrel_local run --template $(TEMPLATE) --stack-name $(STACK_NAME) \
+		$(if $(PARAMS),--parameter-overrides "$(PARAMS)")
+
+# Runs pytest on the tiers that exist. pytest exits 5 when it collects no test: say so plainly.
+define run_pytest
+	@set +e; paths="$(wildcard $(1))"; \
+	if [ -z "$$paths" ]; then echo "no tests: none of $(1) exists"; exit 0; fi; \
+	$(PY) -m pytest $$paths $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected in $(1)"; rc=0; fi; \
+	if [ $$rc -ne 0 ]; then echo "make $@: FAILED ($(1)), pytest exit code $$rc" >&2; fi; \
+	exit $$rc
+endef
+
+test: $(SETUP_STAMP) ## Run unit and integration tests (fixtures start their own emulator and redis-server)
+	$(call run_pytest,tests/unit tests/integration)
+
+test-unit: $(SETUP_STAMP) ## Run unit tests only (no network)
+	$(call run_pytest,tests/unit)
+
+test-integration: $(SETUP_STAMP) ## Run integration tests only (real redis-server + emulator)
+	$(call run_pytest,tests/integration)
+
+lint: $(SETUP_STAMP) ## ruff check, ruff format --check, mypy, cfn-lint and sam validate --lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	@dirs=$$(for d in $(MYPY_DIRS); do \
+		[ -n "$$(find $$d -name '*.py' -print -quit 2>/dev/null)" ] && echo $$d; done); \
+	echo "mypy $$dirs"; $(VENV)/bin/mypy $$dirs
+	@test -f $(TEMPLATE) || { echo "error: $(TEMPLATE) not found" >&2; exit 1; }
+	$(VENV)/bin/cfn-lint $(TEMPLATE)
+	SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$(LINT_REGION) \
+		$(VENV)/bin/sam validate --lint --template $(TEMPLATE)
+
+bench-emulator: $(SETUP_STAMP) ## Measure the embedded emulator's Kinesis put/get rates (writes bench/results/)
+	$(PY) bench/emulator.py
+
+bench: bench-emulator ## Run the benchmarks (for now only bench-emulator)
+
+clean: ## Stop services, remove .run, caches and build output
+	@if [ -x $(PY) ]; then $(PY) -m kestrel_local.services down || true; fi
+	rm -rf .run build .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

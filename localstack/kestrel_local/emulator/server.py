@@ -1,0 +1,126 @@
+"""Run moto's threaded server on loopback, with Kestrel's Kinesis patches and a health route.
+
+Health check: ``GET http://HOST:PORT/_kestrel/health`` answers 200 with a small JSON body
+(``{"status": "ok", "patched": true, "moto": "5.2.5"}``) without touching any AWS state, so it
+stays cheap with millions of records loaded. (``/moto-api/data.json`` is not a health check:
+it serialises every stored object.) Paths starting with ``_`` cannot be S3 bucket names, so
+the route never shadows an AWS API call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kestrel_local.emulator.patches import apply_patches
+
+HEALTH_PATH = "/_kestrel/health"
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class NonLoopbackHostError(ValueError):
+    """The emulator was asked to bind an address other than loopback."""
+
+
+def ensure_loopback(host: str) -> str:
+    """Return `host` if it is a loopback address (or "localhost"), else raise."""
+    if host == "localhost":
+        return host
+    try:
+        is_loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        is_loopback = False
+    if not is_loopback:
+        raise NonLoopbackHostError(
+            f"refusing to bind the AWS emulator to {host!r}: it has no authentication, so it "
+            "only listens on loopback (127.0.0.1, ::1 or localhost)"
+        )
+    return host
+
+
+def health_middleware(app: WSGIApp, patched: bool) -> WSGIApp:
+    """Wrap `app` so that GET `HEALTH_PATH` is answered directly with a JSON status."""
+    import moto
+
+    body = json.dumps({"status": "ok", "patched": patched, "moto": moto.__version__}).encode()
+
+    def wrapped(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == HEALTH_PATH and environ.get("REQUEST_METHOD") in {
+            "GET",
+            "HEAD",
+        }:
+            start_response(
+                "200 OK",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        return app(environ, start_response)
+
+    return wrapped
+
+
+class EmulatorServer:
+    """moto's WSGI app on a threaded werkzeug server bound to loopback."""
+
+    def __init__(self, host: str, port: int, patched: bool = True, access_log: bool = False):
+        """Bind the server socket (port 0 picks a free port); apply the patches if `patched`."""
+        ensure_loopback(host)
+        if patched:
+            apply_patches()
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        class RequestHandler(MotoRequestHandler):
+            """moto's handler with TCP_NODELAY (no Nagle/delayed-ACK stalls on keep-alive)."""
+
+            disable_nagle_algorithm = True
+
+            def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+                """Log each request only when the access log is on."""
+                if access_log:
+                    super().log_request(code, size)
+
+        if not access_log:
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        app = health_middleware(DomainDispatcherApplication(create_backend_app), patched)
+        self.patched = patched
+        self._server = make_server(host, port, app, threaded=True, request_handler=RequestHandler)
+        self.host = host
+        self.port: int = self._server.server_address[1]
+        os.environ["MOTO_PORT"] = str(self.port)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The endpoint URL clients use (brackets around an IPv6 host)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def serve_forever(self) -> None:
+        """Serve requests until `shutdown` is called from another thread."""
+        self._server.serve_forever()
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(
+            target=self.serve_forever, name="kestrel-emulator", daemon=True
+        )
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        """Stop serving, close the socket and join the background thread if any."""
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
