@@ -12,9 +12,10 @@ from typing import Any, cast
 import pytest
 
 from kestrel_local.esm_common import failed_item_ids
-from kestrel_local.esm_kinesis import KinesisMapping, _Lane, _Progress, kinesis_event_record
+from kestrel_local.esm_kinesis import KinesisMapping
 from kestrel_local.functions import FunctionSpec, KinesisSource
 from kestrel_local.invoker import InvokeResult
+from kestrel_local.kinesis_shard import Lane, Progress, kinesis_event_record
 
 STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/s"
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:failures"
@@ -70,7 +71,7 @@ def test_failed_item_ids_function_error_fails_whole_batch() -> None:
 
 
 def test_progress_checkpoint_moves_only_over_finished_prefix() -> None:
-    progress = _Progress()
+    progress = Progress()
     progress.fetched([1, 2, 3, 4, 5])
     assert progress.finished([2, 3]) is None
     assert progress.finished([1]) == 3
@@ -296,7 +297,7 @@ class LaneShard:
 
 
 def gather_with_late_arrivals(**source: Any) -> list[int]:
-    lane = _Lane(cast(Any, LaneShard(**source)), 0)
+    lane = Lane(cast(Any, LaneShard(**source)), 0)
     lane.inbox.put(record(1))
 
     def arrive() -> None:
