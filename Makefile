@@ -65,23 +65,23 @@ $(SETUP_STAMP): pyproject.toml constraints.txt | $(PY)
 	@echo "setup done: $(VENV) ready, redis-server at $$(command -v redis-server || echo /usr/bin/redis-server)"
 
 up: $(SETUP_STAMP) ## Start the embedded AWS emulator and redis-server in the background (.run/)
-	$(PY) -m kestrel_local.services up
+	$(PY) -m kestrel_local up
 
 down: ## Stop what `make up` started
-	@if [ -x $(PY) ]; then $(PY) -m kestrel_local.services down; else echo "nothing to stop (no $(VENV))"; fi
+	@if [ -x $(PY) ]; then $(PY) -m kestrel_local down; else echo "nothing to stop (no $(VENV))"; fi
 
 status: $(SETUP_STAMP) ## Show emulator and Redis: embedded/external, pid, address, healthy
-	@$(PY) -m kestrel_local.services status
+	@$(PY) -m kestrel_local status
 
 deploy-local: up ## Create the template's streams, queues and bucket on the running endpoint
 	$(PY) -m kestrel_local provision --template $(TEMPLATE) --stack-name $(STACK_NAME) \
 		$(if $(PARAMS),--parameter-overrides "$(PARAMS)")
 
-invoke: up ## Run one handler on one event: make invoke FUNCTION=<LogicalId> EVENT=<file>
+invoke: deploy-local ## Run one handler on one event: make invoke FUNCTION=<LogicalId> EVENT=<file>
 	$(PY) -m kestrel_local invoke --template $(TEMPLATE) --stack-name $(STACK_NAME) \
 		$(if $(PARAMS),--parameter-overrides "$(PARAMS)") $(FUNCTION) --event $(EVENT)
 
-run: up ## Run the local Lambda runtime (event source mapping pollers) in the foreground
+run: deploy-local ## Run the local Lambda runtime (event source mapping pollers) in the foreground
 	$(PY) -m kestrel_local run --template $(TEMPLATE) --stack-name $(STACK_NAME) \
 		$(if $(PARAMS),--parameter-overrides "$(PARAMS)")
 
@@ -129,6 +129,6 @@ bench-emulator: $(SETUP_STAMP) ## Measure the embedded emulator's Kinesis put/ge
 bench: bench-emulator ## Run the benchmarks (for now only bench-emulator)
 
 clean: ## Stop services, remove .run, caches and build output
-	@if [ -x $(PY) ]; then $(PY) -m kestrel_local.services down || true; fi
+	@if [ -x $(PY) ]; then $(PY) -m kestrel_local down || true; fi
 	rm -rf .run build .aws-sam .pytest_cache .mypy_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -1,5 +1,7 @@
-"""Command line of the local platform: provision, invoke and run any SAM template locally.
+"""Command line of the local platform: start its services; provision, invoke, run a template.
 
+python -m kestrel_local up|down [--timeout S]
+python -m kestrel_local status
 python -m kestrel_local provision --template template.yaml
 python -m kestrel_local invoke --template template.yaml TransactionsFunction --event events/x.json
 python -m kestrel_local run --template template.yaml [--function F ...]
@@ -23,6 +25,15 @@ from kestrel_local.events import load_event
 from kestrel_local.invoker import FunctionPool, function_environment
 from kestrel_local.provision import LocalApp, bind
 from kestrel_local.runtime import LocalRuntime
+from kestrel_local.services import (
+    HEALTH_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    ServiceError,
+    ServiceStatus,
+    down,
+    status,
+    up,
+)
 from kestrel_local.template import TemplateError
 
 
@@ -87,6 +98,48 @@ def _cmd_run(args: argparse.Namespace, settings: LocalSettings) -> int:
     return 0
 
 
+def format_status(rows: list[ServiceStatus]) -> str:
+    """Render `status` rows as a small aligned table."""
+    table = [("SERVICE", "MODE", "PID", "ADDRESS", "HEALTHY")] + [
+        (
+            r.name,
+            "embedded" if r.embedded else "external",
+            str(r.pid or "-"),
+            r.address,
+            "yes" if r.healthy else "no",
+        )
+        for r in rows
+    ]
+    widths = [max(len(cells[i]) for cells in table) for i in range(len(table[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+        for cells in table
+    )
+
+
+def _cmd_up(args: argparse.Namespace, settings: LocalSettings) -> int:
+    print("\n".join(up(settings, args.timeout or HEALTH_TIMEOUT_S)))
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace, settings: LocalSettings) -> int:
+    print("\n".join(down(settings, args.timeout or STOP_TIMEOUT_S)))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, settings: LocalSettings) -> int:
+    print(format_status(status(settings)))
+    return 0
+
+
+# Commands that manage the local services: no template options, errors exit 1.
+SERVICE_COMMANDS = {
+    "up": ("start the embedded AWS emulator and redis-server in the background", _cmd_up),
+    "down": ("stop what `up` started", _cmd_down),
+    "status": ("show each service: embedded or external, pid, address, healthy", _cmd_status),
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kestrel_local",
@@ -95,6 +148,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, func) in SERVICE_COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.set_defaults(func=func)
+        if name != "status":
+            cmd.add_argument("--timeout", type=float, default=None, help="seconds to wait")
     commands = {
         "provision": ("create the template's streams, queues and buckets", _cmd_provision),
         "invoke": ("run one function once on one event, like sam local invoke", _cmd_invoke),
@@ -132,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    if args.command in SERVICE_COMMANDS:
+        try:
+            return int(args.func(args, LocalSettings.from_env()))
+        except (ServiceError, SettingsError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     try:
         settings = LocalSettings.from_env()
         args.stack_name = args.stack_name or settings.stack_name

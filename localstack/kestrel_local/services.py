@@ -1,18 +1,17 @@
 """Start, stop and inspect the embedded local services: the AWS emulator and redis-server.
 
-Used as `python -m kestrel_local.services up|down|status` (what `make up`, `make down` and
-`make status` run) and, by the test suite, through `running_emulator`, `running_redis` and
-`running_services`, which start fresh servers on free loopback ports and stop them on exit.
+`up`, `down` and `status` back `python -m kestrel_local up|down|status` (what `make up`,
+`make down` and `make status` run); the test suite uses `running_emulator`, `running_redis`
+and `running_services`, which start fresh servers on free loopback ports and stop them on
+exit. Process and port helpers live in `kestrel_local.processes`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,13 +25,22 @@ from typing import Literal
 
 import redis
 
-from kestrel.settings import LocalSettings, SettingsError
+from kestrel.settings import LocalSettings
+from kestrel_local.processes import (
+    LOOPBACK,
+    free_port,
+    pid_alive,
+    pid_matches,
+    port_in_use,
+    serves_port,
+    signal_group,
+    wait_gone,
+)
 
 ServiceName = Literal["emulator", "redis"]
 SERVICES: tuple[ServiceName, ...] = ("emulator", "redis")
 HEALTH_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
-LOOPBACK = "127.0.0.1"
 PORT_SETTING: dict[ServiceName, str] = {
     "emulator": "KESTREL_EMULATOR_PORT",
     "redis": "KESTREL_REDIS_PORT",
@@ -96,11 +104,11 @@ class ServiceHandle:
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop the server (SIGTERM, SIGKILL after `timeout_s`), reap it, remove its pid file."""
         if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
+            signal_group(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                _signal_group(self.process.pid, signal.SIGKILL)
+                signal_group(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout_s)
         self.pid_file.unlink(missing_ok=True)
 
@@ -167,72 +175,9 @@ def redis_command(port: int, data_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def pid_alive(pid: int) -> bool:
-    """Return True if `pid` is a running (not zombie) process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # The state letter follows the command name, which is in parentheses and may hold spaces.
-    return stat.rsplit(")", 1)[-1].split()[0] not in {"Z", "X"}
-
-
-def _cmdline(pid: int) -> list[str]:
-    """The words of `pid`'s command line (redis-server rewrites its own: "redis-server H:P")."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
-    except OSError:
-        return []
-
-
 def pid_is_ours(pid: int, name: ServiceName) -> bool:
     """Return True if `pid` is alive and its command line is that of our `name` server."""
-    cmdline = " ".join(_cmdline(pid))
-    return pid_alive(pid) and any(marker in cmdline for marker in CMDLINE_MARKERS[name])
-
-
-def _serves_port(pid: int, port: int) -> bool:
-    """Return True if `pid`'s command line names `port` (`--port P`, `-p P` or `host:P`)."""
-    return any(w == str(port) or w.endswith(f":{port}") for w in _cmdline(pid))
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    """Send `sig` to the process group led by `pid` (or to `pid` alone if it leads none)."""
-    with contextlib.suppress(ProcessLookupError):
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-
-
-def _wait_gone(pid: int, timeout_s: float) -> bool:
-    """Wait until `pid` is no longer a live process; return False on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port on `host` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Return True if a TCP server could not bind `host:port` (something already listens)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
+    return pid_matches(pid, CMDLINE_MARKERS[name])
 
 
 def emulator_healthy(endpoint: str, *, embedded: bool = True, timeout_s: float = 1.0) -> bool:
@@ -430,7 +375,7 @@ def up(settings: LocalSettings, timeout_s: float = HEALTH_TIMEOUT_S) -> list[str
             continue
         pid = read_pid(settings, name)
         if pid is not None:  # ours: on the configured port, and it may still be starting
-            if not _serves_port(pid, port):
+            if not serves_port(pid, port):
                 raise ServiceError(
                     f"{name}: already running (pid {pid}) on another port than "
                     f"{PORT_SETTING[name]}={port}; run `make down` first"
@@ -486,59 +431,11 @@ def down(settings: LocalSettings, timeout_s: float = STOP_TIMEOUT_S) -> list[str
             pid_file.unlink(missing_ok=True)
             lines.append(f"{name}: stale pid file removed (process gone or not ours)")
             continue
-        _signal_group(pid, signal.SIGTERM)
-        if not _wait_gone(pid, timeout_s):
-            _signal_group(pid, signal.SIGKILL)
-            if not _wait_gone(pid, timeout_s):
+        signal_group(pid, signal.SIGTERM)
+        if not wait_gone(pid, timeout_s):
+            signal_group(pid, signal.SIGKILL)
+            if not wait_gone(pid, timeout_s):
                 raise ServiceError(f"{name}: pid {pid} survived SIGKILL")
         pid_file.unlink(missing_ok=True)
         lines.append(f"{name}: stopped (pid {pid})")
     return lines
-
-
-def format_status(rows: list[ServiceStatus]) -> str:
-    """Render `status` rows as a small aligned table."""
-    table = [("SERVICE", "MODE", "PID", "ADDRESS", "HEALTHY")] + [
-        (
-            r.name,
-            "embedded" if r.embedded else "external",
-            str(r.pid or "-"),
-            r.address,
-            "yes" if r.healthy else "no",
-        )
-        for r in rows
-    ]
-    widths = [max(len(cells[i]) for cells in table) for i in range(len(table[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
-        for cells in table
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run `up`, `down` or `status` from the command line; return the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m kestrel_local.services",
-        description="Start, stop or show the embedded AWS emulator and redis-server.",
-    )
-    parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait")
-    args = parser.parse_args(argv)
-    try:
-        settings = LocalSettings.from_env()
-        if args.command == "status":
-            print(format_status(status(settings)))
-            return 0
-        if args.command == "up":
-            lines = up(settings, args.timeout or HEALTH_TIMEOUT_S)
-        else:
-            lines = down(settings, args.timeout or STOP_TIMEOUT_S)
-    except (ServiceError, SettingsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

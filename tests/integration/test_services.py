@@ -1,4 +1,4 @@
-"""`python -m kestrel_local.services` and the fixtures API start, report and stop real servers."""
+"""`python -m kestrel_local up|down|status` and the fixtures API start, report, stop servers."""
 
 from __future__ import annotations
 
@@ -13,13 +13,8 @@ import boto3
 import pytest
 import redis
 
-from kestrel_local.services import (
-    free_port,
-    pid_alive,
-    port_in_use,
-    redis_healthy,
-    running_services,
-)
+from kestrel_local.processes import free_port, pid_alive, port_in_use
+from kestrel_local.services import redis_healthy, running_services
 
 pytestmark = pytest.mark.integration
 OVERRIDDEN = ("AWS_ENDPOINT_URL", "REDIS_URL")
@@ -39,9 +34,9 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def services(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run `python -m kestrel_local.services COMMAND` with `env`."""
+    """Run `python -m kestrel_local COMMAND` with `env`."""
     return subprocess.run(
-        [sys.executable, "-m", "kestrel_local.services", command],
+        [sys.executable, "-m", "kestrel_local", command],
         env=env,
         capture_output=True,
         text=True,

@@ -1,0 +1,86 @@
+"""Process and port helpers for the local services: /proc checks, signals, loopback ports.
+
+Linux only (reads /proc). Used by `kestrel_local.services` to check that a pid is one of
+ours before signalling it, to stop a server's process group and to pick or check ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+def pid_alive(pid: int) -> bool:
+    """Return True if `pid` is a running (not zombie) process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state letter follows the command name, which is in parentheses and may hold spaces.
+    return stat.rsplit(")", 1)[-1].split()[0] not in {"Z", "X"}
+
+
+def cmdline(pid: int) -> list[str]:
+    """Return the words of `pid`'s command line, or [] if it cannot be read."""
+    # redis-server rewrites its own command line: "redis-server H:P".
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
+    except OSError:
+        return []
+
+
+def pid_matches(pid: int, markers: Iterable[str]) -> bool:
+    """Return True if `pid` is alive and its command line contains one of `markers`."""
+    line = " ".join(cmdline(pid))
+    return pid_alive(pid) and any(marker in line for marker in markers)
+
+
+def serves_port(pid: int, port: int) -> bool:
+    """Return True if `pid`'s command line names `port` (`--port P`, `-p P` or `host:P`)."""
+    return any(w == str(port) or w.endswith(f":{port}") for w in cmdline(pid))
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send `sig` to the process group led by `pid` (or to `pid` alone if it leads none)."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def wait_gone(pid: int, timeout_s: float) -> bool:
+    """Wait until `pid` is no longer a live process; return False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """Return a TCP port on `host` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Return True if a TCP server could not bind `host:port` (something already listens)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
