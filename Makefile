@@ -28,7 +28,7 @@ endif
 endif
 
 .PHONY: help setup up down status deploy-local invoke run demo test test-unit test-integration \
-	lint bench-emulator bench clean
+	lint parity bench-emulator bench clean
 
 help: ## List every target with what it does
 	@echo "Kestrel: make <target> [VAR=value]"
@@ -73,9 +73,10 @@ down: ## Stop what `make up` started
 status: $(SETUP_STAMP) ## Show emulator and Redis: embedded/external, pid, address, healthy
 	@$(PY) -m kestrel_local status
 
-deploy-local: up ## Create the template's streams, queues and bucket on the running endpoint
+deploy-local: up ## Create the template's streams, queues, bucket and schemas on the running endpoint
 	$(PY) -m kestrel_local provision --template $(TEMPLATE) --stack-name $(STACK_NAME) \
 		$(if $(PARAMS),--parameter-overrides "$(PARAMS)")
+	$(PY) -m kestrel_local register-schemas --stack-name $(STACK_NAME)
 
 invoke: deploy-local ## Run one handler on one event: make invoke FUNCTION=<LogicalId> EVENT=<file>
 	$(PY) -m kestrel_local invoke --template $(TEMPLATE) --stack-name $(STACK_NAME) \
@@ -122,6 +123,9 @@ lint: $(SETUP_STAMP) ## ruff check, ruff format --check, mypy, cfn-lint and sam 
 	$(VENV)/bin/cfn-lint $(TEMPLATE)
 	SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$(LINT_REGION) \
 		$(VENV)/bin/sam validate --lint --template $(TEMPLATE)
+
+parity: up ## Replay EVENTS (default 100000) simulated events through the stack; online == offline?
+	$(PY) -m kestrel_training.parity --events $(or $(EVENTS),100000)
 
 bench-emulator: $(SETUP_STAMP) ## Measure the embedded emulator's Kinesis put/get rates (writes bench/results/)
 	$(PY) bench/emulator.py

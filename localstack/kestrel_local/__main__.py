@@ -5,6 +5,7 @@ python -m kestrel_local status
 python -m kestrel_local provision --template template.yaml
 python -m kestrel_local invoke --template template.yaml TransactionsFunction --event events/x.json
 python -m kestrel_local run --template template.yaml [--function F ...]
+python -m kestrel_local register-schemas --stack-name kestrel
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kestrel.adapters.glue_registry import GlueSchemaRegistry, register_all
+from kestrel.schema_compat import SchemaIncompatible
 from kestrel.settings import LocalSettings, SettingsError
 from kestrel_local.aws import AwsClients
 from kestrel_local.events import load_event
@@ -61,6 +64,14 @@ def _bind(
 def _cmd_provision(args: argparse.Namespace, settings: LocalSettings) -> int:
     print(f"provisioning {args.template} as stack {args.stack_name!r} on {settings.endpoint}")
     _bind(args, settings, create=True)
+    return 0
+
+
+def _cmd_register_schemas(args: argparse.Namespace, settings: LocalSettings) -> int:
+    clients = AwsClients(settings.endpoint, region=args.region)
+    registry = GlueSchemaRegistry(clients.client("glue"), args.stack_name)
+    for name, version in register_all(registry).items():
+        print(f"schema {name:<16} registry {args.stack_name}: version {version}")
     return 0
 
 
@@ -157,6 +168,10 @@ def _parser() -> argparse.ArgumentParser:
         "provision": ("create the template's streams, queues and buckets", _cmd_provision),
         "invoke": ("run one function once on one event, like sam local invoke", _cmd_invoke),
         "run": ("poll every Kinesis/SQS event source and invoke the functions", _cmd_run),
+        "register-schemas": (
+            "register Kestrel's Avro schemas (backward compatible) in the stack's registry",
+            _cmd_register_schemas,
+        ),
     }
     for name, (help_text, func) in commands.items():
         cmd = sub.add_parser(name, help=help_text)
@@ -200,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = LocalSettings.from_env()
         args.stack_name = args.stack_name or settings.stack_name
         return int(args.func(args, settings))
-    except (SettingsError, TemplateError, ValueError) as exc:
+    except (SettingsError, TemplateError, SchemaIncompatible, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (BotoCoreError, ClientError) as exc:

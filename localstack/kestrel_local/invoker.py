@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from kestrel_local.functions import FunctionSpec
@@ -44,7 +45,9 @@ class InvokeResult:
 class _Worker:
     """One execution environment: a child process and the parent's end of its pipe."""
 
-    def __init__(self, spec: FunctionSpec, environment: Mapping[str, str]) -> None:
+    def __init__(
+        self, spec: FunctionSpec, environment: Mapping[str, str], log_file: Path | None
+    ) -> None:
         self.conn, child = _SPAWN.Pipe()
         self.process: BaseProcess = _SPAWN.Process(
             target=serve,
@@ -57,6 +60,7 @@ class _Worker:
                 spec.name,
                 spec.arn,
                 spec.memory_mb,
+                str(log_file) if log_file else None,
             ),
             name=f"lambda:{spec.logical_id}",
             daemon=True,
@@ -84,11 +88,22 @@ class _Worker:
 
 
 class FunctionPool:
-    """Warm workers for one function, at most `concurrency` at a time."""
+    """Warm workers for one function, at most `concurrency` at a time.
 
-    def __init__(self, spec: FunctionSpec, environment: Mapping[str, str], concurrency: int):
+    Handler output (print, logging, EMF metrics) goes to the terminal's stderr, or appends
+    to `log_file` when one is given.
+    """
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        environment: Mapping[str, str],
+        concurrency: int,
+        log_file: Path | None = None,
+    ) -> None:
         self.spec = spec
         self.environment = dict(environment)
+        self.log_file = log_file
         self._idle: list[_Worker] = []
         self._slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
@@ -157,7 +172,7 @@ class FunctionPool:
                 raise RuntimeError(f"{self.spec.logical_id}: the runtime is shutting down")
             if self._idle:
                 return self._idle.pop()
-        return _Worker(self.spec, self.environment)
+        return _Worker(self.spec, self.environment, self.log_file)
 
     def _checkin(self, worker: _Worker) -> None:
         with self._lock:

@@ -26,7 +26,9 @@ class LocalRuntime:
         clients: AwsClients,
         settings: LocalSettings,
         only: list[str] | None = None,
+        log_dir: Path | None = None,
     ) -> None:
+        """`log_dir`: write each function's output to `<log_dir>/<LogicalId>.log`."""
         self.app = app
         self.stopping = threading.Event()
         specs = [app.function(name) for name in only] if only else list(app.functions.values())
@@ -36,9 +38,12 @@ class LocalRuntime:
                 spec,
                 function_environment(spec, aws_env),
                 spec.reserved_concurrency or settings.max_concurrency,
+                log_file=log_dir / f"{spec.logical_id}.log" if log_dir else None,
             )
             for spec in specs
         }
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
         db = Path(settings.run_dir) / "checkpoints" / f"{app.stack.stack_name}.db"
         self.checkpoints = CheckpointStore(db)
         self.kinesis = [

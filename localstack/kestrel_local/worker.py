@@ -49,8 +49,13 @@ def serve(
     function_name: str,
     function_arn: str,
     memory_mb: int,
+    log_file: str | None = None,
 ) -> None:
     """Run in the child process: set up the environment, import the handler, answer invokes."""
+    if log_file is not None:
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log_fd, sys.stderr.fileno())
+        os.close(log_fd)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     os.environ.clear()
     os.environ.update(environment)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kestrel_local.redis_cluster import running_redis_cluster
 from kestrel_local.services import ServiceError, find_redis_server
 
 HERE = Path(__file__).resolve().parent
@@ -25,3 +27,18 @@ def _redis_server_installed() -> None:
         find_redis_server()
     except ServiceError as exc:
         pytest.fail(f"integration tests need redis-server: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of one startup node of a fresh 3-master Redis Cluster on loopback.
+
+    The nodes are real redis-server processes on free 127.0.0.1 ports (no replicas, no
+    persistence), started on first use and all stopped at session end. Build clients with
+    `redis.cluster.RedisCluster.from_url(redis_cluster_url)`; they discover the other nodes.
+    """
+    try:
+        with running_redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as urls:
+            yield urls[0]
+    except ServiceError as exc:
+        pytest.fail(f"could not start the Redis Cluster: {exc}", pytrace=False)

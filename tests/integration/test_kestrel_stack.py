@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 from esm_harness import wait_until
+from kestrel_training.parity import read_logged_features
 
+from kestrel.features import FEATURE_NAMES
 from kestrel.settings import LocalSettings
 from kestrel_local.aws import AwsClients
 from kestrel_local.provision import LocalApp, bind
@@ -41,7 +43,7 @@ def transaction(n: int) -> dict[str, object]:
     }
 
 
-def test_stack_counts_each_transaction_once_and_dead_letters_poison(
+def test_stack_applies_features_once_logs_them_and_dead_letters_poison(
     stack: tuple[LocalApp, AwsClients], redis_url: str, tmp_path: Path, emulator_endpoint: str
 ) -> None:
     app, clients = stack
@@ -54,22 +56,20 @@ def test_stack_counts_each_transaction_once_and_dead_letters_poison(
     records += records[:50]  # duplicated puts: at-least-once delivery must not double count
     records.append({"Data": b"\xff\xfe not json", "PartitionKey": "C-poison"})
     for start in range(0, len(records), 500):
-        assert (
-            kinesis.put_records(StreamName=stream, Records=records[start : start + 500])[
-                "FailedRecordCount"
-            ]
-            == 0
-        )
+        response = kinesis.put_records(StreamName=stream, Records=records[start : start + 500])
+        assert response["FailedRecordCount"] == 0
     settings = LocalSettings.from_env(
         {"KESTREL_RUN_DIR": str(tmp_path), "AWS_ENDPOINT_URL": emulator_endpoint}
     )
-    runtime = LocalRuntime(app, clients, settings, only=["TransactionsFunction"])
+    runtime = LocalRuntime(
+        app, clients, settings, only=["TransactionsFunction"], log_dir=tmp_path / "logs"
+    )
     store = redis.Redis.from_url(redis_url, decode_responses=True)
     runtime.start()
     try:
         wait_until(
-            lambda: store.hget("kestrel:{global}:counts", "transactions_applied") == "300",
-            what="300 transactions applied",
+            lambda: runtime.kinesis[0].stats.succeeded >= len(records),
+            what="every record handled",
         )
         poison_url = app.stack.physical["PoisonDLQ"].ref
         messages: list[dict[str, object]] = []
@@ -82,17 +82,17 @@ def test_stack_counts_each_transaction_once_and_dead_letters_poison(
         wait_until(poison_arrived, what="the poison record in the DLQ")
     finally:
         runtime.stop()
-    assert (
-        sum(
-            int(store.hget(f"kestrel:{{cust:C-{c}}}:counts", "transactions") or 0) for c in range(7)
-        )
-        == 300
-    )
+    per_customer = [store.zcard(f"kestrel:{{c:C-{c}}}:tx") for c in range(7)]
+    assert sum(per_customer) == 300
     dead = json.loads(str(messages[0]["Body"]))
     assert dead["reason"] == "undecodable"
     assert base64.b64decode(dead["payload_b64"]).startswith(b"\xff\xfe")
     assert dead["stream_arn"].endswith(f":stream/{stream}")
     assert runtime.kinesis[0].stats.discarded == 0
+    logged = read_logged_features(clients, app.stack.physical["EventLogBucket"].ref)
+    assert set(logged) == {str(t["transaction_id"]) for t in good}
+    last = logged["T-000299"]
+    assert last[FEATURE_NAMES.index("CUSTOMER_ID_NB_TX_1DAY_WINDOW")] == 43  # 300 / 7 customers
 
 
 def test_invoke_cli_runs_transactions_function_on_sample_event(
@@ -121,10 +121,11 @@ def test_invoke_cli_runs_transactions_function_on_sample_event(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"batchItemFailures": []}
     event = json.loads((ROOT / "events" / "kinesis-transactions.json").read_text())
-    applied = redis.Redis.from_url(redis_url).hget(
-        "kestrel:{global}:counts", "transactions_applied"
-    )
-    assert int(applied or 0) == len(event["Records"])
+    sent = [json.loads(base64.b64decode(r["kinesis"]["data"])) for r in event["Records"]]
+    client = redis.Redis.from_url(redis_url)
+    for tx in sent:
+        customer_key = f"kestrel:{{c:{tx['customer_id']}}}:tx"
+        assert client.zscore(customer_key, tx["transaction_id"]) is not None
 
 
 def test_invoke_cli_exits_non_zero_with_aws_error_shape_on_function_error(

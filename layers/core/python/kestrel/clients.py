@@ -9,16 +9,20 @@ code talks to AWS, LocalStack or the embedded emulator.
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import boto3
 import redis
 from botocore.config import Config
 
-from kestrel.adapters.redis_counter import RedisEventCounter
+from kestrel.adapters.glue_registry import GlueSchemaApi, GlueSchemaRegistry
+from kestrel.adapters.redis_features import RedisFeatureStore
+from kestrel.adapters.s3_event_log import S3EventLog
 from kestrel.adapters.sqs_dead_letters import SqsDeadLetterSink
-from kestrel.ports import DeadLetterSink, EventCounter
+from kestrel.codec import label_decoder, transaction_decoder
+from kestrel.ports import DeadLetterSink, EventLog, FeatureStore
 from kestrel.settings import Settings
+from kestrel.streaming import LabelPath, TransactionPath
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
@@ -73,15 +77,49 @@ def s3_client() -> S3Client:
 
 
 @cache
-def event_counter() -> EventCounter:
-    """The online store's `EventCounter` (Redis)."""
-    return RedisEventCounter(redis_client())
+def glue_client() -> GlueSchemaApi:
+    """The boto3 Glue client (schema registry operations)."""
+    return cast("GlueSchemaApi", _session().client("glue", config=_BOTO_CONFIG))
+
+
+@cache
+def feature_store() -> FeatureStore:
+    """The online `FeatureStore` (Redis)."""
+    return RedisFeatureStore(redis_client())
+
+
+@cache
+def event_log() -> EventLog:
+    """The offline `EventLog` (S3 bucket at `Settings.event_log_bucket`)."""
+    return S3EventLog(s3_client(), settings().event_log_bucket)
 
 
 @cache
 def dead_letter_sink() -> DeadLetterSink:
     """The poison-record `DeadLetterSink` (SQS queue at `Settings.poison_dlq_url`)."""
     return SqsDeadLetterSink(sqs_client(), settings().poison_dlq_url)
+
+
+@cache
+def schema_registry() -> GlueSchemaRegistry:
+    """The Glue schema registry `Settings.schema_registry` (a cached `SchemaLookup`)."""
+    return GlueSchemaRegistry(glue_client(), settings().schema_registry)
+
+
+@cache
+def transaction_path() -> TransactionPath:
+    """The transaction stream path with every adapter wired."""
+    return TransactionPath(
+        transaction_decoder(schema_registry()), feature_store(), dead_letter_sink(), event_log()
+    )
+
+
+@cache
+def label_path() -> LabelPath:
+    """The label stream path with every adapter wired."""
+    return LabelPath(
+        label_decoder(schema_registry()), feature_store(), dead_letter_sink(), event_log()
+    )
 
 
 def reset() -> None:
@@ -93,7 +131,12 @@ def reset() -> None:
         sqs_client,
         kinesis_client,
         s3_client,
-        event_counter,
+        glue_client,
+        feature_store,
+        event_log,
         dead_letter_sink,
+        schema_registry,
+        transaction_path,
+        label_path,
     ):
         factory.cache_clear()

@@ -20,6 +20,11 @@ from typing import Any, NoReturn
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . : - starting with a letter or digit"
+_MAX_TEXT = 128
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+_MIN_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+_MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 
 
 class PoisonReason(StrEnum):
@@ -29,6 +34,8 @@ class PoisonReason(StrEnum):
     INVALID_JSON = "invalid_json"
     MISSING_FIELD = "missing_field"
     INVALID_FIELD = "invalid_field"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    SCHEMA_MISMATCH = "schema_mismatch"
 
 
 class PoisonRecord(ValueError):
@@ -41,60 +48,27 @@ class PoisonRecord(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Increment:
-    """Add `by` to counter `field` of `entity` (e.g. entity "cust:C1", field "transactions")."""
-
-    entity: str
-    field: str
-    by: int = 1
-
-
-@dataclass(frozen=True, slots=True)
 class Transaction:
-    """A card transaction as the producer writes it to the transactions stream."""
+    """A card transaction as the producer writes it to the transactions stream (UTC epoch ms)."""
 
     transaction_id: str
     customer_id: str
     terminal_id: str
     amount: float
-    event_time: datetime
-
-    @property
-    def event_id(self) -> str:
-        """Idempotency key: the same transaction is applied once, however often it arrives."""
-        return f"txn:{self.transaction_id}"
-
-    def increments(self) -> tuple[Increment, ...]:
-        """Counters an applied transaction adds to: its customer, its terminal, the total."""
-        return (
-            Increment(f"cust:{self.customer_id}", "transactions"),
-            Increment(f"term:{self.terminal_id}", "transactions"),
-            Increment("global", "transactions_applied"),
-        )
+    event_time_ms: int
+    channel: str | None = None
+    device_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Label:
-    """A (delayed) fraud label for one transaction, from the label feed."""
+    """A (delayed) fraud label for one transaction, from the label feed (UTC epoch ms)."""
 
     transaction_id: str
     customer_id: str
     terminal_id: str
     is_fraud: bool
-    label_time: datetime
-
-    @property
-    def event_id(self) -> str:
-        """Idempotency key: one label per transaction is applied once."""
-        return f"label:{self.transaction_id}"
-
-    def increments(self) -> tuple[Increment, ...]:
-        """Counters one applied label adds to: its terminal's label and fraud counts, the total."""
-        terminal = f"term:{self.terminal_id}"
-        counts = [Increment(terminal, "labels"), Increment("global", "labels_applied")]
-        if self.is_fraud:
-            counts.append(Increment(terminal, "fraud_labels"))
-        return tuple(counts)
+    label_time_ms: int
 
 
 def decode_base64(data: str) -> bytes:
@@ -107,26 +81,41 @@ def decode_base64(data: str) -> bytes:
 
 def parse_transaction(raw: bytes) -> Transaction:
     """Parse and validate one transaction from JSON bytes, or raise `PoisonRecord`."""
-    doc = _json_object(raw)
+    return transaction_from_mapping(_json_object(raw))
+
+
+def parse_label(raw: bytes) -> Label:
+    """Parse and validate one fraud label from JSON bytes, or raise `PoisonRecord`."""
+    return label_from_mapping(_json_object(raw))
+
+
+def transaction_from_mapping(doc: Mapping[str, Any]) -> Transaction:
+    """Validate one decoded transaction (from JSON or Avro), or raise `PoisonRecord`."""
     return Transaction(
         transaction_id=_identifier(doc, "transaction_id"),
         customer_id=_identifier(doc, "customer_id"),
         terminal_id=_identifier(doc, "terminal_id"),
         amount=_amount(doc, "amount"),
-        event_time=_utc_time(doc, "event_time"),
+        event_time_ms=_epoch_ms(doc, "event_time"),
+        channel=_optional_text(doc, "channel"),
+        device_id=_optional_text(doc, "device_id"),
     )
 
 
-def parse_label(raw: bytes) -> Label:
-    """Parse and validate one fraud label from JSON bytes, or raise `PoisonRecord`."""
-    doc = _json_object(raw)
+def label_from_mapping(doc: Mapping[str, Any]) -> Label:
+    """Validate one decoded fraud label (from JSON or Avro), or raise `PoisonRecord`."""
     return Label(
         transaction_id=_identifier(doc, "transaction_id"),
         customer_id=_identifier(doc, "customer_id"),
         terminal_id=_identifier(doc, "terminal_id"),
         is_fraud=_boolean(doc, "is_fraud"),
-        label_time=_utc_time(doc, "label_time"),
+        label_time_ms=_epoch_ms(doc, "label_time"),
     )
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Whole milliseconds since the Unix epoch of an aware `datetime` (exact, floored)."""
+    return (moment - _EPOCH) // _ONE_MS
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -187,14 +176,30 @@ def _boolean(doc: Mapping[str, Any], name: str) -> bool:
     return value
 
 
-def _utc_time(doc: Mapping[str, Any], name: str) -> datetime:
+def _optional_text(doc: Mapping[str, Any], name: str) -> str | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= _MAX_TEXT:
+        raise _invalid(name, f"must be a string of 1-{_MAX_TEXT} characters or null", value)
+    return value
+
+
+def _epoch_ms(doc: Mapping[str, Any], name: str) -> int:
     value = _field(doc, name)
-    if not isinstance(value, str):
-        raise _invalid(name, "must be an ISO-8601 UTC timestamp string", value)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise _invalid(name, "must be an ISO-8601 timestamp", value) from None
-    if parsed.utcoffset() != timedelta(0):
-        raise _invalid(name, "must be in UTC (Z or +00:00)", value)
-    return parsed.astimezone(UTC)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _invalid(name, "must be epoch milliseconds or an ISO-8601 UTC timestamp", value)
+    if isinstance(value, int):
+        millis = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise _invalid(name, "must be an ISO-8601 timestamp", value) from None
+        if parsed.utcoffset() != timedelta(0):
+            raise _invalid(name, "must be in UTC (Z or +00:00)", value)
+        millis = epoch_ms(parsed)
+    if not _MIN_MS <= millis < _MAX_MS:
+        # Also catches epoch seconds sent where milliseconds are expected.
+        raise _invalid(name, "must be epoch milliseconds between 2000 and 2100", value)
+    return millis

@@ -10,37 +10,62 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from uuid import UUID
 
-from kestrel.events import Increment, PoisonRecord
+from kestrel.events import Label, PoisonRecord, Transaction
+from kestrel.features import AppliedTransaction
 
 
-class EventCounter(Protocol):
-    """Applies an event's counter increments exactly once per event id.
+class FeatureStore(Protocol):
+    """The online store behind `kestrel.features`: applies events once, returns aggregates.
 
-    The online store's most basic write. An implementation must make `apply` atomic and
-    idempotent: the first call for an `event_id` adds every increment and returns True;
-    any later call with the same `event_id` (a Kinesis retry, a producer resend, a redrive
-    from a dead-letter queue) changes nothing and returns False. Either all increments of
-    a call are applied or none are.
+    `apply_transactions` adds each transaction to its customer and its terminal and returns,
+    for each, the aggregates as of its event time (`AppliedTransaction`). It must be
+    idempotent per transaction id, atomically: a transaction applied before changes nothing
+    and comes back with `applied=False` and the same aggregates. `apply_labels` records
+    fraud labels once per transaction id, whichever of label and transaction comes first.
 
-    Failures of the backing store must propagate as exceptions (never be swallowed and never
-    be reported as a duplicate), so the caller can report the record as a batch item
-    failure and the event source mapping retries it; idempotency makes that retry safe.
+    Results are in input order. A failure that concerns one event is returned in its place
+    as an exception; a failure of the whole store (connection lost) raises, so the caller
+    fails the batch and the event source mapping retries it.
     """
 
-    def apply(self, event_id: str, increments: Sequence[Increment]) -> bool:
-        """Apply `increments` once for `event_id`; True if applied now, False if seen before.
+    def apply_transactions(
+        self, transactions: Sequence[Transaction]
+    ) -> list[AppliedTransaction | Exception]:
+        """Apply each transaction once and return its aggregates.
 
         Args:
-            event_id: The event's idempotency key, e.g. ``txn:<transaction_id>``.
-            increments: Counter increments to add, each naming an entity and a field.
+            transactions: The batch's valid transactions, in stream order.
+        """
+        ...
 
-        Returns:
-            True when this call applied the increments, False when `event_id` had
-            already been applied (nothing changed).
+    def apply_labels(self, labels: Sequence[Label]) -> list[bool | Exception]:
+        """Record fraud labels once each; True where this call recorded the label.
 
-        Raises:
-            Exception: Any error of the backing store, unchanged.
+        Args:
+            labels: Fraud labels (labels that are not fraud change no feature).
+        """
+        ...
+
+
+class EventLog(Protocol):
+    """The offline event log: raw events, date-partitioned, written once per batch.
+
+    `write_batch` must be idempotent for the same `batch_id` (a retried batch replaces its
+    own objects) and durable when it returns. Failures raise, so the batch is retried.
+    """
+
+    def write_batch(
+        self, kind: str, batch_id: str, events: Sequence[Mapping[str, Any]], time_field: str
+    ) -> list[str]:
+        """Write one batch of JSON-ready events; return where they went.
+
+        Args:
+            kind: ``transactions`` or ``labels``.
+            batch_id: Stable id of the batch (shard and sequence range).
+            events: The events, each with `time_field` in epoch milliseconds.
+            time_field: Which field dates the event (for partitioning).
         """
         ...
 
@@ -114,5 +139,43 @@ class DeadLetterSink(Protocol):
 
         Raises:
             Exception: Any error of the backing queue, unchanged.
+        """
+        ...
+
+
+class UnknownSchemaVersion(KeyError):
+    """The schema registry has no schema version with this id (the `SchemaLookup` miss)."""
+
+    def __init__(self, version_id: UUID) -> None:
+        super().__init__(str(version_id))
+        self.version_id = version_id
+
+    def __str__(self) -> str:
+        return f"schema version {self.version_id} is not registered"
+
+
+class SchemaLookup(Protocol):
+    """Finds the writer schema of a schema version id carried by an encoded record.
+
+    The decoder calls `schema_for` for every version id it has not seen yet and caches
+    the parsed result, so an implementation may be a plain remote call; caching in the
+    implementation as well is allowed. An id the registry does not know must raise a
+    `KeyError` (preferably `UnknownSchemaVersion`), so the record is dead-lettered as
+    ``unknown_schema``; any other error (throttling, network) must propagate unchanged,
+    so the record is retried instead.
+    """
+
+    def schema_for(self, version_id: UUID) -> str:
+        """Return the schema definition (Avro JSON text) registered as `version_id`.
+
+        Args:
+            version_id: The schema version id from the record's header.
+
+        Returns:
+            The writer schema's definition, as registered.
+
+        Raises:
+            KeyError: The registry has no such version (`UnknownSchemaVersion`).
+            Exception: Any other error of the backing registry, unchanged.
         """
         ...

@@ -86,6 +86,7 @@ class Settings:
     decisions_stream: str
     poison_dlq_url: str
     event_log_bucket: str
+    schema_registry: str = "kestrel"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -104,6 +105,7 @@ class Settings:
             decisions_stream=_read(env, "DECISIONS_STREAM", "kestrel-decisions"),
             poison_dlq_url=_read(env, "POISON_DLQ_URL", ""),
             event_log_bucket=_read(env, "EVENT_LOG_BUCKET", ""),
+            schema_registry=_read(env, "SCHEMA_REGISTRY_NAME", "kestrel"),
         )
 
 

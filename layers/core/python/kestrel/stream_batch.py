@@ -1,12 +1,12 @@
-"""The per-record flow both stream handlers share: decode, dead-letter poison, apply once."""
+"""What both stream handlers share: the batch processor, the response and the metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
+from statistics import median
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
@@ -16,57 +16,44 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from kestrel.events import Label, PoisonRecord, Transaction, decode_base64
-from kestrel.ports import DeadLetter, DeadLetterSink, EventCounter
-
-Parser = Callable[[bytes], Transaction | Label]
+from kestrel.streaming import BatchOutcome
 
 
 def kinesis_processor() -> BatchProcessor:
     """A Kinesis batch processor that reports item failures even when every record fails."""
-    # Without this, a batch where every record fails (e.g. Redis down) raises instead of
-    # returning batchItemFailures, and the mapping could not retry from the failed record.
+    # Without this, a batch where every record fails raises instead of returning
+    # batchItemFailures, and the mapping could not retry from the first failed record.
     return BatchProcessor(
         event_type=EventType.KinesisDataStreams, raise_on_entire_batch_failure=False
     )
 
 
-def apply_record(
-    record: KinesisStreamRecord,
-    parse: Parser,
-    counter: EventCounter,
-    sink: DeadLetterSink,
-    logger: Logger,
-) -> None:
-    """Apply one record once; send it to the dead-letter sink if it is poison."""
-    try:
-        event = parse(decode_base64(record.kinesis.data))
-    except PoisonRecord as poison:
-        logger.set_correlation_id(None)
-        sink.send(DeadLetter.from_kinesis_record(record.raw_event, poison))
-        logger.warning(
-            "poison record dead-lettered",
-            reason=poison.reason.value,
-            detail=poison.detail,
-            sequence_number=record.kinesis.sequence_number,
-        )
-        return
-    logger.set_correlation_id(event.transaction_id)
-    if not counter.apply(event.event_id, event.increments()):
-        logger.debug("duplicate event skipped", sequence_number=record.kinesis.sequence_number)
-
-
-def process_batch(
+def respond(
     event: dict[str, Any],
     context: LambdaContext,
-    parse: Parser,
-    counter: EventCounter,
-    sink: DeadLetterSink,
+    outcome: BatchOutcome,
     processor: BatchProcessor,
-    logger: Logger,
 ) -> PartialItemFailureResponse:
-    """Process a Kinesis batch record by record and report the records to retry."""
-    handle = partial(apply_record, parse=parse, counter=counter, sink=sink, logger=logger)
+    """The partial batch response: the records `outcome` says must be retried."""
+
+    def check(record: KinesisStreamRecord) -> None:
+        outcome.check(record.kinesis.sequence_number)
+
     return process_partial_response(
-        event=event, record_handler=handle, processor=processor, context=context
+        event=event, record_handler=check, processor=processor, context=context
     )
+
+
+def record_metrics(metrics: Metrics, prefix: str, outcome: BatchOutcome) -> None:
+    """Counts and freshness of one batch as EMF metrics."""
+    metrics.add_metric(name=f"{prefix}Applied", unit=MetricUnit.Count, value=outcome.applied)
+    metrics.add_metric(name=f"{prefix}Duplicates", unit=MetricUnit.Count, value=outcome.duplicates)
+    metrics.add_metric(name="PoisonRecords", unit=MetricUnit.Count, value=outcome.poisoned)
+    metrics.add_metric(name=f"{prefix}Failed", unit=MetricUnit.Count, value=len(outcome.failures))
+    for name, lags in (
+        ("FreshnessArrival", outcome.arrival_lag_ms),
+        ("FreshnessEventTime", outcome.event_lag_ms),
+    ):
+        if lags:
+            metrics.add_metric(name=f"{name}P50", unit=MetricUnit.Milliseconds, value=median(lags))
+            metrics.add_metric(name=f"{name}Max", unit=MetricUnit.Milliseconds, value=max(lags))

@@ -1,0 +1,173 @@
+"""The stream paths: a Kinesis batch in, features applied once, events logged, poison parked.
+
+`TransactionPath.run` decodes every record (poison goes to the dead-letter sink with its
+reason), applies the valid ones to the feature store in one batch, logs them with their
+feature vectors to the event log, and returns which records must be retried. `LabelPath`
+does the same for fraud labels. Both only talk to ports; the handlers wire the adapters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kestrel.events import Label, PoisonRecord, Transaction, decode_base64
+from kestrel.features import FEATURE_SET_HASH, feature_vector
+from kestrel.ports import DeadLetter, DeadLetterSink, EventLog, FeatureStore
+
+
+class RecordFailed(Exception):
+    """This record must be retried (its reason is the message)."""
+
+
+@dataclass
+class BatchOutcome:
+    """What happened to each record of one batch, keyed by sequence number."""
+
+    failures: dict[str, str] = field(default_factory=dict)
+    applied: int = 0
+    duplicates: int = 0
+    poisoned: int = 0
+    vectors: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    arrival_lag_ms: list[float] = field(default_factory=list)
+    event_lag_ms: list[float] = field(default_factory=list)
+
+    def check(self, sequence_number: str) -> None:
+        """Raise `RecordFailed` if the record with this sequence number must be retried."""
+        reason = self.failures.get(sequence_number)
+        if reason is not None:
+            raise RecordFailed(reason)
+
+
+def batch_id(records: Sequence[Mapping[str, Any]]) -> str:
+    """A stable id for a batch: shard, first and last sequence numbers."""
+    shard = str(records[0]["eventID"]).split(":", 1)[0]
+    first, last = records[0]["kinesis"]["sequenceNumber"], records[-1]["kinesis"]["sequenceNumber"]
+    return f"{shard}-{first}-{last}"
+
+
+def _decode_all(
+    records: Sequence[Mapping[str, Any]],
+    decode: Callable[[bytes], Any],
+    dead_letters: DeadLetterSink,
+    outcome: BatchOutcome,
+) -> list[tuple[Mapping[str, Any], Any]]:
+    """Decode each record; park poison in the sink (a sink failure means retry the record)."""
+    decoded = []
+    for record in records:
+        kinesis = record["kinesis"]
+        try:
+            decoded.append((record, decode(decode_base64(kinesis["data"]))))
+        except PoisonRecord as poison:
+            try:
+                dead_letters.send(DeadLetter.from_kinesis_record(record, poison))
+                outcome.poisoned += 1
+            except Exception as exc:  # noqa: BLE001 - never drop it: retry the record instead
+                outcome.failures[kinesis["sequenceNumber"]] = f"dead-letter send failed: {exc}"
+    return decoded
+
+
+class TransactionPath:
+    """Transactions: decode, apply features once, log with features, report retries."""
+
+    def __init__(
+        self,
+        decode: Callable[[bytes], Transaction],
+        store: FeatureStore,
+        dead_letters: DeadLetterSink,
+        event_log: EventLog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._decode, self._store, self._dead_letters = decode, store, dead_letters
+        self._event_log, self._clock = event_log, clock
+
+    def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
+        """Process one Kinesis batch (the event's Records list)."""
+        outcome = BatchOutcome()
+        if not records:
+            return outcome
+        decoded = _decode_all(records, self._decode, self._dead_letters, outcome)
+        results = self._store.apply_transactions([tx for _, tx in decoded])
+        logged = []
+        now_ms = self._clock() * 1000
+        for (record, tx), result in zip(decoded, results, strict=True):
+            kinesis = record["kinesis"]
+            if isinstance(result, Exception):
+                outcome.failures[kinesis["sequenceNumber"]] = f"feature store: {result}"
+                continue
+            vector = feature_vector(tx.amount, tx.event_time_ms, result.customer, result.terminal)
+            outcome.vectors[kinesis["sequenceNumber"]] = vector
+            if result.applied:
+                outcome.applied += 1
+            else:
+                outcome.duplicates += 1
+            outcome.arrival_lag_ms.append(now_ms - kinesis["approximateArrivalTimestamp"] * 1000)
+            outcome.event_lag_ms.append(now_ms - tx.event_time_ms)
+            logged.append(
+                {
+                    "transaction_id": tx.transaction_id,
+                    "customer_id": tx.customer_id,
+                    "terminal_id": tx.terminal_id,
+                    "amount": tx.amount,
+                    "event_time": tx.event_time_ms,
+                    "channel": tx.channel,
+                    "device_id": tx.device_id,
+                    "features": vector,
+                    "feature_set_hash": FEATURE_SET_HASH,
+                    "event_id": record["eventID"],
+                }
+            )
+        if logged:
+            # A failure here fails the whole batch: it is retried, and the store is idempotent.
+            self._event_log.write_batch("transactions", batch_id(records), logged, "event_time")
+        return outcome
+
+
+class LabelPath:
+    """Fraud labels: decode, record fraud on the terminal once, log, report retries."""
+
+    def __init__(
+        self,
+        decode: Callable[[bytes], Label],
+        store: FeatureStore,
+        dead_letters: DeadLetterSink,
+        event_log: EventLog,
+    ) -> None:
+        self._decode, self._store, self._dead_letters = decode, store, dead_letters
+        self._event_log = event_log
+
+    def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
+        """Process one Kinesis batch of labels (labels that are not fraud change no feature)."""
+        outcome = BatchOutcome()
+        if not records:
+            return outcome
+        decoded = _decode_all(records, self._decode, self._dead_letters, outcome)
+        frauds = [(record, label) for record, label in decoded if label.is_fraud]
+        results = self._store.apply_labels([label for _, label in frauds])
+        failed = set()
+        for (record, _), result in zip(frauds, results, strict=True):
+            sequence_number = record["kinesis"]["sequenceNumber"]
+            if isinstance(result, Exception):
+                outcome.failures[sequence_number] = f"feature store: {result}"
+                failed.add(sequence_number)
+            elif result:
+                outcome.applied += 1
+            else:
+                outcome.duplicates += 1
+        logged = [
+            {
+                "transaction_id": label.transaction_id,
+                "customer_id": label.customer_id,
+                "terminal_id": label.terminal_id,
+                "is_fraud": label.is_fraud,
+                "label_time": label.label_time_ms,
+                "event_id": record["eventID"],
+            }
+            for record, label in decoded
+            if record["kinesis"]["sequenceNumber"] not in failed
+        ]
+        if logged:
+            self._event_log.write_batch("labels", batch_id(records), logged, "label_time")
+        return outcome

@@ -1,0 +1,1 @@
+"""Kestrel training: the transaction simulator, its Kinesis producer, datasets and models."""
