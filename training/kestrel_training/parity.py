@@ -31,14 +31,16 @@ from urllib.parse import urlparse, urlunparse
 import pandas as pd
 import redis
 
+from kestrel.adapters.glue_registry import GlueSchemaRegistry
 from kestrel.features import DAY_MS, FEATURE_NAMES, FEATURE_SET_HASH
 from kestrel.settings import LocalSettings
 from kestrel_local.aws import AwsClients
 from kestrel_local.esm_common import MappingStats
 from kestrel_local.provision import bind
 from kestrel_local.runtime import LocalRuntime
+from kestrel_training.avro_encoding import avro_encoders
 from kestrel_training.offline_features import offline_features
-from kestrel_training.producer import LABEL_FIELDS, TRANSACTION_FIELDS, json_encoder, produce
+from kestrel_training.producer import produce
 from kestrel_training.simulator import SimulatorConfig, simulate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +114,8 @@ def replay(
     )
     tx_mapping, label_mapping = runtime.kinesis
     kinesis = clients.client("kinesis")
+    # The streams' real wire format: Avro in Glue Schema Registry framing.
+    encoders = avro_encoders(GlueSchemaRegistry(clients.client("glue"), stack))
     runtime.start()
     labels_sent = 0
     try:
@@ -126,7 +130,7 @@ def replay(
                     new_labels.to_dict("records"),
                     label_stream,
                     client=kinesis,
-                    encoder=json_encoder(LABEL_FIELDS),
+                    encoder=encoders["labels"],
                 )
                 labels_sent += len(new_labels)
                 _wait(_reached(label_mapping.stats, labels_sent), "labels to apply")
@@ -134,7 +138,7 @@ def replay(
                 day_tx.to_dict("records"),
                 tx_stream,
                 client=kinesis,
-                encoder=json_encoder(TRANSACTION_FIELDS),
+                encoder=encoders["transactions"],
             )
             sent += len(day_tx)
             _wait(_reached(tx_mapping.stats, sent), "transactions to apply")

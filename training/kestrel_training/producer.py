@@ -102,7 +102,13 @@ def _json_factory(kind: str) -> Encoder:
     return json_encoder(LABEL_FIELDS if kind == "labels" else TRANSACTION_FIELDS)
 
 
-ENCODERS: dict[str, EncoderFactory] = {"json": _json_factory}
+def _avro_factory(kind: str) -> Encoder:
+    from kestrel_training.avro_encoding import avro_encoder  # needs the registry: load late
+
+    return avro_encoder(kind)
+
+
+ENCODERS: dict[str, EncoderFactory] = {"json": _json_factory, "avro": _avro_factory}
 
 
 def register_encoder(name: str, factory: EncoderFactory) -> None:

@@ -1,0 +1,31 @@
+"""Producer encoders for the streams' wire format: Glue Schema Registry framing + Avro."""
+
+from __future__ import annotations
+
+import os
+
+import boto3
+
+from kestrel.adapters.glue_registry import GlueSchemaRegistry, register_all
+from kestrel.codec import AvroEncoder, schema_definition
+
+# The schema each stream kind is written with (readers resolve any registered version).
+WRITER_SCHEMAS = {"transactions": "transaction.v2", "labels": "label.v1"}
+
+
+def avro_encoders(registry: GlueSchemaRegistry) -> dict[str, AvroEncoder]:
+    """An Avro encoder per stream kind, with schemas registered (idempotently) first."""
+    versions = register_all(registry)
+    return {
+        kind: AvroEncoder(schema_definition(name), versions[name])
+        for kind, name in WRITER_SCHEMAS.items()
+    }
+
+
+def avro_encoder(kind: str) -> AvroEncoder:
+    """The producer's ``--encoder avro``: registry SCHEMA_REGISTRY_NAME on AWS_ENDPOINT_URL."""
+    if kind not in WRITER_SCHEMAS:
+        raise ValueError(f"no Avro schema for {kind!r}: use one of {sorted(WRITER_SCHEMAS)}")
+    glue = boto3.session.Session().client("glue")
+    registry = GlueSchemaRegistry(glue, os.environ.get("SCHEMA_REGISTRY_NAME", "kestrel"))
+    return avro_encoders(registry)[kind]
