@@ -28,7 +28,7 @@ endif
 endif
 
 .PHONY: help setup up down status deploy-local invoke run demo test test-unit test-integration \
-	lint parity bench-emulator bench clean
+	lint parity bench-emulator bench-engine bench clean
 
 help: ## List every target with what it does
 	@echo "Kestrel: make <target> [VAR=value]"
@@ -130,7 +130,10 @@ parity: up ## Replay EVENTS (default 100000) simulated events through the stack;
 bench-emulator: $(SETUP_STAMP) ## Measure the embedded emulator's Kinesis put/get rates (writes bench/results/)
 	$(PY) bench/emulator.py
 
-bench: bench-emulator ## Run the benchmarks (for now only bench-emulator)
+bench-engine: $(SETUP_STAMP) ## Engine throughput: TransactionsFunction on Kinesis batches, real Redis (bench/results/)
+	$(PY) bench/engine.py
+
+bench: bench-emulator bench-engine ## Run every benchmark (emulator, engine)
 
 clean: ## Stop services, remove .run, caches and build output
 	@if [ -x $(PY) ]; then $(PY) -m kestrel_local down || true; fi

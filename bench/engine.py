@@ -2,12 +2,13 @@
 
 Usage: ``python bench/engine.py [--quick] [--seconds 20] [--repeats 3] [--batches 100,500,1000]``.
 Starts its own redis-server (free loopback port, no persistence), simulates the default
-population (5,000 customers, 10,000 terminals), warms the store with the first simulated
-days (not timed), then calls ``lambda_handler`` of ``functions/transactions/app.py`` on
-Kinesis-shaped events of Avro frames for a bounded time per batch size, interleaving sizes,
-``--repeats`` times; each figure is the median. The event log is `S3EventLog` on an
-in-memory S3 double (same JSON + gzip work, no network: S3 is not the engine). A last
-phase times the handler's parts and runs cProfile. Writes ``bench/results/engine-*.json``.
+population (5,000 customers, 10,000 terminals), applies the first simulated days straight to
+the store (warm-up, not timed), then calls ``lambda_handler`` of ``functions/transactions/app.py``
+on Kinesis-shaped events of Avro frames, each batch size for a bounded time, sizes interleaved,
+``--repeats`` times; each figure is the median. The event log is `S3EventLog` on an in-memory
+S3 double (same JSON + gzip work, no network: S3 is not the engine). A last phase times the
+handler's parts, reads each script's server time and runs cProfile. Writes
+``bench/results/engine-<UTC timestamp>.json``.
 """
 
 from __future__ import annotations
@@ -15,36 +16,35 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import cProfile
+import gc
 import importlib.util
-import io
 import os
-import pstats
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import starmap
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
-import numpy as np
 import redis
+import redis.client
 import redis.utils
 
 REPO = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: python bench/engine.py
-    sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(REPO / "training"))
+    sys.path[:0] = [str(REPO), str(REPO / "training")]
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "kestrel")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Kestrel")
 
+from kestrel_training.simulator import SimulatorConfig, simulate  # noqa: E402
+
+from bench.engine_profile import profile  # noqa: E402
 from bench.results_io import write_result  # noqa: E402
-from kestrel import streaming  # noqa: E402
 from kestrel.adapters.redis_features import RedisFeatureStore  # noqa: E402
 from kestrel.adapters.s3_event_log import S3EventLog  # noqa: E402
 from kestrel.codec import AvroEncoder, schema_definition, transaction_decoder  # noqa: E402
@@ -52,14 +52,12 @@ from kestrel.events import Label, Transaction  # noqa: E402
 from kestrel.features import DAY_MS  # noqa: E402
 from kestrel.ports import DeadLetter  # noqa: E402
 from kestrel.streaming import BatchOutcome, TransactionPath  # noqa: E402
-from kestrel_training.simulator import SimulatorConfig, simulate  # noqa: E402
 
-TARGET = 50_000.0  # DESIGN.md, Performance targets: events/s on 2 cores
+TARGET = 50_000.0  # DESIGN.md, Performance targets: events/s on a 2-core machine
 VERSION = UUID("5e57c0de-0000-4000-8000-000000000002")  # transaction.v2, registered nowhere
 ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/kestrel-transactions"
 SHARD = "shardId-000000000000"
 SEQ0 = 49657734271840271094355780390734429143347318398423810050
-FRAME_PHASES = ("decode", "store._run", "pipeline.execute", "store._applied", "feature_vector")
 
 
 def log(message: str) -> None:
@@ -68,18 +66,20 @@ def log(message: str) -> None:
 
 
 class RedisServer:
-    """redis-server on a free loopback port, no persistence; stopped with SHUTDOWN NOSAVE."""
+    """redis-server on a free loopback port without persistence (optionally on one CPU)."""
 
     def __init__(self, cpu: int | None) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        cmd += ["--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
-        pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-        server = "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else cmd[0]
-        self.proc = subprocess.Popen([server, *cmd[1:]], stdout=subprocess.DEVNULL, preexec_fn=pin)
-        self.client = redis.Redis(port=self.port, socket_timeout=30)
+        exe = "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else "redis-server"
+        pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, preexec_fn=pin,
+        )  # fmt: skip
+        self.client = redis.Redis(port=self.port, socket_timeout=60)
         for _ in range(200):
             with contextlib.suppress(redis.ConnectionError):
                 self.client.ping()
@@ -89,17 +89,17 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def cpu_seconds(self) -> float:
-        """used_cpu_user + used_cpu_sys from INFO cpu."""
+        """used_cpu_user + used_cpu_sys (INFO cpu)."""
         info = self.client.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
-    def evalsha(self) -> tuple[int, int]:
-        """(calls, usec) of EVALSHA since the last CONFIG RESETSTAT."""
+    def evalsha_usec(self) -> tuple[int, int]:
+        """(calls, usec) of EVALSHA since the last CONFIG RESETSTAT (INFO commandstats)."""
         stat = self.client.info("commandstats").get("cmdstat_evalsha", {})
         return int(stat.get("calls", 0)), int(stat.get("usec", 0))
 
     def stop(self) -> None:
-        """Shut the server down without saving; kill it if it lingers."""
+        """SHUTDOWN NOSAVE; kill it if it lingers."""
         with contextlib.suppress(redis.RedisError):
             self.client.shutdown(nosave=True)
         try:
@@ -119,17 +119,17 @@ class MemoryLookup:
 
 
 class MemoryS3:
-    """The S3 client of `S3EventLog`, keeping each object's bytes in memory."""
+    """The S3 client `S3EventLog` needs, keeping each object's bytes in memory."""
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
 
-    def put_object(self, Bucket: str, Key: str, Body: bytes, ContentType: str) -> None:  # noqa: N803
+    def put_object(self, Bucket: str, Key: str, Body: bytes, ContentType: str) -> None:
         self.objects[Key] = Body
 
 
 class NoDeadLetters:
-    """DeadLetterSink that refuses: the benchmark's records are all valid."""
+    """DeadLetterSink that refuses: every record of the benchmark is valid."""
 
     def send(self, letter: DeadLetter) -> None:
         raise RuntimeError(f"unexpected poison record: {letter.reason} {letter.detail}")
@@ -138,7 +138,7 @@ class NoDeadLetters:
 class CountingPath(TransactionPath):
     """The real path, also summing outcomes so the benchmark can check nothing failed."""
 
-    totals: dict[str, int]
+    totals: ClassVar[dict[str, int]] = {"applied": 0, "duplicates": 0, "failed": 0}
 
     def run(self, records: Any) -> BatchOutcome:
         outcome = super().run(records)
@@ -154,12 +154,10 @@ class Context:
 
     function_name: str = "kestrel-TransactionsFunction"
     function_version: str = "$LATEST"
-    invoked_function_arn: str = (
-        "arn:aws:lambda:us-east-1:123456789012:function:kestrel-TransactionsFunction"
-    )
+    invoked_function_arn: str = f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
     memory_limit_in_mb: int = 1024
     aws_request_id: str = "00000000-0000-4000-8000-000000000000"
-    log_group_name: str = "/aws/lambda/kestrel-TransactionsFunction"
+    log_group_name: str = f"/aws/lambda/{function_name}"
     log_stream_name: str = "2026/01/01/[$LATEST]bench"
 
     def get_remaining_time_in_millis(self) -> int:
@@ -168,9 +166,8 @@ class Context:
 
 def load_app() -> ModuleType:
     """functions/transactions/app.py, imported by path as the Lambda runtime would."""
-    spec = importlib.util.spec_from_file_location(
-        "transactions_app", REPO / "functions" / "transactions" / "app.py"
-    )
+    app = REPO / "functions" / "transactions" / "app.py"
+    spec = importlib.util.spec_from_file_location("transactions_app", app)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -179,7 +176,7 @@ def load_app() -> ModuleType:
 
 @dataclass
 class Stream:
-    """Simulated transactions (time order) as frames, and fraud labels, with read cursors."""
+    """Simulated transactions (time order) with their Avro frames, fraud labels, cursors."""
 
     tx: list[Transaction]
     frames: list[bytes]
@@ -189,16 +186,17 @@ class Stream:
     sequence: int = SEQ0
 
     def take(self, n: int) -> range:
+        """The next `n` transactions (fewer at the end), consumed."""
         span = range(self.cursor, min(len(self.tx), self.cursor + n))
         self.cursor = span.stop
         return span
 
     def due_labels(self, before_ms: int) -> list[Label]:
+        """Fraud labels with a label time before `before_ms` not handed out yet."""
         start = self.label_cursor
-        while (
-            self.label_cursor < len(self.labels)
-            and self.labels[self.label_cursor].label_time_ms < before_ms
-        ):
+        while self.label_cursor < len(self.labels):
+            if self.labels[self.label_cursor].label_time_ms >= before_ms:
+                break
             self.label_cursor += 1
         return self.labels[start : self.label_cursor]
 
@@ -207,39 +205,20 @@ def simulated_stream(n_days: int) -> Stream:
     """The default population over `n_days`, encoded as transaction.v2 Avro frames."""
     sim = simulate(SimulatorConfig(n_days=n_days))
     t = sim.transactions
-    tx = [
-        Transaction(i, c, term, a, e)
-        for i, c, term, a, e in zip(
-            t["transaction_id"].tolist(),
-            t["customer_id"].tolist(),
-            t["terminal_id"].tolist(),
-            t["amount"].tolist(),
-            t["event_time"].tolist(),
-            strict=True,
-        )
-    ]
+    cols = ("transaction_id", "customer_id", "terminal_id", "amount", "event_time")
+    tx = list(starmap(Transaction, zip(*(t[c].tolist() for c in cols), strict=True)))
     encode = AvroEncoder(schema_definition("transaction.v2"), VERSION)
-    frames = [
-        encode({"transaction_id": x.transaction_id, "customer_id": x.customer_id,
-                "terminal_id": x.terminal_id, "amount": x.amount, "event_time": x.event_time_ms})
-        for x in tx
-    ]  # fmt: skip
-    fraud = sim.labels[sim.labels["is_fraud"].astype(bool)]
-    labels = [
-        Label(i, c, term, True, lt)
-        for i, c, term, lt in zip(
-            fraud["transaction_id"].tolist(),
-            fraud["customer_id"].tolist(),
-            fraud["terminal_id"].tolist(),
-            fraud["label_time"].tolist(),
-            strict=True,
-        )
-    ]
+    rows = zip(*(t[c] for c in cols), strict=True)
+    frames = [encode(dict(zip(cols, row, strict=True))) for row in rows]
+    f = sim.labels[sim.labels["is_fraud"].astype(bool)]
+    cols = ("transaction_id", "customer_id", "terminal_id", "is_fraud", "label_time")
+    f = f.assign(is_fraud=True)
+    labels = list(starmap(Label, zip(*(f[c].tolist() for c in cols), strict=True)))
     return Stream(tx, frames, labels)
 
 
 def kinesis_events(stream: Stream, span: range, batch: int) -> list[dict[str, Any]]:
-    """Lambda Kinesis events of `batch` records (the last may be shorter) over `span`."""
+    """Lambda Kinesis events (exact shape) of `batch` records each over `span`."""
     events, now = [], round(time.time(), 3)
     for start in range(span.start, span.stop, batch):
         records = []
@@ -261,27 +240,25 @@ def kinesis_events(stream: Stream, span: range, batch: int) -> list[dict[str, An
 
 @dataclass
 class Bench:
-    """Everything one benchmark process shares: server, store, handler, stream."""
+    """What the runs share: server, store, handler, path, stream and the runs so far."""
 
     server: RedisServer
     store: RedisFeatureStore
-    handler: Callable[..., Any]
+    app: ModuleType
     path: CountingPath
-    s3: MemoryS3
     stream: Stream
     runs: list[dict[str, Any]] = field(default_factory=list)
 
     def feed_labels(self, before_ms: int) -> None:
-        """Apply the fraud labels known before `before_ms` (not timed: another function)."""
+        """Apply the fraud labels known before `before_ms` (untimed: another function's job)."""
         labels = self.stream.due_labels(before_ms)
         for start in range(0, len(labels), 1000):
             self.store.apply_labels(labels[start : start + 1000])
 
     def warm_up(self, days: int) -> int:
         """Apply the first `days` simulated days straight to the store; return the events."""
-        end = self.stream.tx[0].event_time_ms - self.stream.tx[0].event_time_ms % DAY_MS
-        end += days * DAY_MS
-        n = 0
+        first = self.stream.tx[0].event_time_ms
+        end, n = first - first % DAY_MS + days * DAY_MS, 0
         while self.stream.cursor < len(self.stream.tx):
             if self.stream.tx[self.stream.cursor].event_time_ms >= end:
                 break
@@ -291,252 +268,169 @@ class Bench:
             n += len(span)
         return n
 
-    def invoke(self, events: list[dict[str, Any]], seconds: float) -> int:
+    def prepare(self, events: int, batch: int) -> tuple[int, list[dict[str, Any]]]:
+        """Labels due, then the next `events` as Kinesis events (not consumed yet)."""
+        start = self.stream.cursor
+        self.feed_labels(self.stream.tx[start].event_time_ms)
+        span = range(start, min(len(self.stream.tx), start + events))
+        prepared = kinesis_events(self.stream, span, batch)
+        gc.collect()
+        gc.freeze()  # prepared events stay out of the collector's way, as in a Lambda's heap
+        return start, prepared
+
+    def invoke(self, events: list[dict[str, Any]], seconds: float = float("inf")) -> int:
         """Call the handler on `events` until they run out or `seconds` pass; return events."""
         context, done, deadline = Context(), 0, time.perf_counter() + seconds
-        for event in events:
-            response = self.handler(event, context, path=self.path)
-            if response["batchItemFailures"]:
-                raise RuntimeError(f"records failed: {response['batchItemFailures'][:3]}")
-            done += len(event["Records"])
-            if time.perf_counter() >= deadline:
-                break
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # EMF lines
+            for event in events:
+                response = self.app.lambda_handler(event, context, path=self.path)
+                if response["batchItemFailures"]:
+                    raise RuntimeError(f"failed: {response['batchItemFailures'][:3]}")
+                done += len(event["Records"])
+                if time.perf_counter() >= deadline:
+                    break
         return done
 
     def timed(self, batch: int, seconds: float, max_events: int) -> dict[str, Any]:
-        """One timed run of one batch size; Redis and client CPU measured around it."""
-        span = range(self.stream.cursor, min(len(self.stream.tx), self.stream.cursor + max_events))
-        self.feed_labels(self.stream.tx[span.start].event_time_ms)
-        events = kinesis_events(self.stream, span, batch)
-        self.s3.objects.clear()
+        """One timed run of one batch size, with Redis and client CPU measured around it."""
+        start, events = self.prepare(max_events, batch)
+        self.path._event_log._client.objects.clear()  # type: ignore[attr-defined]
         self.server.client.config_resetstat()
         redis0, cpu0, t0 = self.server.cpu_seconds(), time.process_time(), time.perf_counter()
-        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # EMF lines
-            done = self.invoke(events, seconds)
+        done = self.invoke(events, seconds)
         elapsed = time.perf_counter() - t0
         client_cpu, redis_cpu = time.process_time() - cpu0, self.server.cpu_seconds() - redis0
-        calls, usec = self.server.evalsha()
-        self.stream.cursor = span.start + done
+        calls, usec = self.server.evalsha_usec()
+        self.stream.cursor = start + done
         run = {
             "batch": batch, "events": done, "seconds": round(elapsed, 3),
             "events_per_s": round(done / elapsed, 1),
             "client_cpu_s": round(client_cpu, 3), "redis_cpu_s": round(redis_cpu, 3),
-            "redis_cpu_us_per_event": round(redis_cpu / done * 1e6, 2),
             "client_cpu_us_per_event": round(client_cpu / done * 1e6, 2),
-            "evalsha_usec_per_call": round(usec / calls, 2) if calls else None,
+            "redis_cpu_us_per_event": round(redis_cpu / done * 1e6, 2),
+            "evalsha_usec_per_call": round(usec / calls, 2) if calls else 0.0,
         }  # fmt: skip
         self.runs.append(run)
         return run
 
 
-@contextlib.contextmanager
-def phase_timers(bench: Bench, app: ModuleType, totals: dict[str, float]) -> Iterator[None]:
-    """Wrap the handler's parts with wall-clock timers; restore them afterwards."""
-    import redis.client
-
-    targets: list[tuple[Any, str, str]] = [
-        (bench.path, "run", "path.run"),
-        (bench.path, "_decode", "decode"),
-        (streaming, "_decode_all", "decode_all (incl. base64)"),
-        (bench.store, "apply_transactions", "store.apply_transactions"),
-        (bench.store, "_run", "store._run"),
-        (redis.client.Pipeline, "execute", "pipeline.execute"),
-        (redis.client.Pipeline, "load_scripts", "pipeline.load_scripts (SCRIPT EXISTS)"),
-        (bench.store, "_applied", "store._applied"),
-        (streaming, "feature_vector", "feature_vector"),
-        (bench.path._event_log, "write_batch", "event_log.write_batch"),
-        (app, "record_metrics", "record_metrics"),
-        (app, "respond", "respond (BatchProcessor)"),
-    ]
-    saved = []
-    for owner, attr, name in targets:
-        original = getattr(owner, attr)
-        saved.append((owner, attr, original, attr in vars(owner)))
-
-        def timed(*args: Any, _f: Any = original, _n: str = name, **kw: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return _f(*args, **kw)
-            finally:
-                totals[_n] = totals.get(_n, 0.0) + time.perf_counter() - t0
-
-        setattr(owner, attr, timed)
-    try:
-        yield
-    finally:
-        for owner, attr, original, own in reversed(saved):
-            if own:
-                setattr(owner, attr, original)
-            else:
-                delattr(owner, attr)  # a method of the instance's class
+def median_of(runs: list[dict[str, Any]], batch: int, key: str) -> float:
+    """The median of `key` over the runs of one batch size."""
+    return round(float(statistics.median(r[key] for r in runs if r["batch"] == batch)), 2)
 
 
-def profile(bench: Bench, app: ModuleType, batch: int, events: int) -> dict[str, Any]:
-    """Per-event µs of the handler's parts (wall), the servers' script costs, and cProfile."""
-    out: dict[str, Any] = {"batch": batch}
-    # 1. Phase timers, with the slow log catching every script's server time.
-    server = bench.server.client
-    server.config_set("slowlog-log-slower-than", 0)
-    server.config_set("slowlog-max-len", 4 * events + 10)
-    server.slowlog_reset()
-    span = bench.stream.take(events)
-    bench.stream.cursor = span.start
-    bench.feed_labels(bench.stream.tx[span.start].event_time_ms)
-    totals: dict[str, float] = {}
-    batches = kinesis_events(bench.stream, span, batch)
-    t0 = time.perf_counter()
-    with (
-        phase_timers(bench, app, totals),
-        open(os.devnull, "w") as sink,
-        contextlib.redirect_stdout(sink),
-    ):
-        done = bench.invoke(batches, float("inf"))
-    wall = time.perf_counter() - t0
-    bench.stream.cursor = span.start + done
-    us = {name: round(s / done * 1e6, 2) for name, s in totals.items()}
-    us["handler total (wall)"] = round(wall / done * 1e6, 2)
-    us["powertools+handler glue"] = round(us["handler total (wall)"] - us["path.run"], 2)
-    shas = {bench.store._customer.sha: "customer", bench.store._terminal.sha: "terminal"}
-    per_script: dict[str, list[int]] = {"customer": [], "terminal": []}
-    for entry in server.slowlog_get(4 * events + 10):
-        command = entry.get("command", b"")
-        parts = command.split() if isinstance(command, bytes) else []
-        if len(parts) > 1 and parts[0].upper() == b"EVALSHA":
-            kind = shas.get(parts[1].decode())
-            if kind:
-                per_script[kind].append(int(entry["duration"]))
-    server.config_set("slowlog-log-slower-than", 10_000)
-    out["client_us_per_event"] = us
-    out["server_script_us"] = {
-        k: {"calls": len(v), "mean_us": round(statistics.fmean(v), 2) if v else None,
-            "p99_us": round(float(np.percentile(v, 99)), 1) if v else None}
-        for k, v in per_script.items()
+def report(
+    args: argparse.Namespace, bench: Bench, prof: dict[str, Any], notes: dict[str, Any]
+) -> int:
+    """Print the table and the profile; write the JSON result."""
+    sizes = [int(b) for b in args.batches.split(",")]
+
+    def med(b: int, key: str) -> float:
+        return median_of(bench.runs, b, key)
+
+    rate = {b: med(b, "events_per_s") for b in sizes}
+    best = max(sizes, key=lambda b: rate[b])
+    print(f"\nengine throughput, median of {args.repeats} (target {TARGET:,.0f} events/s)")
+    print(f"{'batch':>6} {'events/s':>9} {'x target':>8} {'Redis CPU':>10} {'client CPU':>11}")
+    for b in sizes:
+        redis_us, client_us = med(b, "redis_cpu_us_per_event"), med(b, "client_cpu_us_per_event")
+        print(
+            f"{b:>6} {rate[b]:>9,.0f} {rate[b] / TARGET:>8.3f} {redis_us:>7} µs {client_us:>8} µs"
+        )
+    print(f"\nwhere the time goes, batch {best} (wall µs per event, {prof['events']:,} events):")
+    for name, value in prof["breakdown_us_per_event"].items():
+        print(f"  {name:<46} {value:>8}")
+    print(f"  Redis EVALSHA µs per script: {prof['server_evalsha_us_per_script']}")
+    print("cProfile, top own time (µs/event; profiling inflates Python code):")
+    for row in prof["cprofile_top_tottime"][:12]:
+        own, cum = row["tottime_us_per_event"], row["cumtime_us_per_event"]
+        print(f"  own {own:>7} cum {cum:>8}  {row['function']}")
+    params = {
+        **notes, "target_events_per_s": TARGET, "ratio_to_target": round(rate[best] / TARGET, 4),
+        "batch_sizes": sizes, "best_batch": best, "repeats": args.repeats,
+        "statistic": "median of repeats (sizes interleaved)", "seconds_per_run": args.seconds,
+        "events_timed": sum(r["events"] for r in bench.runs),
+        "redis_cpu_s_timed": round(sum(r["redis_cpu_s"] for r in bench.runs), 3),
+        "client_cpu_s_timed": round(sum(r["client_cpu_s"] for r in bench.runs), 3),
+        "redis_cpu_us_per_event": {b: med(b, "redis_cpu_us_per_event") for b in sizes},
+        "client_cpu_us_per_event": {b: med(b, "client_cpu_us_per_event") for b in sizes},
+        "evalsha_usec_per_call": {b: med(b, "evalsha_usec_per_call") for b in sizes},
+        "outcomes": bench.path.totals, "runs": bench.runs, "profile": prof,
     }  # fmt: skip
-    # 2. cProfile over fresh events (its overhead inflates Python-heavy parts).
-    span = bench.stream.take(events)
-    bench.stream.cursor = span.start
-    batches = kinesis_events(bench.stream, span, batch)
-    profiler = cProfile.Profile()
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        done = profiler.runcall(bench.invoke, batches, float("inf"))
-    bench.stream.cursor = span.start + done
-    stats = pstats.Stats(profiler, stream=io.StringIO())
-    rows = []
-    for (file, line, func), (_, calls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
-        where = f"{Path(file).parent.name}/{Path(file).name}:{line}({func})"
-        rows.append((tottime, cumtime, calls, where))
-    rows.sort(reverse=True)
-    out["cprofile_events"] = done
-    out["cprofile_top_tottime"] = [
-        {"function": w, "calls": c, "tottime_us_per_event": round(t / done * 1e6, 2),
-         "cumtime_us_per_event": round(cu / done * 1e6, 2)}
-        for t, cu, c, w in rows[:15]
-    ]  # fmt: skip
-    return out
+    figures = {"engine.events_per_s": (rate[best], "events/s")}
+    figures |= {f"engine.events_per_s_batch_{b}": (rate[b], "events/s") for b in sizes}
+    out = write_result("engine_quick" if args.quick else "engine", params, figures)
+    log(f"wrote {out.relative_to(REPO)}")
+    return 0 if not bench.path.totals["failed"] and not bench.path.totals["duplicates"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds: smoke use")
-    parser.add_argument("--seconds", type=float, default=20.0, help="time bound per run")
-    parser.add_argument("--max-events", type=int, default=150_000, help="event bound per run")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few seconds, for smoke use")
+    parser.add_argument("--seconds", type=float, default=20.0, help="time bound of one run")
+    parser.add_argument("--max-events", type=int, default=150_000, help="event bound of one run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", default="100,500,1000")
-    parser.add_argument("--warmup-days", type=int, default=20)
-    parser.add_argument("--days", type=int, default=183, help="simulated days (default size)")
-    parser.add_argument("--profile-events", type=int, default=30_000)
-    parser.add_argument("--no-pin", action="store_true", help="do not pin client/server CPUs")
+    parser.add_argument("--warmup-days", type=int, default=31, help="30-day windows + 1")
+    parser.add_argument("--days", type=int, default=183, help="simulated days")
+    parser.add_argument("--profile-events", type=int, default=20_000)
+    parser.add_argument("--no-pin", action="store_true", help="leave CPU placement to the OS")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.max_events, args.repeats, args.batches = 2.0, 4000, 1, "100,500"
-        args.warmup_days, args.days, args.profile_events = 1, 4, 2000
-    batches = [int(b) for b in args.batches.split(",")]
+        args.seconds, args.max_events, args.repeats, args.batches = 1.0, 3000, 1, "100,500"
+        args.warmup_days, args.days, args.profile_events = 1, 3, 1000
     cpus = sorted(os.sched_getaffinity(0))
     pinned = not args.no_pin and len(cpus) >= 2
     if pinned:  # redis-server on the last CPU, this process on the others
         os.sched_setaffinity(0, set(cpus[:-1]))
     log(f"simulating {args.days} days (5,000 customers, 10,000 terminals)")
     stream = simulated_stream(args.days)
+    gc.collect()
+    gc.freeze()
     server = RedisServer(cpus[-1] if pinned else None)
     try:
-        app = load_app()
         store = RedisFeatureStore(server.client)
-        s3 = MemoryS3()
-        path = CountingPath(
-            transaction_decoder(MemoryLookup()), store, NoDeadLetters(), S3EventLog(s3, "bench")
-        )
-        path.totals = {"applied": 0, "duplicates": 0, "failed": 0}
-        bench = Bench(server, store, app.lambda_handler, path, s3, stream)
+        log_ = S3EventLog(MemoryS3(), "bench")
+        path = CountingPath(transaction_decoder(MemoryLookup()), store, NoDeadLetters(), log_)
+        bench = Bench(server, store, load_app(), path, stream)
         t0 = time.perf_counter()
         warm = bench.warm_up(args.warmup_days)
-        log(f"warm-up: {warm:,} events ({args.warmup_days} days) in {time.perf_counter() - t0:.1f}s")
+        log(f"warm-up: {warm:,} events, {args.warmup_days} days, {time.perf_counter() - t0:.0f}s")
+        sizes = [int(b) for b in args.batches.split(",")]
         left = len(stream.tx) - stream.cursor - 2 * args.profile_events
-        per_run = min(args.max_events, left // (args.repeats * len(batches)))
+        per_run = min(args.max_events, left // (args.repeats * len(sizes)))
         for rep in range(args.repeats):
-            for batch in batches:
+            for batch in sizes:
                 run = bench.timed(batch, args.seconds, per_run)
-                log(f"repeat {rep + 1} batch {batch}: {run['events_per_s']:,.0f} events/s "
-                    f"({run['events']:,} events, redis {run['redis_cpu_us_per_event']} µs/event)")  # fmt: skip
-        best_by_rate = {
-            b: statistics.median(r["events_per_s"] for r in bench.runs if r["batch"] == b)
-            for b in batches
-        }
-        best = max(best_by_rate, key=lambda b: best_by_rate[b])
-        log(f"profiling batch {best} over {args.profile_events:,} events (twice)")
-        prof = profile(bench, app, best, args.profile_events)
-        info = server.client.info("server")
+                rate, redis_us = run["events_per_s"], run["redis_cpu_us_per_event"]
+                log(
+                    f"repeat {rep + 1}, batch {batch}: {rate:,.0f} events/s, Redis {redis_us} µs/ev"
+                )
+        best = max(sizes, key=lambda b: median_of(bench.runs, b, "events_per_s"))
+        log(f"profiling batch {best}: {args.profile_events:,} events timed, as many profiled")
+        prof = profile(bench, best, args.profile_events)
+        version = server.client.info("server").get("redis_version")
     finally:
         server.stop()
-
-    def med(b: int, key: str) -> float:
-        return round(statistics.median(r[key] for r in bench.runs if r["batch"] == b), 2)
-
-    print(f"\nengine throughput (median of {args.repeats}; target {TARGET:,.0f} events/s)")
-    print(f"{'batch':>6} {'events/s':>10} {'vs target':>9} {'redis µs/ev':>11} {'client µs/ev':>12}")
-    for b in batches:
-        ratio = best_by_rate[b] / TARGET
-        print(f"{b:>6} {best_by_rate[b]:>10,.0f} {ratio:>8.2f}x "
-              f"{med(b, 'redis_cpu_us_per_event'):>11} {med(b, 'client_cpu_us_per_event'):>12}")  # fmt: skip
-    print(f"\nper-event wall µs, batch {best} (phase timers; nested phases overlap):")
-    for name, value in prof["client_us_per_event"].items():
-        print(f"  {name:<40} {value:>8}")
-    print("server script time µs (slowlog):", prof["server_script_us"])
-    print(f"cProfile top by own time (µs/event, inflated by profiling, {prof['cprofile_events']:,} events):")
-    for row in prof["cprofile_top_tottime"][:12]:
-        print(f"  {row['tottime_us_per_event']:>7} {row['cumtime_us_per_event']:>8}  {row['function']}")
-    figures = {"engine.events_per_s": (best_by_rate[best], "events/s")}
-    figures |= {f"engine.events_per_s_batch_{b}": (best_by_rate[b], "events/s") for b in batches}
-    params = {
+    notes = {
         "machine_note": f"{os.cpu_count()} cores; "
-        + ("redis-server pinned to CPU %d, benchmark process to %s" % (cpus[-1], cpus[:-1])
-           if pinned else "unpinned (client and redis-server share the CPUs)"),
-        "target_events_per_s": TARGET,
-        "ratio_to_target": round(best_by_rate[best] / TARGET, 3),
-        "batch_sizes": batches, "best_batch": best, "repeats": args.repeats,
-        "statistic": "median of repeats", "seconds_per_run": args.seconds,
-        "max_events_per_run": per_run, "events_timed": sum(r["events"] for r in bench.runs),
-        "warm_up": f"{warm} events = first {args.warmup_days} simulated days applied straight "
-        "to the store before timing (plus fraud labels known by then); excluded from figures",
+        + (f"redis-server pinned to CPU {cpus[-1]}, benchmark process to {cpus[:-1]}"
+           if pinned else "unpinned: client and redis-server share the CPUs"),
+        "warm_up": f"{warm:,} events, the first {args.warmup_days} simulated days, applied "
+        "straight to the store before timing (with fraud labels known by then); not in figures",
         "labels": "fraud labels due before each run are applied between runs, untimed",
         "simulation": {"n_customers": 5000, "n_terminals": 10000, "n_days": args.days},
-        "encoding": "Avro transaction.v2, Glue frame, in-memory SchemaLookup (fixed UUID)",
-        "event_log": "S3EventLog on an in-memory S3 double: same JSON lines + gzip work, no "
-        "network; S3 is not the engine",
-        "process": "one process, handler called in a loop; Powertools EMF lines to /dev/null",
+        "max_events_per_run": per_run,
+        "records": "Kinesis event shape, base64 Avro transaction.v2 in Glue framing; "
+        "in-memory SchemaLookup under a fixed version id",
+        "event_log": "S3EventLog on an in-memory S3 double: same JSON lines + gzip, no network "
+        "(S3 is not the engine)",
+        "process": "one process calling lambda_handler in a loop; EMF lines go to /dev/null; "
+        "gc.freeze() after preparing events (a Lambda heap holds one batch, not 100k events)",
         "hiredis": bool(redis.utils.HIREDIS_AVAILABLE), "redis_py": redis.__version__,
-        "redis_server": info.get("redis_version"),
-        "redis_cpu_s_timed": round(sum(r["redis_cpu_s"] for r in bench.runs), 3),
-        "client_cpu_s_timed": round(sum(r["client_cpu_s"] for r in bench.runs), 3),
-        "redis_cpu_us_per_event": {b: med(b, "redis_cpu_us_per_event") for b in batches},
-        "client_cpu_us_per_event": {b: med(b, "client_cpu_us_per_event") for b in batches},
-        "evalsha_usec_per_call": {b: med(b, "evalsha_usec_per_call") for b in batches},
-        "outcomes": path.totals, "runs": bench.runs, "profile": prof,
+        "redis_server": version,
     }  # fmt: skip
-    if path.totals["failed"] or path.totals["duplicates"]:
-        log(f"WARNING: outcomes {path.totals}")
-    out = write_result("engine_quick" if args.quick else "engine", params, figures)
-    log(f"wrote {out.relative_to(REPO)}")
-    return 0
+    return report(args, bench, prof, notes)
 
 
 if __name__ == "__main__":

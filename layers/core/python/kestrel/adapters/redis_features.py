@@ -240,9 +240,13 @@ class RedisFeatureStore:
         if not calls:
             return []
         if not self._cluster:
+            # What `Script.__call__` does on a pipeline, without its per-call overhead: the
+            # script joins `pipe.scripts` (execute() checks SCRIPT EXISTS and loads what is
+            # missing first) and EVALSHA is queued.
             pipe = self._client.pipeline(transaction=False)
             for script, keys, args in calls:
-                script(keys=keys, args=args, client=pipe)
+                pipe.scripts.add(script)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             return pipe.execute(raise_on_error=False)
         if not self._cluster_scripts_loaded:
             self._load_cluster_scripts()
@@ -271,20 +275,22 @@ class RedisFeatureStore:
         self._cluster_scripts_loaded = True
 
     def _applied(self, customer: Any, terminal: Any) -> AppliedTransaction | Exception:
-        for reply in (customer, terminal):
-            if isinstance(reply, Exception):
-                return reply
-        n = len(self._customer_windows)
-        previous = int(customer[1 + 2 * n])
+        if isinstance(customer, Exception):
+            return customer
+        if isinstance(terminal, Exception):
+            return terminal
+        # customer: added, (count, cents) per window, previous time; terminal: added,
+        # counts per window, frauds per window.
+        n, m = 2 * len(self._customer_windows), 1 + len(self._terminal_windows)
+        previous = int(customer[1 + n])
         return AppliedTransaction(
             customer=CustomerAggregates(
-                counts=tuple(int(customer[1 + 2 * w]) for w in range(n)),
-                sums_cents=tuple(int(customer[2 + 2 * w]) for w in range(n)),
+                counts=tuple(map(int, customer[1 : 1 + n : 2])),
+                sums_cents=tuple(map(int, customer[2 : 2 + n : 2])),
                 previous_time_ms=previous if previous >= 0 else None,
             ),
             terminal=TerminalAggregates(
-                counts=tuple(int(v) for v in terminal[1 : 1 + len(self._terminal_windows)]),
-                frauds=tuple(int(v) for v in terminal[1 + len(self._terminal_windows) :]),
+                counts=tuple(map(int, terminal[1:m])), frauds=tuple(map(int, terminal[m:]))
             ),
             applied=bool(customer[0]) or bool(terminal[0]),
         )

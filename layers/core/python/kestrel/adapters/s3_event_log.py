@@ -50,6 +50,7 @@ class S3EventLog:
             key = f"{self._prefix}/{kind}/dt={date}/{batch_id}.jsonl.gz"
             body = gzip.compress(
                 "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows).encode(),
+                compresslevel=6,
                 mtime=0,
             )
             self._client.put_object(

@@ -1,0 +1,118 @@
+"""Where the engine's time goes: timers around the handler's parts, script µs, cProfile."""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import pstats
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis.client
+
+from kestrel import streaming
+
+if TYPE_CHECKING:
+    from bench.engine import Bench
+
+
+@contextlib.contextmanager
+def phase_timers(bench: Bench, totals: dict[str, float]) -> Iterator[None]:
+    """Wrap the handler's parts with wall-clock timers (summed into `totals`), then restore."""
+    targets: list[tuple[Any, str]] = [
+        (bench.app, "lambda_handler"), (bench.path, "run"), (streaming, "_decode_all"),
+        (bench.store, "apply_transactions"), (bench.store, "_run"),
+        (redis.client.Pipeline, "execute"), (redis.client.Pipeline, "load_scripts"),
+        (bench.store, "_applied"), (streaming, "feature_vector"),
+        (bench.path._event_log, "write_batch"), (bench.app, "respond"),
+    ]  # fmt: skip
+    saved = []
+    for owner, attr in targets:
+        original = getattr(owner, attr)
+        saved.append((owner, attr, original, attr in vars(owner)))
+
+        def timed(*args: Any, _f: Any = original, _n: str = attr, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _f(*args, **kw)
+            finally:
+                totals[_n] = totals.get(_n, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, attr, timed)
+    try:
+        yield
+    finally:
+        for owner, attr, original, own in reversed(saved):
+            setattr(owner, attr, original) if own else delattr(owner, attr)
+
+
+def breakdown(t: dict[str, float], events: int, server_us: float) -> dict[str, float]:
+    """Non-overlapping µs per event of the handler, from the nested phase totals."""
+    parts = {
+        "decode: base64 + Avro + validation": t["_decode_all"],
+        "store: build script calls": t["apply_transactions"] - t["_run"] - t["_applied"],
+        "store: queue EVALSHAs in the pipeline": t["_run"] - t["execute"],
+        "store: SCRIPT EXISTS round trip": t["load_scripts"],
+        "store: Redis executing the scripts": server_us * events / 1e6,
+        "store: RESP pack, send, wait, read": t["execute"] - t["load_scripts"]
+        - server_us * events / 1e6,
+        "store: replies -> aggregates": t["_applied"],
+        "feature_vector": t["feature_vector"],
+        "path: outcome and log rows": t["run"] - t["_decode_all"] - t["apply_transactions"]
+        - t["feature_vector"] - t["write_batch"],
+        "event log: JSON lines + gzip (level 9)": t["write_batch"],
+        "Powertools: BatchProcessor response": t["respond"],
+        "Powertools: metrics add + EMF flush, logger": t["lambda_handler"] - t["run"]
+        - t["respond"],
+        "total handler (wall)": t["lambda_handler"],
+    }  # fmt: skip
+    return {name: round(s / events * 1e6, 2) for name, s in parts.items()}
+
+
+def profile(bench: Bench, batch: int, events: int) -> dict[str, Any]:
+    """Per-event µs of the handler's parts, each script's server µs (slow log), cProfile."""
+    redis_client, totals = bench.server.client, dict[str, float]()
+    start, prepared = bench.prepare(events, batch)
+    redis_client.config_set("slowlog-log-slower-than", 0)  # scripts and their commands
+    redis_client.config_set("slowlog-max-len", 30 * events + 100)
+    redis_client.slowlog_reset()
+    redis_client.config_resetstat()
+    with phase_timers(bench, totals):
+        done = bench.invoke(prepared)
+    bench.stream.cursor = start + done
+    usec = bench.server.evalsha_usec()[1]
+    kinds = {bench.store._customer.sha: "customer", bench.store._terminal.sha: "terminal"}
+    server: dict[str, list[int]] = {"customer": [], "terminal": []}
+    for entry in redis_client.slowlog_get(30 * events + 100):
+        parts = bytes(entry.get("command", b"")).split()
+        if len(parts) > 1 and parts[0].upper() == b"EVALSHA" and parts[1].decode() in kinds:
+            server[kinds[parts[1].decode()]].append(int(entry["duration"]))
+    redis_client.config_set("slowlog-log-slower-than", 10_000)
+    out: dict[str, Any] = {
+        "batch": batch, "events": done,
+        "breakdown_us_per_event": breakdown(totals, done, usec / done),
+        "server_evalsha_us_per_script": {
+            k: round(statistics.fmean(v), 2) if v else 0.0 for k, v in server.items()
+        },
+        "note": "wall µs from timers around the handler's parts (slow log on: Redis slower); "
+        "server script µs from SLOWLOG durations",
+    }  # fmt: skip
+    start, prepared = bench.prepare(events, batch)
+    profiler = cProfile.Profile()
+    done = profiler.runcall(bench.invoke, prepared)
+    bench.stream.cursor = start + done
+    rows = sorted(
+        ((tt, ct, n, f"{Path(file).parent.name}/{Path(file).name}:{line}({func})")
+         for (file, line, func), (_, n, tt, ct, _) in pstats.Stats(profiler).stats.items()),  # type: ignore[attr-defined]
+        reverse=True,
+    )  # fmt: skip
+    out["cprofile_events"] = done
+    out["cprofile_top_tottime"] = [
+        {"function": where, "calls": n, "tottime_us_per_event": round(tt / done * 1e6, 2),
+         "cumtime_us_per_event": round(ct / done * 1e6, 2)}
+        for tt, ct, n, where in rows[:15]
+    ]  # fmt: skip
+    return out

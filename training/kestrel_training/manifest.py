@@ -1,0 +1,75 @@
+"""What a model carries to the scorers: decision thresholds and reference distributions.
+
+Decision thresholds are chosen on validation scores (the prequential validation folds of
+the chosen candidate, never the test week):
+
+- ``review``: the (1 - REVIEW_ALERT_RATE) quantile of the validation scores, so about 1%
+  of transactions score at or above it;
+- ``decline``: the (1 - DECLINE_ALERT_RATE) quantile, about 0.2% of transactions;
+- the rule: DECLINE when score >= decline, else REVIEW when score >= review, else APPROVE.
+  When a quantile falls on a run of equal scores, the alert rate can be lower; the rates
+  actually met on validation are stored beside the thresholds.
+
+Reference distributions, for drift checks, are computed on the training rows: per feature
+the cut points are the distinct 10%..90% quantiles (so at most 10 bins, fewer for discrete
+features), bin i holds the values x with ``searchsorted(cuts, x, side="right") == i`` (bin
+0 is below the first cut, the last bin at or above the last), and ``proportions[i]`` is
+the share of training rows in bin i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REVIEW_ALERT_RATE = 0.01
+DECLINE_ALERT_RATE = 0.002
+N_BINS = 10
+THRESHOLD_RULE = (
+    "DECLINE if score >= decline; REVIEW if score >= review; else APPROVE. review = "
+    f"{1 - REVIEW_ALERT_RATE:.3f} quantile and decline = {1 - DECLINE_ALERT_RATE:.3f} quantile "
+    "of validation scores (alert rates ~1% and ~0.2%)"
+)
+BIN_RULE = (
+    "bin = searchsorted(cuts, value, side='right'); cuts = distinct training quantiles at "
+    "10%..90%; proportions = share of training rows per bin"
+)
+
+
+def decision_thresholds(validation_scores: np.ndarray) -> dict[str, Any]:
+    """Review / decline thresholds from validation scores, with the alert rates they give."""
+    scores = np.asarray(validation_scores, dtype=np.float64)
+    if not len(scores):
+        raise ValueError("decision thresholds need validation scores")
+    review = float(np.quantile(scores, 1 - REVIEW_ALERT_RATE))
+    decline = max(float(np.quantile(scores, 1 - DECLINE_ALERT_RATE)), review)
+    return {
+        "approve_below": review,
+        "review": review,
+        "decline": decline,
+        "review_alert_rate_validation": float(np.mean(scores >= review)),
+        "decline_alert_rate_validation": float(np.mean(scores >= decline)),
+        "validation_rows": len(scores),
+        "rule": THRESHOLD_RULE,
+    }
+
+
+def reference_distributions(
+    frame: pd.DataFrame, names: Sequence[str], n_bins: int = N_BINS
+) -> dict[str, Any]:
+    """Per feature: quantile cut points and the training share of each bin."""
+    levels = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
+    out: dict[str, Any] = {"rule": BIN_RULE, "rows": len(frame), "features": {}}
+    for name in names:
+        values = frame[name].to_numpy(dtype=np.float64)
+        cuts = np.unique(np.quantile(values, levels)) if len(values) else np.zeros(0)
+        bins = np.searchsorted(cuts, values, side="right")
+        counts = np.bincount(bins, minlength=len(cuts) + 1)
+        out["features"][name] = {
+            "cuts": [float(c) for c in cuts],
+            "proportions": [float(c) / max(len(values), 1) for c in counts],
+        }
+    return out
