@@ -62,6 +62,7 @@ def synthetic(
     labels = pd.DataFrame(
         {
             "transaction_id": fraud["transaction_id"].to_numpy(),
+            "customer_id": fraud["customer_id"].to_numpy(),
             "terminal_id": fraud["terminal_id"].to_numpy(),
             "is_fraud": True,
             "label_time": fraud["event_time"].to_numpy() + np.array(delays, dtype=np.int64),
@@ -83,7 +84,11 @@ def replay_online(
         while pending is not None and pending.label_time < day_start:
             batch.append(
                 Label(
-                    pending.transaction_id, "", pending.terminal_id, True, int(pending.label_time)
+                    pending.transaction_id,
+                    pending.customer_id,
+                    pending.terminal_id,
+                    True,
+                    int(pending.label_time),
                 )
             )
             pending = next(label_rows, None)
@@ -154,3 +159,15 @@ def test_feature_store_label_before_its_transaction_still_counts(
     assert not isinstance(applied, Exception)
     assert applied.terminal.counts == (1, 1, 1)
     assert applied.terminal.frauds == (1, 1, 1)
+
+
+def test_feature_store_records_fraud_labels_once_on_terminal_and_card(
+    store: RedisFeatureStore, redis_url: str
+) -> None:
+    fraud = Label("Y1", "C7", "TERM7", True, START_MS)
+    genuine = Label("Y2", "C7", "TERM7", False, START_MS)
+    assert store.apply_labels([fraud, genuine]) == [True, False]
+    assert store.apply_labels([fraud]) == [False]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert client.hgetall("kestrel:{c:C7}:frauds") == {"Y1": str(START_MS)}
+    assert client.hgetall("kestrel:{t:TERM7}:labels") == {"Y1": str(START_MS)}
