@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,6 +55,17 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
             os.killpg(pid, sig)
         else:
             os.kill(pid, sig)
+
+
+def stop_child(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Stop a child we started (SIGTERM to its group, SIGKILL after `timeout_s`) and reap it."""
+    if process.poll() is None:
+        signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            signal_group(process.pid, signal.SIGKILL)
+            process.wait(timeout_s)
 
 
 def wait_gone(pid: int, timeout_s: float) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from kestrel_local.processes import LOOPBACK, free_port, signal_group
+from kestrel_local.processes import LOOPBACK, free_port, stop_child
 from kestrel_local.services import ServiceError, find_redis_server
 
 CLUSTER_TIMEOUT_S = 30.0
@@ -57,13 +56,7 @@ class ClusterNode:
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop the node (SIGTERM, SIGKILL after `timeout_s`) and reap it."""
-        if self.process.poll() is None:
-            signal_group(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                signal_group(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout_s)
+        stop_child(self.process, timeout_s)
 
 
 def find_redis_cli() -> str:

@@ -34,6 +34,7 @@ from kestrel_local.processes import (
     port_in_use,
     serves_port,
     signal_group,
+    stop_child,
     wait_gone,
 )
 
@@ -103,13 +104,7 @@ class ServiceHandle:
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop the server (SIGTERM, SIGKILL after `timeout_s`), reap it, remove its pid file."""
-        if self.process.poll() is None:
-            signal_group(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                signal_group(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout_s)
+        stop_child(self.process, timeout_s)
         self.pid_file.unlink(missing_ok=True)
 
 

@@ -1,4 +1,4 @@
-"""The online store on a real redis-server gives exactly the offline features, replays included."""
+"""The online store gives exactly the offline features, replays included, on Redis and Cluster."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import redis
 from kestrel_training.offline_features import offline_features
+from redis.cluster import RedisCluster
 
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.events import Label, Transaction
@@ -19,12 +20,18 @@ from kestrel.features import DAY_MS, FEATURE_NAMES, feature_vector
 START_MS = 1_522_540_800_000  # 2018-04-01T00:00:00Z
 
 
-@pytest.fixture
-def store(redis_url: str) -> Iterator[RedisFeatureStore]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+@pytest.fixture(params=["standalone", "cluster"])
+def store(request: pytest.FixtureRequest) -> Iterator[RedisFeatureStore]:
+    """The store on a standalone redis-server and on a 3-master cluster, emptied around."""
+    client: redis.Redis | RedisCluster
+    if request.param == "cluster":
+        client = RedisCluster.from_url(request.getfixturevalue("redis_cluster_url"))
+    else:
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    client.flushall()
     yield RedisFeatureStore(client)
-    client.flushdb()
+    client.flushall()
+    client.close()
 
 
 def synthetic(
@@ -162,12 +169,12 @@ def test_feature_store_label_before_its_transaction_still_counts(
 
 
 def test_feature_store_records_fraud_labels_once_on_terminal_and_card(
-    store: RedisFeatureStore, redis_url: str
+    store: RedisFeatureStore,
 ) -> None:
     fraud = Label("Y1", "C7", "TERM7", True, START_MS)
     genuine = Label("Y2", "C7", "TERM7", False, START_MS)
     assert store.apply_labels([fraud, genuine]) == [True, False]
     assert store.apply_labels([fraud]) == [False]
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert client.hgetall("kestrel:{c:C7}:frauds") == {"Y1": str(START_MS)}
-    assert client.hgetall("kestrel:{t:TERM7}:labels") == {"Y1": str(START_MS)}
+    client = store._client
+    assert client.hgetall("kestrel:{c:C7}:frauds") == {b"Y1": str(START_MS).encode()}
+    assert client.hgetall("kestrel:{t:TERM7}:labels") == {b"Y1": str(START_MS).encode()}
