@@ -28,7 +28,7 @@ endif
 endif
 
 .PHONY: help setup up down status deploy-local invoke run demo test test-unit test-integration \
-	lint parity bench-emulator bench-engine bench clean
+	lint parity train promote model-layer mlflow-ui bench-emulator bench-engine bench clean
 
 help: ## List every target with what it does
 	@echo "Kestrel: make <target> [VAR=value]"
@@ -126,6 +126,20 @@ lint: $(SETUP_STAMP) ## ruff check, ruff format --check, mypy, cfn-lint and sam 
 
 parity: up ## Replay EVENTS (default 100000) simulated events through the stack; online == offline?
 	$(PY) -m kestrel_training.parity --events $(or $(EVENTS),100000)
+
+train: $(SETUP_STAMP) ## Simulate if needed, select, train, ONNX + parity check, log and register kestrel-fraud@challenger
+	$(PY) -m kestrel_training.train $(if $(SEEDS),--seeds $(SEEDS))
+
+promote: $(SETUP_STAMP) ## Move the champion alias: make promote VERSION=n
+	@test -n "$(VERSION)" || { echo "usage: make promote VERSION=<n>" >&2; exit 1; }
+	$(PY) -m kestrel_training.registry promote $(VERSION)
+
+model-layer: $(SETUP_STAMP) ## Export champion to layers/model/ (and to S3 models/ when MODEL_BUCKET is set)
+	$(PY) -m kestrel_training.registry export --dest layers/model $(if $(MODEL_BUCKET),--bucket $(MODEL_BUCKET))
+
+mlflow-ui: $(SETUP_STAMP) ## MLflow UI over mlruns/ on http://127.0.0.1:5001
+	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true $(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5001 \
+		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts
 
 bench-emulator: $(SETUP_STAMP) ## Measure the embedded emulator's Kinesis put/get rates (writes bench/results/)
 	$(PY) bench/emulator.py

@@ -11,10 +11,10 @@ the chosen candidate, never the test week):
   actually met on validation are stored beside the thresholds.
 
 Reference distributions, for drift checks, are computed on the training rows: per feature
-the cut points are the distinct 10%..90% quantiles (so at most 10 bins, fewer for discrete
-features), bin i holds the values x with ``searchsorted(cuts, x, side="right") == i`` (bin
-0 is below the first cut, the last bin at or above the last), and ``proportions[i]`` is
-the share of training rows in bin i.
+the cut points are the distinct 10%..90% quantiles, taken as observed values (so at most
+10 bins, fewer for discrete features); bin i holds the values x with
+``searchsorted(cuts, x, side="right") == i`` (bin 0 is below the first cut, the last bin
+at or above the last cut), and ``proportions[i]`` is the share of training rows in bin i.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ THRESHOLD_RULE = (
     "of validation scores (alert rates ~1% and ~0.2%)"
 )
 BIN_RULE = (
-    "bin = searchsorted(cuts, value, side='right'); cuts = distinct training quantiles at "
-    "10%..90%; proportions = share of training rows per bin"
+    "bin = searchsorted(cuts, value, side='right'); cuts = distinct training quantiles "
+    "(observed values) at 10%..90%; proportions = share of training rows per bin"
 )
 
 
@@ -65,7 +65,9 @@ def reference_distributions(
     out: dict[str, Any] = {"rule": BIN_RULE, "rows": len(frame), "features": {}}
     for name in names:
         values = frame[name].to_numpy(dtype=np.float64)
-        cuts = np.unique(np.quantile(values, levels)) if len(values) else np.zeros(0)
+        cuts = (
+            np.unique(np.quantile(values, levels, method="lower")) if len(values) else np.zeros(0)
+        )
         bins = np.searchsorted(cuts, values, side="right")
         counts = np.bincount(bins, minlength=len(cuts) + 1)
         out["features"][name] = {

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort  # type: ignore[import-untyped]
-from skl2onnx import convert_sklearn  # type: ignore[import-untyped]
-from skl2onnx.common.data_types import FloatTensorType  # type: ignore[import-untyped]
-from sklearn.pipeline import Pipeline  # type: ignore[import-untyped]
+import onnxruntime as ort
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.pipeline import Pipeline
 
 PARITY_TOLERANCE = 1e-5
 INPUT_NAME = "features"

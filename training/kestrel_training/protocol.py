@@ -28,7 +28,7 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score  # type: ignore[import-untyped]
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from kestrel_training.datasets import TARGET, day_date, day_number
 

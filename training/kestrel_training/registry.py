@@ -52,14 +52,16 @@ def promote(version: str | int, store: tracking.Tracking | None = None) -> str:
     return str(model_version.version)
 
 
-def build_manifest(version: str, summary: dict[str, Any], run_id: str) -> dict[str, Any]:
+def build_manifest(
+    version: str, summary: dict[str, Any], run_id: str, alias: str = CHAMPION
+) -> dict[str, Any]:
     """The exported manifest: the training summary plus version and provenance."""
     if summary.get("feature_names") != list(FEATURE_NAMES):
         print("warning: the champion was trained on other feature names", file=sys.stderr)
     return {
         "model_name": tracking.MODEL_NAME,
         "model_version": version,
-        "alias": CHAMPION,
+        "alias": alias,
         "mlflow_run_id": run_id,
         "exported_at": utc_now_iso(),
         "feature_names": summary["feature_names"],
@@ -100,7 +102,7 @@ def export_champion(
             )
         )
         summary = json.loads((local / tracking.SUMMARY_FILE).read_text())
-        manifest = build_manifest(str(version.version), summary, str(version.run_id))
+        manifest = build_manifest(str(version.version), summary, str(version.run_id), alias)
         shutil.copyfile(local / tracking.ONNX_FILE, out / tracking.ONNX_FILE)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     if bucket:
@@ -161,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             f"from the running definitions' {FEATURE_SET_HASH}; scorers will refuse it",
             file=sys.stderr,
         )
-    where = f" and s3://{args.bucket}/{S3_PREFIX}/{manifest['model_version']}/" if args.bucket else ""
+    where = (
+        f" and s3://{args.bucket}/{S3_PREFIX}/{manifest['model_version']}/" if args.bucket else ""
+    )
     print(
         f"exported {tracking.MODEL_NAME} version {manifest['model_version']} "
         f"(@{args.alias}) to {args.dest}{where}"

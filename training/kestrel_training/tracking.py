@@ -101,7 +101,7 @@ def write_plots(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import precision_recall_curve, roc_curve  # type: ignore[import-untyped]
+    from sklearn.metrics import precision_recall_curve, roc_curve
 
     paths = []
     fpr, tpr, _ = roc_curve(labels, scores)

@@ -128,8 +128,8 @@ def train_once(options: TrainOptions, progress: Progress) -> TrainResult:
     first, last = required_days([split, *folds])
     progress(f"dataset: point-in-time features {first}..{last} from {folder}")
     dataset = build_from_simulation(folder, first, last)
-    print_fp = fingerprint(dataset)
-    progress(f"dataset: {print_fp['rows']:,} rows, {print_fp['frauds']:,} frauds")
+    dataset_fp = fingerprint(dataset)
+    progress(f"dataset: {dataset_fp['rows']:,} rows, {dataset_fp['frauds']:,} frauds")
     train, test = train_test(dataset, split)
     if not len(train) or not len(test) or not train[TARGET].any():
         raise SystemExit(f"the simulation in {folder} does not cover {split.describe()}")
@@ -164,7 +164,7 @@ def train_once(options: TrainOptions, progress: Progress) -> TrainResult:
         f"{latency.batch_per_row_us} µs/row"
     )
     result = TrainResult(
-        seed, chosen, metrics, by_family, results, diff, latency, print_fp, seconds=0.0
+        seed, chosen, metrics, by_family, results, diff, latency, dataset_fp, seconds=0.0
     )
     _log(options, result, onnx_bytes, train, test, chosen_scores, progress)
     result.seconds = round(time.perf_counter() - started, 1)
