@@ -16,11 +16,13 @@ import redis
 from botocore.config import Config
 
 from kestrel.adapters.glue_registry import GlueSchemaApi, GlueSchemaRegistry
+from kestrel.adapters.onnx_model import build_scorer
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.adapters.s3_event_log import S3EventLog
 from kestrel.adapters.sqs_dead_letters import SqsDeadLetterSink
 from kestrel.codec import label_decoder, transaction_decoder
 from kestrel.ports import DeadLetterSink, EventLog, FeatureStore
+from kestrel.scoring import Scorer
 from kestrel.settings import Settings
 from kestrel.streaming import LabelPath, TransactionPath
 
@@ -122,6 +124,12 @@ def label_path() -> LabelPath:
     )
 
 
+@cache
+def scorer() -> Scorer:
+    """The container's model scorer: the layer's model, then the S3 pointer if configured."""
+    return build_scorer(settings(), s3_client=s3_client())
+
+
 def reset() -> None:
     """Forget every cached client and setting (tests, or after changing the environment)."""
     for factory in (
@@ -138,5 +146,6 @@ def reset() -> None:
         schema_registry,
         transaction_path,
         label_path,
+        scorer,
     ):
         factory.cache_clear()

@@ -179,3 +179,65 @@ class SchemaLookup(Protocol):
             Exception: Any other error of the backing registry, unchanged.
         """
         ...
+
+
+class Model(Protocol):
+    """One loaded fraud model: its manifest and a batch probability function.
+
+    An implementation wraps one exported model version (``model.onnx`` + ``manifest.json``)
+    and owns whatever runtime state scoring needs (an onnxruntime session), created once
+    when the model is loaded, never per call. `kestrel.scoring.Scorer` validates the
+    manifest before it serves the model, so an implementation need not.
+    """
+
+    @property
+    def manifest(self) -> Mapping[str, Any]:
+        """The model's ``manifest.json`` as parsed JSON (format: `kestrel.scoring`)."""
+        ...
+
+    def predict_proba(self, rows: Any) -> Any:
+        """Fraud probabilities (class 1) for a batch of feature vectors.
+
+        Args:
+            rows: A float32 array of shape (n, len(feature_names)), columns in the order of
+                the manifest's ``feature_names``.
+
+        Returns:
+            A float64 array of shape (n,): the probability of fraud for each row, in order.
+
+        Raises:
+            Exception: Any error of the runtime, unchanged (the caller fails the batch).
+        """
+        ...
+
+
+class ModelSource(Protocol):
+    """Where the scorer gets its models: one at cold start, newer ones while it runs.
+
+    `load` returns the model to serve from the start (the model layer). `poll` asks the
+    source whether another version has become active since the last model it returned
+    and, if so, loads and returns it; it returns None when nothing changed. The scorer
+    decides how often to call `poll` and whether to accept what it returns, so a source
+    must not call `poll` itself, and it must offer each new version once (a refused
+    version is not offered again unless the active version changes again).
+    """
+
+    def load(self) -> Model:
+        """The model to serve at cold start.
+
+        Raises:
+            kestrel.scoring.RejectedModel: The files exist but cannot be used.
+            Exception: The model cannot be read (missing files, I/O errors).
+        """
+        ...
+
+    def poll(self) -> Model | None:
+        """The newly activated model version, or None when the active version is unchanged.
+
+        Raises:
+            kestrel.scoring.RejectedModel: The new version is refused (its manifest does not
+                match the running feature definitions, or its files are unusable).
+            Exception: The source cannot be reached (network, throttling); the caller keeps
+                its model and asks again later.
+        """
+        ...

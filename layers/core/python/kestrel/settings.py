@@ -87,6 +87,10 @@ class Settings:
     poison_dlq_url: str
     event_log_bucket: str
     schema_registry: str = "kestrel"
+    model_dir: str = "/opt"
+    model_bucket: str = ""
+    model_pointer_key: str = "models/active.json"
+    model_refresh_s: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -106,6 +110,10 @@ class Settings:
             poison_dlq_url=_read(env, "POISON_DLQ_URL", ""),
             event_log_bucket=_read(env, "EVENT_LOG_BUCKET", ""),
             schema_registry=_read(env, "SCHEMA_REGISTRY_NAME", "kestrel"),
+            model_dir=_read(env, "MODEL_DIR", default_model_dir()),
+            model_bucket=_read(env, "MODEL_BUCKET", ""),
+            model_pointer_key=_read(env, "MODEL_POINTER_KEY", "models/active.json"),
+            model_refresh_s=_parse(env, "MODEL_REFRESH_S", "15", _non_negative_float),
         )
 
 
@@ -164,3 +172,18 @@ class LocalSettings:
             retry_backoff_s=_parse(env, "KESTREL_RETRY_BACKOFF_S", "0.2", _non_negative_float),
             poll_interval_s=_parse(env, "KESTREL_POLL_INTERVAL_S", "0.05", _non_negative_float),
         )
+
+
+def default_model_dir() -> str:
+    """Where the model layer is when MODEL_DIR is unset.
+
+    On Lambda, layers unpack under ``/opt``, so the model layer's files are
+    ``/opt/model.onnx`` and ``/opt/manifest.json``. Elsewhere (tests, the local Lambda
+    runtime, the API server), it is the repository's ``layers/model`` folder, found from
+    this package's place in the repository (``layers/core/python/kestrel``).
+    """
+    if os.path.isfile("/opt/manifest.json"):
+        return "/opt"
+    repo_layers = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    local = os.path.join(os.path.abspath(repo_layers), "model")
+    return local if os.path.isdir(local) else "/opt"
