@@ -28,7 +28,7 @@ endif
 endif
 
 .PHONY: help setup up down status deploy-local invoke run demo test test-unit test-integration \
-	lint parity train promote model-layer mlflow-ui bench-emulator bench-engine bench clean
+	lint parity train promote model-layer retrain-scheduled mlflow-ui bench-emulator bench-engine bench clean
 
 help: ## List every target with what it does
 	@echo "Kestrel: make <target> [VAR=value]"
@@ -136,6 +136,9 @@ promote: $(SETUP_STAMP) ## Move the champion alias: make promote VERSION=n
 
 model-layer: $(SETUP_STAMP) ## Export champion to layers/model/ (and to S3 models/ when MODEL_BUCKET is set)
 	$(PY) -m kestrel_training.registry export --dest layers/model $(if $(MODEL_BUCKET),--bucket $(MODEL_BUCKET))
+
+retrain-scheduled: $(SETUP_STAMP) ## Retrain every RETRAIN_EVERY seconds (default a week), promote if better, export the model layer
+	$(PY) -m kestrel_training.retrain --every $(or $(RETRAIN_EVERY),604800) $(if $(MODEL_BUCKET),--bucket $(MODEL_BUCKET))
 
 mlflow-ui: $(SETUP_STAMP) ## MLflow UI over mlruns/ on http://127.0.0.1:5001
 	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true $(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5001 \
