@@ -95,15 +95,11 @@ def test_stack_applies_features_once_logs_them_and_dead_letters_poison(
     assert last[FEATURE_NAMES.index("CUSTOMER_ID_NB_TX_1DAY_WINDOW")] == 43  # 300 / 7 customers
 
 
-def test_invoke_cli_runs_transactions_function_on_sample_event(
-    stack: tuple[LocalApp, AwsClients], redis_url: str, emulator_endpoint: str, tmp_path: Path
-) -> None:
-    app, _ = stack
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "AWS_ENDPOINT_URL": emulator_endpoint,
-        "KESTREL_RUN_DIR": str(tmp_path),
-    }
+def invoke_cli(
+    app: LocalApp, endpoint: str, run_dir: Path, event: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m kestrel_local invoke TransactionsFunction` on the test's stack."""
+    env = {"PATH": "/usr/bin:/bin", "AWS_ENDPOINT_URL": endpoint, "KESTREL_RUN_DIR": str(run_dir)}
     command = [
         sys.executable,
         "-m",
@@ -111,13 +107,26 @@ def test_invoke_cli_runs_transactions_function_on_sample_event(
         "invoke",
         "TransactionsFunction",
         "--event",
-        "events/kinesis-transactions.json",
+        event,
         "--stack-name",
         app.stack.stack_name,
+        *extra,
+    ]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_invoke_cli_runs_transactions_function_on_sample_event(
+    stack: tuple[LocalApp, AwsClients], redis_url: str, emulator_endpoint: str, tmp_path: Path
+) -> None:
+    app, _ = stack
+    done = invoke_cli(
+        app,
+        emulator_endpoint,
+        tmp_path,
+        "events/kinesis-transactions.json",
         "--parameter-overrides",
         f"RedisUrl={redis_url}",
-    ]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"batchItemFailures": []}
     event = json.loads((ROOT / "events" / "kinesis-transactions.json").read_text())
@@ -134,23 +143,7 @@ def test_invoke_cli_exits_non_zero_with_aws_error_shape_on_function_error(
     app, _ = stack
     bad_event = tmp_path / "bad.json"
     bad_event.write_text(json.dumps({"Records": "not a list"}))
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "AWS_ENDPOINT_URL": emulator_endpoint,
-        "KESTREL_RUN_DIR": str(tmp_path),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "kestrel_local",
-        "invoke",
-        "TransactionsFunction",
-        "--event",
-        str(bad_event),
-        "--stack-name",
-        app.stack.stack_name,
-    ]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = invoke_cli(app, emulator_endpoint, tmp_path, str(bad_event))
     assert done.returncode == 1
     error = json.loads(done.stdout)
     assert set(error) >= {"errorMessage", "errorType", "stackTrace", "requestId"}
