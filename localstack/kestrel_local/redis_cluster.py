@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 
 from kestrel_local.processes import LOOPBACK, free_port, stop_child
-from kestrel_local.services import ServiceError, find_redis_server
+from kestrel_local.services import ServiceError, find_redis_server, redis_command
 
 CLUSTER_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -80,20 +80,14 @@ def cluster_node_command(port: int, bus_port: int, directory: Path) -> list[str]
     Raises:
         ServiceError: redis-server is not installed.
     """
+    # Later options win in redis-server's argv: the standalone server's, plus cluster mode.
     return [
-        find_redis_server(),
-        "--bind", LOOPBACK,
-        "--port", str(port),
+        *redis_command(port, directory),
         "--cluster-enabled", "yes",
         "--cluster-config-file", f"nodes-{port}.conf",
         "--cluster-port", str(bus_port),
         "--cluster-announce-ip", LOOPBACK,
         "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-        "--dir", str(directory),
-        "--save", "",
-        "--appendonly", "no",
-        "--daemonize", "no",
-        "--protected-mode", "yes",
         "--logfile", str(directory / "redis.log"),
     ]  # fmt: skip
 
