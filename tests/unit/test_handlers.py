@@ -8,12 +8,13 @@ import importlib.util
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from stream_doubles import MemoryDecisions, shipped_scorer
 
 from kestrel import clients
 from kestrel.events import Label, Transaction, parse_label, parse_transaction
@@ -45,6 +46,7 @@ UNITS = dict.fromkeys(FRESHNESS, "Milliseconds") | {
     for kind in ("Applied", "Duplicates", "Failed")
 }
 UNITS["PoisonRecords"] = "Count"
+UNITS |= {f"Decisions{d}": "Count" for d in ("Approve", "Review", "Decline")}
 
 
 def _load_handler(name: str) -> ModuleType:
@@ -177,6 +179,7 @@ class Ports:
     store: MemoryFeatureStore
     log: MemoryEventLog
     sink: MemorySink
+    decisions: MemoryDecisions = field(default_factory=MemoryDecisions)
 
 
 def _ports(
@@ -188,7 +191,15 @@ def _ports(
 
 
 def _transaction_path(ports: Ports) -> TransactionPath:
-    return TransactionPath(parse_transaction, ports.store, ports.sink, ports.log, lambda: NOW_S)
+    return TransactionPath(
+        parse_transaction,
+        ports.store,
+        ports.sink,
+        ports.log,
+        shipped_scorer(),
+        [ports.decisions],
+        lambda: NOW_S,
+    )
 
 
 def _label_path(ports: Ports) -> LabelPath:
@@ -424,8 +435,14 @@ def test_transactions_handler_logs_the_batch_once_with_features() -> None:
         "device_id": None,
         "features": write.events[0]["features"],
         "feature_set_hash": FEATURE_SET_HASH,
+        "score": ports.decisions.published[0].score,
+        "decision": ports.decisions.published[0].decision.value,
+        "model_version": shipped_scorer().model_version,
         "event_id": event["Records"][0]["eventID"],
     }
+    assert [d.transaction_id for d in ports.decisions.published] == [
+        e["transaction_id"] for e in write.events
+    ]
     assert all(e["feature_set_hash"] == FEATURE_SET_HASH for e in write.events)
     second = dict(zip(FEATURE_NAMES, write.events[1]["features"], strict=True))
     assert second["TX_AMOUNT"] == 12.5

@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from stream_doubles import MemoryDecisions, shipped_scorer
 
 from kestrel.codec import AvroEncoder, schema_definition, transaction_decoder
 from kestrel.events import Label, Transaction, parse_label
@@ -156,8 +157,15 @@ def test_transaction_path_decodes_v1_and_v2_frames_in_one_batch() -> None:
         ),
     ]
     store, log, sink = RecordingStore(), MemoryEventLog(), MemorySink()
+    decisions = MemoryDecisions()
     path = TransactionPath(
-        transaction_decoder(MemoryLookup()), store, sink, log, clock=lambda: T0 / 1000 + 1
+        transaction_decoder(MemoryLookup()),
+        store,
+        sink,
+        log,
+        shipped_scorer(),
+        [decisions],
+        clock=lambda: T0 / 1000 + 1,
     )
     outcome = path.run(records)
     assert store.transaction_calls == [
@@ -183,11 +191,23 @@ def test_transaction_path_decodes_v1_and_v2_frames_in_one_batch() -> None:
     ]
     assert events[1]["features"] == expected
     assert {e["feature_set_hash"] for e in events} == {FEATURE_SET_HASH}
+    # One decision per valid transaction, scored by the model on the same vectors.
+    scores, manifest = shipped_scorer().score_batch([expected] * 3)
+    assert [d.transaction_id for d in decisions.published] == ["T-1", "T-2", "T-3"]
+    assert [d.score for d in decisions.published] == scores.tolist()
+    assert {d.model_version for d in decisions.published} == {manifest.version}
+    assert [e["score"] for e in events] == scores.tolist()
+    assert {d.source for d in decisions.published} == {"stream"}
+    assert sum(outcome.decisions.values()) == 3
 
 
 def test_transaction_path_writes_nothing_for_an_empty_batch() -> None:
     store, log, sink = RecordingStore(), MemoryEventLog(), MemorySink()
-    outcome = TransactionPath(transaction_decoder(MemoryLookup()), store, sink, log).run([])
+    decisions = MemoryDecisions()
+    outcome = TransactionPath(
+        transaction_decoder(MemoryLookup()), store, sink, log, shipped_scorer(), [decisions]
+    ).run([])
+    assert decisions.published == []
     assert outcome == BatchOutcome()
     assert (store.transaction_calls, log.writes, sink.letters) == ([], [], [])
 

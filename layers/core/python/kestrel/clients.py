@@ -16,12 +16,14 @@ import redis
 from botocore.config import Config
 
 from kestrel.adapters.glue_registry import GlueSchemaApi, GlueSchemaRegistry
+from kestrel.adapters.kinesis_decisions import KinesisDecisionStream
 from kestrel.adapters.onnx_model import build_scorer
+from kestrel.adapters.redis_decisions import RedisDecisions
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.adapters.s3_event_log import S3EventLog
 from kestrel.adapters.sqs_dead_letters import SqsDeadLetterSink
 from kestrel.codec import label_decoder, transaction_decoder
-from kestrel.ports import DeadLetterSink, EventLog, FeatureStore
+from kestrel.ports import DeadLetterSink, DecisionSink, EventLog, FeatureStore
 from kestrel.scoring import Scorer
 from kestrel.settings import Settings
 from kestrel.streaming import LabelPath, TransactionPath
@@ -109,10 +111,27 @@ def schema_registry() -> GlueSchemaRegistry:
 
 
 @cache
+def decision_store() -> RedisDecisions:
+    """Decisions in Redis (`DecisionSink` and `DecisionLookup`)."""
+    return RedisDecisions(redis_client(), settings().decision_ttl_s)
+
+
+@cache
+def decision_stream() -> DecisionSink:
+    """Decisions on the Kinesis decisions stream."""
+    return KinesisDecisionStream(kinesis_client(), settings().decisions_stream)
+
+
+@cache
 def transaction_path() -> TransactionPath:
     """The transaction stream path with every adapter wired."""
     return TransactionPath(
-        transaction_decoder(schema_registry()), feature_store(), dead_letter_sink(), event_log()
+        transaction_decoder(schema_registry()),
+        feature_store(),
+        dead_letter_sink(),
+        event_log(),
+        scorer(),
+        (decision_store(), decision_stream()),
     )
 
 
@@ -144,6 +163,8 @@ def reset() -> None:
         event_log,
         dead_letter_sink,
         schema_registry,
+        decision_store,
+        decision_stream,
         transaction_path,
         label_path,
         scorer,

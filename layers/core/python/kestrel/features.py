@@ -121,11 +121,42 @@ class TerminalAggregates:
 
 @dataclass(frozen=True, slots=True)
 class AppliedTransaction:
-    """The aggregates as of one transaction, and whether this call applied it (not a replay)."""
+    """The aggregates as of one transaction, whether this call applied it (not a replay), and
+    whether its customer and terminal held other transactions (else: cold start)."""
 
     customer: CustomerAggregates
     terminal: TerminalAggregates
     applied: bool
+    customer_known: bool = True
+    terminal_known: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionPreview:
+    """The aggregates a transaction would get if applied now, and whether its entities are known.
+
+    An entity is known when it holds at least one other transaction in the store; an
+    unknown one is scored with cold-start features (zero counts, no previous transaction).
+    """
+
+    customer: CustomerAggregates
+    terminal: TerminalAggregates
+    customer_known: bool
+    terminal_known: bool
+
+    @property
+    def cold_start(self) -> tuple[str, ...]:
+        """The entities scored with cold-start features: ``customer``, ``terminal``."""
+        return cold_start(self.customer_known, self.terminal_known)
+
+
+def cold_start(customer_known: bool, terminal_known: bool) -> tuple[str, ...]:
+    """The names of the unknown entities, customer first."""
+    return tuple(
+        name
+        for name, known in (("customer", customer_known), ("terminal", terminal_known))
+        if not known
+    )
 
 
 def feature_vector(

@@ -9,11 +9,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 from kestrel.events import Label, PoisonRecord, Transaction
-from kestrel.features import AppliedTransaction
+from kestrel.features import (
+    AppliedTransaction,
+    CustomerAggregates,
+    TerminalAggregates,
+    TransactionPreview,
+)
+
+if TYPE_CHECKING:
+    from kestrel.decisions import DecisionRecord
 
 
 class FeatureStore(Protocol):
@@ -45,6 +53,81 @@ class FeatureStore(Protocol):
 
         Args:
             labels: Fraud labels (labels that are not fraud change no feature).
+        """
+        ...
+
+
+class FeatureReader(Protocol):
+    """Read-only access to the online store, for the scoring API (writes nothing).
+
+    `preview_transactions` returns, for each transaction, exactly what
+    `FeatureStore.apply_transactions` would return as its aggregates if it ran now, and
+    whether the customer and the terminal hold any other transaction. Failures follow
+    `FeatureStore`: per-event errors in place, a store failure (connection, timeout) raises.
+    """
+
+    def preview_transactions(
+        self, transactions: Sequence[Transaction]
+    ) -> list[TransactionPreview | Exception]:
+        """The aggregates each transaction would get if applied now.
+
+        Args:
+            transactions: Validated transactions (not necessarily new).
+        """
+        ...
+
+    def customer_aggregates(
+        self, customer_id: str, as_of_ms: int
+    ) -> tuple[CustomerAggregates, bool]:
+        """A customer's aggregates at a moment, with no transaction, and whether it is known.
+
+        Args:
+            customer_id: The customer.
+            as_of_ms: The moment (epoch ms) the windows end at.
+        """
+        ...
+
+    def terminal_aggregates(
+        self, terminal_id: str, as_of_ms: int
+    ) -> tuple[TerminalAggregates, bool]:
+        """A terminal's aggregates at a moment, and whether it is known.
+
+        Args:
+            terminal_id: The terminal.
+            as_of_ms: The moment (epoch ms) the delayed windows are measured from.
+        """
+        ...
+
+    def ping(self) -> None:
+        """Raise unless the store answers."""
+        ...
+
+
+class DecisionSink(Protocol):
+    """Where decisions go (Redis for lookups, the decisions stream for consumers).
+
+    `publish` must be durable when it returns and raise when any decision could not be
+    stored, so the stream batch fails and is retried. Publishing the same decision twice
+    is allowed (a retried batch does): consumers key decisions by transaction id.
+    """
+
+    def publish(self, decisions: Sequence[DecisionRecord]) -> None:
+        """Store every decision or raise.
+
+        Args:
+            decisions: One record per scored transaction of a batch.
+        """
+        ...
+
+
+class DecisionLookup(Protocol):
+    """Finds the decision the stream made for a transaction."""
+
+    def decision(self, transaction_id: str) -> DecisionRecord | None:
+        """The stored decision, or None when the transaction has none (yet).
+
+        Args:
+            transaction_id: The transaction.
         """
         ...
 

@@ -9,7 +9,9 @@ expects), ``feature_set_hash``, ``decision_thresholds`` (``review``, ``decline``
 ``reference_distributions`` (per feature: quantile ``cuts`` and bin ``proportions``, see
 `kestrel_training.manifest`).
 
-Decision rule: DECLINE if score >= decline; REVIEW if score >= review; else APPROVE.
+Decision rule: DECLINE if score >= decline; REVIEW if score >= review; else APPROVE. The
+thresholds come from the manifest unless settings override them
+(DECISION_REVIEW_THRESHOLD, DECISION_DECLINE_THRESHOLD).
 
 Safety: a manifest whose feature-set hash or ordered feature names differ from the running
 definitions (`kestrel.features`) is refused; the scorer keeps the model it has, logs an
@@ -28,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -193,8 +195,11 @@ class Scorer:
         clock: Callable[[], float] = time.monotonic,
         feature_names: Sequence[str] = FEATURE_NAMES,
         feature_set_hash: str = FEATURE_SET_HASH,
+        review_threshold: float | None = None,
+        decline_threshold: float | None = None,
     ) -> None:
         self._source = source
+        self._review, self._decline = review_threshold, decline_threshold
         self._refresh_s = refresh_s
         self._clock = clock
         self._names = tuple(feature_names)
@@ -239,6 +244,7 @@ class Scorer:
         try:
             manifest = ModelManifest.parse(model.manifest)
             manifest.check_compatible(self._names, self._hash)
+            manifest = self._override_thresholds(manifest)
         except RejectedModel as exc:
             self._reject(exc)
             return False
@@ -319,6 +325,42 @@ class Scorer:
             for i in order[:top]
             if deviation[i] > 0
         )
+
+    def explain(self, rows: Any, top: int = 3) -> list[tuple[Reason, ...]]:
+        """`reasons` for every row of a batch at once (rows in feature order)."""
+        active = self._active
+        if active is None:
+            raise NoModelError("no usable fraud model is loaded")
+        manifest = active.manifest
+        values = np.asarray(rows, dtype=np.float64).reshape(-1, len(manifest.medians))
+        deviation = (values - manifest.medians) / manifest.spreads
+        # Stable sort of -deviation: largest first, ties in feature order.
+        order = np.argsort(-deviation, axis=1, kind="stable")[:, :top]
+        names, medians = manifest.feature_names, manifest.medians
+        explained = []
+        for row, dev, picks in zip(
+            values.tolist(), deviation.tolist(), order.tolist(), strict=True
+        ):
+            explained.append(
+                tuple(
+                    Reason(names[i], row[i], float(medians[i]), round(dev[i], 6))
+                    for i in picks
+                    if dev[i] > 0
+                )
+            )
+        return explained
+
+    def _override_thresholds(self, manifest: ModelManifest) -> ModelManifest:
+        if self._review is None and self._decline is None:
+            return manifest
+        review = manifest.thresholds.review if self._review is None else self._review
+        decline = manifest.thresholds.decline if self._decline is None else self._decline
+        if not review <= decline:
+            raise RejectedModel(
+                f"thresholds must satisfy review <= decline after the settings' overrides "
+                f"(review {review}, decline {decline})"
+            )
+        return replace(manifest, thresholds=Thresholds(review=review, decline=decline))
 
     def _reject(self, exc: RejectedModel) -> None:
         self.rejected_models += 1

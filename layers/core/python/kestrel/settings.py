@@ -53,6 +53,27 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _probability(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be a probability between 0 and 1")
+    return value
+
+
+def _optional(parse: Callable[[str], T]) -> Callable[[str], T | None]:
+    def parse_optional(raw: str) -> T | None:
+        return parse(raw) if raw else None
+
+    return parse_optional
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a number above 0")
+    return value
+
+
 def _redis_url(raw: str) -> str:
     scheme = urlparse(raw).scheme
     if scheme not in {"redis", "rediss", "unix"}:
@@ -91,6 +112,16 @@ class Settings:
     model_bucket: str = ""
     model_pointer_key: str = "models/active.json"
     model_refresh_s: float = 15.0
+    api_key: str = ""
+    redis_budget_ms: float = 20.0
+    breaker_fail_max: int = 3
+    breaker_reset_s: float = 2.0
+    review_threshold: float | None = None
+    decline_threshold: float | None = None
+    rule_review_amount: float = 150.0
+    rule_night_review_amount: float = 100.0
+    rule_decline_amount: float = 220.0
+    decision_ttl_s: int = 30 * 24 * 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +145,20 @@ class Settings:
             model_bucket=_read(env, "MODEL_BUCKET", ""),
             model_pointer_key=_read(env, "MODEL_POINTER_KEY", "models/active.json"),
             model_refresh_s=_parse(env, "MODEL_REFRESH_S", "15", _non_negative_float),
+            api_key=_read(env, "KESTREL_API_KEY", ""),
+            redis_budget_ms=_parse(env, "REDIS_BUDGET_MS", "20", _positive_float),
+            breaker_fail_max=_parse(env, "BREAKER_FAIL_MAX", "3", _positive_int),
+            breaker_reset_s=_parse(env, "BREAKER_RESET_S", "2", _positive_float),
+            review_threshold=_parse(env, "DECISION_REVIEW_THRESHOLD", "", _optional(_probability)),
+            decline_threshold=_parse(
+                env, "DECISION_DECLINE_THRESHOLD", "", _optional(_probability)
+            ),
+            rule_review_amount=_parse(env, "RULE_REVIEW_AMOUNT", "150", _non_negative_float),
+            rule_night_review_amount=_parse(
+                env, "RULE_NIGHT_REVIEW_AMOUNT", "100", _non_negative_float
+            ),
+            rule_decline_amount=_parse(env, "RULE_DECLINE_AMOUNT", "220", _non_negative_float),
+            decision_ttl_s=_parse(env, "DECISION_TTL_S", "2592000", _positive_int),
         )
 
 

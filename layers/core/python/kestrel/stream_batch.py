@@ -50,6 +50,8 @@ def record_metrics(metrics: Metrics, prefix: str, outcome: BatchOutcome) -> None
     metrics.add_metric(name=f"{prefix}Duplicates", unit=MetricUnit.Count, value=outcome.duplicates)
     metrics.add_metric(name="PoisonRecords", unit=MetricUnit.Count, value=outcome.poisoned)
     metrics.add_metric(name=f"{prefix}Failed", unit=MetricUnit.Count, value=len(outcome.failures))
+    for decision, count in sorted(outcome.decisions.items()):
+        metrics.add_metric(name=f"Decisions{decision.title()}", unit=MetricUnit.Count, value=count)
     for name, lags in (
         ("FreshnessArrival", outcome.arrival_lag_ms),
         ("FreshnessEventTime", outcome.event_lag_ms),

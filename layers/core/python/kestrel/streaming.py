@@ -1,9 +1,14 @@
 """The stream paths: a Kinesis batch in, features applied once, events logged, poison parked.
 
 `TransactionPath.run` decodes every record (poison goes to the dead-letter sink with its
-reason), applies the valid ones to the feature store in one batch, logs them with their
-feature vectors to the event log, and returns which records must be retried. `LabelPath`
-does the same for fraud labels. Both only talk to ports; the handlers wire the adapters.
+reason), applies the valid ones to the feature store in one batch, scores them in one
+batch and publishes a decision for each (Redis, the decisions stream), logs them with
+their features and decisions to the event log, and returns which records must be retried.
+`LabelPath` does the same for fraud labels. Both only talk to ports; the handlers wire the
+adapters.
+
+The stream never falls back to rules: without a model (`NoModelError`) or when a decision
+cannot be stored, `run` raises, so the whole batch is retried (features are idempotent).
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kestrel.decisions import decide_with_model
 from kestrel.events import Label, PoisonRecord, Transaction, decode_base64
-from kestrel.features import FEATURE_SET_HASH, feature_vector
-from kestrel.ports import DeadLetter, DeadLetterSink, EventLog, FeatureStore
+from kestrel.features import FEATURE_SET_HASH, cold_start, feature_vector
+from kestrel.ports import DeadLetter, DeadLetterSink, DecisionSink, EventLog, FeatureStore
+from kestrel.scoring import Scorer
 
 
 class RecordFailed(Exception):
@@ -31,6 +38,7 @@ class BatchOutcome:
     duplicates: int = 0
     poisoned: int = 0
     vectors: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    decisions: dict[str, int] = field(default_factory=dict)
     arrival_lag_ms: list[float] = field(default_factory=list)
     event_lag_ms: list[float] = field(default_factory=list)
 
@@ -70,7 +78,7 @@ def _decode_all(
 
 
 class TransactionPath:
-    """Transactions: decode, apply features once, log with features, report retries."""
+    """Transactions: decode, apply features once, score, decide, log, report retries."""
 
     def __init__(
         self,
@@ -78,10 +86,13 @@ class TransactionPath:
         store: FeatureStore,
         dead_letters: DeadLetterSink,
         event_log: EventLog,
+        scorer: Scorer,
+        decisions: Sequence[DecisionSink],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._decode, self._store, self._dead_letters = decode, store, dead_letters
         self._event_log, self._clock = event_log, clock
+        self._scorer, self._decisions = scorer, tuple(decisions)
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """Process one Kinesis batch (the event's Records list)."""
@@ -90,8 +101,8 @@ class TransactionPath:
             return outcome
         decoded = _decode_all(records, self._decode, self._dead_letters, outcome)
         results = self._store.apply_transactions([tx for _, tx in decoded])
-        logged = []
         now_ms = self._clock() * 1000
+        scored, vectors, cold = [], [], []
         for (record, tx), result in zip(decoded, results, strict=True):
             kinesis = record["kinesis"]
             if isinstance(result, Exception):
@@ -105,6 +116,20 @@ class TransactionPath:
                 outcome.duplicates += 1
             outcome.arrival_lag_ms.append(now_ms - kinesis["approximateArrivalTimestamp"] * 1000)
             outcome.event_lag_ms.append(now_ms - tx.event_time_ms)
+            scored.append((record, tx))
+            vectors.append(vector)
+            cold.append(cold_start(result.customer_known, result.terminal_known))
+        # No model, or a decision not stored: raise, so the whole batch is retried.
+        decisions = decide_with_model(
+            self._scorer, [tx for _, tx in scored], vectors, "stream", cold
+        )
+        for sink in self._decisions:
+            sink.publish(decisions)
+        logged = []
+        for (record, tx), vector, decision in zip(scored, vectors, decisions, strict=True):
+            outcome.decisions[decision.decision.value] = (
+                outcome.decisions.get(decision.decision.value, 0) + 1
+            )
             logged.append(
                 {
                     "transaction_id": tx.transaction_id,
@@ -116,6 +141,9 @@ class TransactionPath:
                     "device_id": tx.device_id,
                     "features": vector,
                     "feature_set_hash": FEATURE_SET_HASH,
+                    "score": decision.score,
+                    "decision": decision.decision.value,
+                    "model_version": decision.model_version,
                     "event_id": record["eventID"],
                 }
             )

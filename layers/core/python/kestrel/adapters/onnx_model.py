@@ -236,15 +236,26 @@ def build_scorer(settings: Settings, s3_client: Any = None, threads: int = 1) ->
         threads: intra-op threads of each onnxruntime session.
     """
     refresh_s = settings.model_refresh_s if settings.model_bucket else DEFAULT_REFRESH_S
+    source: LayerModelSource | S3ModelSource
     if not settings.model_bucket:
-        return Scorer(LayerModelSource(settings.model_dir, threads), refresh_s=refresh_s)
+        source = LayerModelSource(settings.model_dir, threads)
+    else:
+        source = _s3_source(settings, s3_client, threads)
+    return Scorer(
+        source,
+        refresh_s=refresh_s,
+        review_threshold=settings.review_threshold,
+        decline_threshold=settings.decline_threshold,
+    )
+
+
+def _s3_source(settings: Settings, s3_client: Any, threads: int) -> S3ModelSource:
     if s3_client is None:
         import boto3
 
         s3_client = boto3.client(
             "s3", region_name=settings.region, endpoint_url=settings.aws_endpoint_url
         )
-    source = S3ModelSource(
+    return S3ModelSource(
         s3_client, settings.model_bucket, settings.model_dir, settings.model_pointer_key, threads
     )
-    return Scorer(source, refresh_s=refresh_s)

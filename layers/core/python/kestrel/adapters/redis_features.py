@@ -1,20 +1,14 @@
 """The online feature store on Redis: one atomic, idempotent script per entity and event.
 
-Key layout (the part in braces is the Redis Cluster hash tag: one entity, one slot)::
-
-    kestrel:{c:<customer_id>}:tx      sorted set  member transaction_id, score event time (ms)
-    kestrel:{c:<customer_id>}:amt     hash        transaction_id -> amount in cents
-    kestrel:{t:<terminal_id>}:tx      sorted set  member transaction_id, score event time (ms)
-    kestrel:{t:<terminal_id>}:fraud   sorted set  fraudulent transaction_id, score event time
-    kestrel:{t:<terminal_id>}:labels  hash        fraudulent transaction_id -> label time (ms)
-    kestrel:{c:<customer_id>}:frauds  hash        fraudulent transaction_id -> label time (ms)
-
-`apply_transactions` runs, per transaction, the customer script and the terminal script;
-each adds the transaction to its entity with `ZADD NX` (the dedupe mark and the update are
-one atomic step: a replayed event changes nothing) and returns the aggregates of
-`kestrel.features` as of the event time. Because the windows are exact and end at the
-event time, a replay returns the same aggregates as the first pass. All scripts of a batch
-go in one pipeline: one round trip per batch (per node on a cluster).
+Keys and scripts are in `kestrel.adapters.redis_scripts`. `apply_transactions` runs, per
+transaction, the customer script and the terminal script in ``apply`` mode; each adds the
+transaction to its entity with `ZADD NX` (the dedupe mark and the update are one atomic
+step: a replayed event changes nothing) and returns the aggregates of `kestrel.features`
+as of the event time. Because the windows are exact and end at the event time, a replay
+returns the same aggregates as the first pass. `preview_transactions` runs the same
+scripts in ``preview`` mode: the aggregates ``apply`` would return, writing nothing (the
+scoring API). All scripts of a batch go in one pipeline: one round trip per batch (per
+node on a cluster).
 
 On Redis Cluster every script touches one entity, so one slot. redis-py's cluster pipeline
 refuses `Script` objects (its `evalsha` is blocked) and never loads scripts, so there the
@@ -38,17 +32,28 @@ from typing import TYPE_CHECKING, Any
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
+from kestrel.adapters.redis_scripts import (
+    CUSTOMER_LABEL_LUA,
+    CUSTOMER_LUA,
+    CUSTOMER_RETENTION_MS,
+    LABEL_LUA,
+    PEEK_ID,
+    TERMINAL_LUA,
+    TERMINAL_RETENTION_MS,
+    customer_fraud_key,
+    customer_keys,
+    terminal_keys,
+)
 from kestrel.events import Label, Transaction
 from kestrel.features import (
     CUSTOMER_LOOKBACK_MS,
     CUSTOMER_WINDOWS,
-    DAY_MS,
     TERMINAL_DELAY_MS,
-    TERMINAL_LOOKBACK_MS,
     TERMINAL_WINDOWS,
     AppliedTransaction,
     CustomerAggregates,
     TerminalAggregates,
+    TransactionPreview,
     cents,
     day_start_ms,
 )
@@ -61,135 +66,6 @@ if TYPE_CHECKING:
 # One script call of a batch: the script, its keys (one slot) and its arguments.
 _Call = tuple["Script", list[str], list[str | int]]
 
-CUSTOMER_RETENTION_MS = CUSTOMER_LOOKBACK_MS + DAY_MS
-TERMINAL_RETENTION_MS = TERMINAL_LOOKBACK_MS + DAY_MS
-
-# KEYS: tx zset, amount hash. ARGV: id, t, cents, retention, lookback, windows...
-_CUSTOMER_LUA = """
-local id, t, amount = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local retention, lookback = tonumber(ARGV[4]), tonumber(ARGV[5])
-local added = redis.call('ZADD', KEYS[1], 'NX', t, id)
-if added == 1 then
-  redis.call('HSET', KEYS[2], id, amount)
-  local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (t - retention),
-                         'LIMIT', 0, 256)
-  if #old > 0 then
-    redis.call('ZREM', KEYS[1], unpack(old))
-    redis.call('HDEL', KEYS[2], unpack(old))
-  end
-  redis.call('PEXPIRE', KEYS[1], retention)
-  redis.call('PEXPIRE', KEYS[2], retention)
-end
--- Rows come in (time, member) order; keep those up to this one: (time, id) <= (t, id).
-local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (t - lookback), t, 'WITHSCORES')
-local ids, times = {}, {}
-for i = 1, #rows, 2 do
-  local member, score = rows[i], tonumber(rows[i + 1])
-  if score < t or member <= id then
-    ids[#ids + 1] = member
-    times[#times + 1] = score
-  end
-end
-local n = #ids
-local prefix = {[0] = 0}
-for start = 1, n, 4000 do
-  local stop = math.min(n, start + 3999)
-  local amounts = redis.call('HMGET', KEYS[2], unpack(ids, start, stop))
-  for i = start, stop do prefix[i] = prefix[i - 1] + (tonumber(amounts[i - start + 1]) or 0) end
-end
-local out = {added}
-for w = 6, #ARGV do
-  local from, first = t - tonumber(ARGV[w]), n + 1
-  while first > 1 and times[first - 1] > from do first = first - 1 end
-  out[#out + 1] = n - first + 1
-  out[#out + 1] = prefix[n] - prefix[first - 1]
-end
-local previous = -1
-if n >= 2 then previous = times[n - 1] end
-out[#out + 1] = previous
-return out
-"""
-
-# KEYS: tx zset, fraud zset, label hash. ARGV: id, t, day_start, delay, retention, windows...
-_TERMINAL_LUA = """
-local id, t, day_start = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local delay, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
-local added = redis.call('ZADD', KEYS[1], 'NX', t, id)
-if added == 1 then
-  if redis.call('HEXISTS', KEYS[3], id) == 1 then
-    redis.call('ZADD', KEYS[2], 'NX', t, id)
-    redis.call('PEXPIRE', KEYS[2], retention)
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (t - retention))
-  local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (t - retention),
-                         'LIMIT', 0, 256)
-  if #old > 0 then
-    redis.call('ZREM', KEYS[2], unpack(old))
-    redis.call('HDEL', KEYS[3], unpack(old))
-  end
-  redis.call('PEXPIRE', KEYS[1], retention)
-end
-local high = t - delay
-local nwin = #ARGV - 5
-local starts, frauds, lowest = {}, {}, high
-for w = 1, nwin do
-  starts[w] = high - tonumber(ARGV[5 + w]); frauds[w] = 0
-  lowest = math.min(lowest, starts[w])
-end
-local out = {added}
-for w = 1, nwin do
-  out[#out + 1] = redis.call('ZCOUNT', KEYS[1], '(' .. starts[w], high)
-end
-local rows = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. lowest, high, 'WITHSCORES')
-for i = 1, #rows, 2 do
-  local known = tonumber(redis.call('HGET', KEYS[3], rows[i]) or '')
-  if known and known < day_start then
-    local score = tonumber(rows[i + 1])
-    for w = 1, nwin do
-      if score > starts[w] then frauds[w] = frauds[w] + 1 end
-    end
-  end
-end
-for w = 1, nwin do out[#out + 1] = frauds[w] end
-return out
-"""
-
-# KEYS: tx zset, fraud zset, label hash. ARGV: id, label_time, retention.
-_LABEL_LUA = """
-local new = redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2])
-if new == 1 then
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-  if score then redis.call('ZADD', KEYS[2], 'NX', score, ARGV[1]) end
-  redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[3]))
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]))
-end
-return new
-"""
-
-
-# KEYS: the customer's fraud hash. ARGV: id, label_time, retention. Known frauds per card.
-_CUSTOMER_LABEL_LUA = """
-local new = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-if new == 1 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3])) end
-return new
-"""
-
-
-def customer_fraud_key(customer_id: str) -> str:
-    """The customer's known frauds: transaction id → label time (the customer's slot)."""
-    return f"kestrel:{{c:{customer_id}}}:frauds"
-
-
-def customer_keys(customer_id: str) -> list[str]:
-    """The keys of one customer (one hash slot)."""
-    return [f"kestrel:{{c:{customer_id}}}:tx", f"kestrel:{{c:{customer_id}}}:amt"]
-
-
-def terminal_keys(terminal_id: str) -> list[str]:
-    """The keys of one terminal (one hash slot)."""
-    tag = f"kestrel:{{t:{terminal_id}}}"
-    return [f"{tag}:tx", f"{tag}:fraud", f"{tag}:labels"]
-
 
 class RedisFeatureStore:
     """Online store of the aggregates behind `kestrel.features`, on Redis or Redis Cluster.
@@ -201,15 +77,15 @@ class RedisFeatureStore:
 
     Every method sends one pipeline. A Redis error on one script comes back as that
     position's exception in the result list, so callers can fail only the affected events;
-    a connection error raises for the whole batch.
+    a connection error or timeout raises for the whole batch.
     """
 
     def __init__(self, client: Redis | RedisCluster) -> None:
         self._client = client
-        self._customer = client.register_script(_CUSTOMER_LUA)
-        self._terminal = client.register_script(_TERMINAL_LUA)
-        self._label = client.register_script(_LABEL_LUA)
-        self._customer_label = client.register_script(_CUSTOMER_LABEL_LUA)
+        self._customer = client.register_script(CUSTOMER_LUA)
+        self._terminal = client.register_script(TERMINAL_LUA)
+        self._label = client.register_script(LABEL_LUA)
+        self._customer_label = client.register_script(CUSTOMER_LABEL_LUA)
         self._customer_windows = [w for _, w in CUSTOMER_WINDOWS]
         self._terminal_windows = [w for _, w in TERMINAL_WINDOWS]
         self._cluster = isinstance(client, RedisCluster)
@@ -219,22 +95,70 @@ class RedisFeatureStore:
         self, updates: Sequence[Transaction]
     ) -> list[AppliedTransaction | Exception]:
         """Apply each transaction once and return its aggregates, in input order."""
-        calls: list[_Call] = []
-        for u in updates:
-            calls.append((
-                self._customer,
-                customer_keys(u.customer_id),
-                [u.transaction_id, u.event_time_ms, cents(u.amount),
-                 CUSTOMER_RETENTION_MS, CUSTOMER_LOOKBACK_MS, *self._customer_windows],
-            ))  # fmt: skip
-            calls.append((
-                self._terminal,
-                terminal_keys(u.terminal_id),
-                [u.transaction_id, u.event_time_ms, day_start_ms(u.event_time_ms),
-                 TERMINAL_DELAY_MS, TERMINAL_RETENTION_MS, *self._terminal_windows],
-            ))  # fmt: skip
-        replies = self._run(calls)
+        replies = self._run(self._calls("apply", updates))
         return [self._applied(replies[2 * i], replies[2 * i + 1]) for i in range(len(updates))]
+
+    def preview_transactions(
+        self, transactions: Sequence[Transaction]
+    ) -> list[TransactionPreview | Exception]:
+        """The aggregates `apply_transactions` would return now, writing nothing."""
+        replies = self._run(self._calls("preview", transactions))
+        return [self._preview(replies[2 * i], replies[2 * i + 1]) for i in range(len(transactions))]
+
+    def customer_aggregates(
+        self, customer_id: str, as_of_ms: int
+    ) -> tuple[CustomerAggregates, bool]:
+        """The customer's aggregates at `as_of_ms` (no transaction), and whether it is known."""
+        reply = self._run([self._customer_call("peek", PEEK_ID, customer_id, as_of_ms, 0)])[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return self._customer_aggregates(reply), int(reply[-1]) > 0
+
+    def terminal_aggregates(
+        self, terminal_id: str, as_of_ms: int
+    ) -> tuple[TerminalAggregates, bool]:
+        """The terminal's aggregates at `as_of_ms` (no transaction), and whether it is known."""
+        reply = self._run([self._terminal_call("peek", PEEK_ID, terminal_id, as_of_ms)])[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return self._terminal_aggregates(reply), int(reply[-1]) > 0
+
+    def ping(self) -> None:
+        """Raise unless the store answers."""
+        self._client.ping()
+
+    def _calls(self, mode: str, transactions: Sequence[Transaction]) -> list[_Call]:
+        calls: list[_Call] = []
+        for u in transactions:
+            calls.append(
+                self._customer_call(
+                    mode, u.transaction_id, u.customer_id, u.event_time_ms, cents(u.amount)
+                )
+            )
+            calls.append(
+                self._terminal_call(mode, u.transaction_id, u.terminal_id, u.event_time_ms)
+            )
+        return calls
+
+    def _customer_call(
+        self, mode: str, transaction_id: str, customer_id: str, time_ms: int, amount_cents: int
+    ) -> _Call:
+        return (
+            self._customer,
+            customer_keys(customer_id),
+            [mode, transaction_id, time_ms, amount_cents,
+             CUSTOMER_RETENTION_MS, CUSTOMER_LOOKBACK_MS, *self._customer_windows],
+        )  # fmt: skip
+
+    def _terminal_call(
+        self, mode: str, transaction_id: str, terminal_id: str, time_ms: int
+    ) -> _Call:
+        return (
+            self._terminal,
+            terminal_keys(terminal_id),
+            [mode, transaction_id, time_ms, day_start_ms(time_ms),
+             TERMINAL_DELAY_MS, TERMINAL_RETENTION_MS, *self._terminal_windows],
+        )  # fmt: skip
 
     def apply_labels(self, labels: Sequence[Label]) -> list[bool | Exception]:
         """Record fraud labels once each, on terminal and card; True where this call did."""
@@ -310,18 +234,40 @@ class RedisFeatureStore:
             return customer
         if isinstance(terminal, Exception):
             return terminal
-        # customer: added, (count, cents) per window, previous time; terminal: added,
-        # counts per window, frauds per window.
-        n, m = 2 * len(self._customer_windows), 1 + len(self._terminal_windows)
-        previous = int(customer[1 + n])
         return AppliedTransaction(
-            customer=CustomerAggregates(
-                counts=tuple(map(int, customer[1 : 1 + n : 2])),
-                sums_cents=tuple(map(int, customer[2 : 2 + n : 2])),
-                previous_time_ms=previous if previous >= 0 else None,
-            ),
-            terminal=TerminalAggregates(
-                counts=tuple(map(int, terminal[1:m])), frauds=tuple(map(int, terminal[m:]))
-            ),
+            customer=self._customer_aggregates(customer),
+            terminal=self._terminal_aggregates(terminal),
             applied=bool(customer[0]) or bool(terminal[0]),
+            customer_known=int(customer[-1]) > 0,
+            terminal_known=int(terminal[-1]) > 0,
+        )
+
+    def _preview(self, customer: Any, terminal: Any) -> TransactionPreview | Exception:
+        if isinstance(customer, Exception):
+            return customer
+        if isinstance(terminal, Exception):
+            return terminal
+        return TransactionPreview(
+            customer=self._customer_aggregates(customer),
+            terminal=self._terminal_aggregates(terminal),
+            customer_known=int(customer[-1]) > 0,
+            terminal_known=int(terminal[-1]) > 0,
+        )
+
+    def _customer_aggregates(self, reply: Any) -> CustomerAggregates:
+        # added, (count, cents) per window, previous time, others
+        n = 2 * len(self._customer_windows)
+        previous = int(reply[1 + n])
+        return CustomerAggregates(
+            counts=tuple(map(int, reply[1 : 1 + n : 2])),
+            sums_cents=tuple(map(int, reply[2 : 2 + n : 2])),
+            previous_time_ms=previous if previous >= 0 else None,
+        )
+
+    def _terminal_aggregates(self, reply: Any) -> TerminalAggregates:
+        # added, counts per window, frauds per window, others
+        m = len(self._terminal_windows)
+        return TerminalAggregates(
+            counts=tuple(map(int, reply[1 : 1 + m])),
+            frauds=tuple(map(int, reply[1 + m : 1 + 2 * m])),
         )
