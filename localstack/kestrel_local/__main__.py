@@ -6,6 +6,7 @@ python -m kestrel_local provision --template template.yaml
 python -m kestrel_local invoke --template template.yaml TransactionsFunction --event events/x.json
 python -m kestrel_local run --template template.yaml [--function F ...]
 python -m kestrel_local register-schemas --stack-name kestrel
+python -m kestrel_local serve --template template.yaml [--host 127.0.0.1] [--port 8000]
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from kestrel.adapters.glue_registry import GlueSchemaRegistry, register_all
 from kestrel.schema_compat import SchemaIncompatible
 from kestrel.settings import LocalSettings, SettingsError
+from kestrel_local.api_server import (
+    ServeError,
+    api_key,
+    build_server,
+    load_app,
+    serve,
+    warm_up,
+)
 from kestrel_local.aws import AwsClients
 from kestrel_local.events import load_event
 from kestrel_local.invoker import FunctionPool, function_environment
@@ -109,6 +118,25 @@ def _cmd_run(args: argparse.Namespace, settings: LocalSettings) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace, settings: LocalSettings) -> int:
+    app, clients = _bind(args, settings, create=False)
+    spec = app.function(args.function)
+    environment = function_environment(spec, clients.credentials_env())
+    environment["KESTREL_API_KEY"] = api_key(settings.run_dir)
+    chalice_app = load_app(spec, environment)
+    server = build_server(chalice_app, spec, args.host, args.port)
+    print(f"health: {warm_up(chalice_app)}", file=sys.stderr)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    url = f"http://{args.host}:{args.port}"
+    print(f"scoring API ({spec.logical_id}) on {url}; Ctrl-C stops it", file=sys.stderr)
+    print(f"  API key (x-api-key header): {environment['KESTREL_API_KEY']}", file=sys.stderr)
+    print(f"  spec: {url}/openapi.json   health: {url}/health", file=sys.stderr)
+    serve(server, stop, environment["KESTREL_API_KEY"])
+    return 0
+
+
 def format_status(rows: list[ServiceStatus]) -> str:
     """Render `status` rows as a small aligned table."""
     table = [("SERVICE", "MODE", "PID", "ADDRESS", "HEALTHY")] + [
@@ -168,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
         "provision": ("create the template's streams, queues and buckets", _cmd_provision),
         "invoke": ("run one function once on one event, like sam local invoke", _cmd_invoke),
         "run": ("poll every Kinesis/SQS event source and invoke the functions", _cmd_run),
+        "serve": ("serve the template's Chalice API locally (chalice local)", _cmd_serve),
         "register-schemas": (
             "register Kestrel's Avro schemas (backward compatible) in the stack's registry",
             _cmd_register_schemas,
@@ -189,6 +218,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "invoke":
             cmd.add_argument("function", help="logical id or function name")
             cmd.add_argument("--event", "-e", help="JSON event file (default: {})")
+        if name == "serve":
+            cmd.add_argument("--function", "-f", default="ApiFunction", help="the API function")
+            cmd.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
+            cmd.add_argument("--port", "-p", type=int, default=8000)
         if name == "run":
             cmd.add_argument(
                 "--function", "-f", action="append", help="run only this function (repeatable)"
@@ -215,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = LocalSettings.from_env()
         args.stack_name = args.stack_name or settings.stack_name
         return int(args.func(args, settings))
-    except (SettingsError, TemplateError, SchemaIncompatible, ValueError) as exc:
+    except (SettingsError, TemplateError, SchemaIncompatible, ServeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (BotoCoreError, ClientError) as exc:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, cast
 import boto3
 import redis
 from botocore.config import Config
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from kestrel.adapters.glue_registry import GlueSchemaApi, GlueSchemaRegistry
 from kestrel.adapters.kinesis_decisions import KinesisDecisionStream
@@ -23,8 +25,10 @@ from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.adapters.s3_event_log import S3EventLog
 from kestrel.adapters.sqs_dead_letters import SqsDeadLetterSink
 from kestrel.codec import label_decoder, transaction_decoder
+from kestrel.decisions import Rules
 from kestrel.ports import DeadLetterSink, DecisionSink, EventLog, FeatureStore
 from kestrel.scoring import Scorer
+from kestrel.serving import ScoringService, make_breaker
 from kestrel.settings import Settings
 from kestrel.streaming import LabelPath, TransactionPath
 
@@ -59,6 +63,22 @@ def redis_client() -> redis.Redis:
         socket_connect_timeout=2,
         socket_timeout=2,
         health_check_interval=30,
+    )
+
+
+@cache
+def api_redis_client() -> redis.Redis:
+    """The API's Redis client: every call must answer within REDIS_BUDGET_MS, no retries.
+
+    A slow or failed call raises at once, so the circuit breaker counts it and the request
+    falls back to rules instead of waiting.
+    """
+    budget_s = settings().redis_budget_ms / 1000.0
+    return redis.Redis.from_url(
+        settings().redis_url,
+        socket_connect_timeout=budget_s,
+        socket_timeout=budget_s,
+        retry=Retry(NoBackoff(), 0),
     )
 
 
@@ -144,6 +164,25 @@ def label_path() -> LabelPath:
 
 
 @cache
+def scoring_service() -> ScoringService:
+    """The scoring API's service: read-only store with a breaker, model, rules, decisions."""
+    config = settings()
+    api_redis = api_redis_client()
+    return ScoringService(
+        reader=RedisFeatureStore(api_redis),
+        scorer=scorer(),
+        decisions=RedisDecisions(api_redis, config.decision_ttl_s),
+        rules=Rules(
+            review_amount=config.rule_review_amount,
+            night_review_amount=config.rule_night_review_amount,
+            decline_amount=config.rule_decline_amount,
+        ),
+        breaker=make_breaker(config.breaker_fail_max, config.breaker_reset_s),
+        registry_check=schema_registry().check,
+    )
+
+
+@cache
 def scorer() -> Scorer:
     """The container's model scorer: the layer's model, then the S3 pointer if configured."""
     return build_scorer(settings(), s3_client=s3_client())
@@ -155,6 +194,7 @@ def reset() -> None:
         settings,
         _session,
         redis_client,
+        api_redis_client,
         sqs_client,
         kinesis_client,
         s3_client,
@@ -168,5 +208,6 @@ def reset() -> None:
         transaction_path,
         label_path,
         scorer,
+        scoring_service,
     ):
         factory.cache_clear()

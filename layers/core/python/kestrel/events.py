@@ -113,6 +113,11 @@ def label_from_mapping(doc: Mapping[str, Any]) -> Label:
     )
 
 
+def valid_identifier(value: object) -> bool:
+    """True when `value` is a valid customer, terminal or transaction id."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
 def epoch_ms(moment: datetime) -> int:
     """Whole milliseconds since the Unix epoch of an aware `datetime` (exact, floored)."""
     return (moment - _EPOCH) // _ONE_MS
@@ -154,9 +159,9 @@ def _invalid(name: str, problem: str, value: Any) -> PoisonRecord:
 
 def _identifier(doc: Mapping[str, Any], name: str) -> str:
     value = _field(doc, name)
-    if not isinstance(value, str) or not _ID.fullmatch(value):
+    if not valid_identifier(value):
         raise _invalid(name, f"must be a string of {_ID_RULE}", value)
-    return value
+    return str(value)
 
 
 def _amount(doc: Mapping[str, Any], name: str) -> float:

@@ -49,6 +49,10 @@ class GlueSchemaApi(Protocol):
         """CreateSchema."""
         ...
 
+    def get_registry(self, **kwargs: Any) -> Mapping[str, Any]:
+        """GetRegistry."""
+        ...
+
     def get_schema(self, **kwargs: Any) -> Mapping[str, Any]:
         """GetSchema."""
         ...
@@ -116,6 +120,14 @@ class GlueSchemaRegistry:
     def registry_name(self) -> str:
         """The registry's name."""
         return self._registry
+
+    def check(self) -> str:
+        """The registry's status (``AVAILABLE`` when usable); botocore errors propagate."""
+        found = self._client.get_registry(RegistryId={"RegistryName": self._registry})
+        status = str(found.get("Status", "AVAILABLE"))
+        if status != "AVAILABLE":
+            raise RuntimeError(f"schema registry {self._registry} is {status}")
+        return status
 
     def schema_for(self, version_id: UUID) -> str:
         """Return the definition registered as `version_id` (cached after the first call).

@@ -1,0 +1,1 @@
+"""HTTP glue of the scoring API: request parsing, responses, auth, metrics and the spec."""

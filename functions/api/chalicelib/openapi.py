@@ -1,0 +1,262 @@
+"""The scoring API's OpenAPI 3 document, served at ``GET /openapi.json``.
+
+A test checks that its paths and methods are exactly the Chalice app's routes, and a
+schemathesis run checks the running API against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kestrel.serving import CUSTOMER_FEATURES, TERMINAL_FEATURES
+
+# The id rule of `kestrel.events` (valid_identifier), as a JSON-schema pattern.
+ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_ID = {"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": 128}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 128, "nullable": True}
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _json(_ref("Error"), "A field is missing or invalid: the body names it."),
+    "403": _json(_ref("Forbidden"), "The x-api-key header is missing or wrong."),
+}
+_STORE_DOWN = {"503": _json(_ref("Error"), "The feature store is unavailable; retry later.")}
+_KEY: list[dict[str, list[str]]] = [{"ApiKey": []}]
+_UTC_TIME = "^2[01][0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9:.]+(Z|\\+00:00)$"
+
+
+def _entity(kind: str, names: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "get": {
+            "operationId": f"{kind}Features",
+            "summary": f"The {kind}'s features now (windows ending now).",
+            "security": _KEY,
+            "parameters": [{"name": f"{kind}_id", "in": "path", "required": True, "schema": _ID}],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": [f"{kind}_id", "as_of", "known", "features"],
+                        "properties": {
+                            f"{kind}_id": {"type": "string"},
+                            "as_of": {"type": "integer"},
+                            "known": {"type": "boolean"},
+                            "features": {
+                                "type": "object",
+                                "required": list(names),
+                                "properties": {n: {"type": "number"} for n in names},
+                            },
+                        },
+                    },
+                    "Features of the entity; known is false for an entity with no history.",
+                ),
+                **_ERRORS,
+                **_STORE_DOWN,
+            },
+        }
+    }
+
+
+def build_spec(
+    customer_features: tuple[str, ...], terminal_features: tuple[str, ...]
+) -> dict[str, Any]:
+    """The OpenAPI document for the given feature names."""
+    score_ok = _json(_ref("Decision"), "The score, the decision and why.")
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Kestrel scoring API",
+            "version": "1",
+            "description": "Real-time fraud scores from the same features and model as the "
+            "stream. When the feature store or the model is unavailable, decisions fall back "
+            "to rules on the request alone and say so (degraded).",
+        },
+        "servers": [{"url": "/"}],
+        "components": {
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
+            "schemas": {
+                "Transaction": {
+                    "type": "object",
+                    "required": ["transaction_id", "customer_id", "terminal_id", "amount",
+                                 "event_time"],
+                    "properties": {
+                        "transaction_id": _ID,
+                        "customer_id": _ID,
+                        "terminal_id": _ID,
+                        "amount": {"type": "number", "minimum": 0},
+                        "event_time": {
+                            "description": "Epoch milliseconds (2000-2100), or ISO-8601 in UTC.",
+                            "oneOf": [
+                                {"type": "integer", "minimum": 946684800000,
+                                 "maximum": 4102444799999},
+                                {"type": "string", "format": "date-time",
+                                 "pattern": _UTC_TIME},
+                            ],
+                        },
+                        "channel": _TEXT,
+                        "device_id": _TEXT,
+                    },
+                },
+                "Reason": {
+                    "type": "object",
+                    "required": ["kind", "name", "value", "reference", "deviation"],
+                    "properties": {
+                        "kind": {"type": "string", "enum": ["feature", "rule"]},
+                        "name": {"type": "string"},
+                        "value": {"type": "number"},
+                        "reference": {"type": "number"},
+                        "deviation": {"type": "number", "nullable": True},
+                    },
+                },
+                "Decision": {
+                    "type": "object",
+                    "required": ["transaction_id", "score", "decision", "model_version",
+                                 "feature_set_hash", "reasons", "degraded", "degraded_reasons",
+                                 "cold_start", "decided_at", "source"],
+                    "properties": {
+                        "transaction_id": {"type": "string"},
+                        "customer_id": {"type": "string"},
+                        "terminal_id": {"type": "string"},
+                        "score": {"type": "number", "nullable": True, "minimum": 0,
+                                  "maximum": 1},
+                        "decision": {"type": "string", "enum": ["APPROVE", "REVIEW", "DECLINE"]},
+                        "model_version": {"type": "string", "nullable": True},
+                        "feature_set_hash": {"type": "string"},
+                        "reasons": {"type": "array", "items": _ref("Reason")},
+                        "degraded": {"type": "boolean"},
+                        "degraded_reasons": {
+                            "type": "array",
+                            "items": {"type": "string",
+                                      "enum": ["feature_store_unavailable", "no_model"]},
+                        },
+                        "cold_start": {
+                            "type": "object",
+                            "required": ["customer", "terminal"],
+                            "properties": {"customer": {"type": "boolean"},
+                                           "terminal": {"type": "boolean"}},
+                        },
+                        "decided_at": {"type": "integer"},
+                        "source": {"type": "string", "enum": ["api", "stream"]},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "field", "problem"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "field": {"type": "string"},
+                        "problem": {"type": "string"},
+                    },
+                },
+                "Forbidden": {
+                    "type": "object",
+                    "required": ["message"],
+                    "properties": {"message": {"type": "string"}},
+                },
+            },
+        },
+        "paths": {
+            "/v1/score": {
+                "post": {
+                    "operationId": "score",
+                    "summary": "Score one transaction as if it were applied now (writes nothing).",
+                    "security": _KEY,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("Transaction")}},
+                    },
+                    "responses": {"200": score_ok, **_ERRORS},
+                }
+            },
+            "/v1/score/batch": {
+                "post": {
+                    "operationId": "scoreBatch",
+                    "summary": "Score up to 100 transactions, answers in request order.",
+                    "security": _KEY,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {
+                            "type": "object",
+                            "required": ["transactions"],
+                            "properties": {"transactions": {
+                                "type": "array", "minItems": 1, "maxItems": 100,
+                                "items": _ref("Transaction")}},
+                        }}},
+                    },
+                    "responses": {
+                        "200": _json(
+                            {"type": "object", "required": ["results"],
+                             "properties": {"results": {"type": "array",
+                                                        "items": _ref("Decision")}}},
+                            "One decision per transaction, in order.",
+                        ),
+                        **_ERRORS,
+                        "413": _json(_ref("Error"), "More than 100 transactions."),
+                    },
+                }
+            },
+            "/v1/customers/{customer_id}/features": _entity("customer", customer_features),
+            "/v1/terminals/{terminal_id}/features": _entity("terminal", terminal_features),
+            "/v1/decisions/{transaction_id}": {
+                "get": {
+                    "operationId": "decision",
+                    "summary": "The decision the stream made for a transaction.",
+                    "security": _KEY,
+                    "parameters": [
+                        {"name": "transaction_id", "in": "path", "required": True, "schema": _ID}
+                    ],
+                    "responses": {
+                        "200": _json(_ref("Decision"), "The stored decision."),
+                        "404": _json(_ref("Error"), "No decision for this transaction."),
+                        **_ERRORS,
+                        **_STORE_DOWN,
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "The state of the feature store, the model and the schema registry.",
+                    "security": [],
+                    "responses": {"200": _json(
+                        {"type": "object", "required": ["status", "checks"],
+                         "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
+                                        "checks": {"type": "object"}}},
+                        "ok, or degraded with the failing checks (scoring still answers).",
+                    )},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics of this process.",
+                    "security": _KEY,
+                    "responses": {
+                        "200": {"description": "Prometheus text format.",
+                                "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        "403": _ERRORS["403"],
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document.",
+                    "security": [],
+                    "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+                }
+            },
+        },
+    }  # fmt: skip
+
+
+SPEC = build_spec(CUSTOMER_FEATURES, TERMINAL_FEATURES)

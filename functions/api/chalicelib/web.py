@@ -1,0 +1,182 @@
+"""Request parsing and response shaping for the scoring API (no feature or model logic).
+
+Errors are JSON with the field and the problem, e.g. ``{"error": "validation_error",
+"field": "amount", "problem": "must be a finite number of at least 0 (got -1)"}``.
+Transactions are validated by the same rules as the stream (`kestrel.events`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from chalice.app import Chalice, Request, Response
+
+from kestrel.decisions import DecisionRecord
+from kestrel.events import PoisonRecord, Transaction, transaction_from_mapping, valid_identifier
+from kestrel.serving import EntityFeatures, StoreUnavailable
+
+Handler = Callable[[Request], Response]
+
+MAX_BATCH = 100
+JSON = "application/json"
+# Paths open without an API key: liveness probes and the spec.
+OPEN_PATHS = frozenset({"/health", "/openapi.json"})
+
+
+class HttpError(Exception):
+    """An error answered as JSON with its status, code, field and problem."""
+
+    def __init__(self, status: int, error: str, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.status, self.error, self.field, self.problem = status, error, field, problem
+
+    def response(self) -> Response:
+        """The JSON error response."""
+        body = {"error": self.error, "field": self.field, "problem": self.problem}
+        return json_response(body, self.status)
+
+
+def json_response(
+    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A compact JSON response."""
+    return Response(
+        body=json.dumps(body, separators=(",", ":"), allow_nan=False),
+        status_code=status,
+        headers={"Content-Type": JSON, **(headers or {})},
+    )
+
+
+def current(app: Chalice) -> Request:
+    """The request being handled."""
+    request = app.current_request
+    if request is None:
+        raise RuntimeError("no current request: called outside a route")
+    return request
+
+
+def json_body(request: Request) -> Any:
+    """The request's JSON body, or a 400 naming the problem."""
+    raw = request.raw_body
+    if not raw:
+        raise HttpError(400, "validation_error", "body", "a JSON object is required")
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(400, "validation_error", "body", f"not valid JSON: {exc}") from None
+
+
+def transaction(doc: Any, prefix: str = "") -> Transaction:
+    """A validated transaction, or a 400 naming the field (with `prefix`) and the problem."""
+    if not isinstance(doc, dict):
+        field = prefix.rstrip(".") or "body"
+        raise HttpError(400, "validation_error", field, "must be a JSON object")
+    try:
+        return transaction_from_mapping(doc)
+    except PoisonRecord as exc:
+        field, _, problem = exc.detail.partition(": ")
+        raise HttpError(400, "validation_error", prefix + field, problem) from None
+
+
+def transactions(doc: Any) -> list[Transaction]:
+    """The validated transactions of a batch request (at most MAX_BATCH, else 413)."""
+    if not isinstance(doc, dict):
+        raise HttpError(400, "validation_error", "body", "must be a JSON object")
+    items = doc.get("transactions")
+    if not isinstance(items, list) or not items:
+        raise HttpError(
+            400, "validation_error", "transactions", "must be a non-empty array of transactions"
+        )
+    if len(items) > MAX_BATCH:
+        raise HttpError(
+            413,
+            "too_many_transactions",
+            "transactions",
+            f"at most {MAX_BATCH} transactions per request (got {len(items)})",
+        )
+    return [transaction(item, f"transactions[{i}].") for i, item in enumerate(items)]
+
+
+def identifier(value: str, field: str) -> str:
+    """A path parameter that must be a valid id, or a 400."""
+    if not valid_identifier(value):
+        raise HttpError(400, "validation_error", field, "must be 1-128 characters of "
+                        "A-Z a-z 0-9 _ . : - starting with a letter or digit")  # fmt: skip
+    return value
+
+
+def decision_body(record: DecisionRecord) -> dict[str, Any]:
+    """The API's view of a decision."""
+    body = record.to_dict()
+    if body["score"] is not None and not math.isfinite(body["score"]):
+        body["score"] = None
+    return body
+
+
+def entity(fetch: Callable[[], EntityFeatures], id_field: str) -> Response:
+    """200 with an entity's features, 400 for a bad id, 503 when the store is unavailable."""
+    try:
+        found = fetch()
+    except HttpError as exc:
+        return exc.response()
+    except StoreUnavailable as exc:
+        return _unavailable(exc)
+    return json_response(
+        {id_field: found.entity_id, "as_of": found.as_of_ms, "known": found.known,
+         "features": found.features}
+    )  # fmt: skip
+
+
+def stored_decision(fetch: Callable[[], DecisionRecord | None], transaction_id: str) -> Response:
+    """200 with the stream's decision, 404 when there is none, 400 or 503 as for `entity`."""
+    try:
+        found = fetch()
+    except HttpError as exc:
+        return exc.response()
+    except StoreUnavailable as exc:
+        return _unavailable(exc)
+    if found is None:
+        return HttpError(
+            404, "not_found", "transaction_id", f"no decision stored for {transaction_id}"
+        ).response()
+    return json_response(decision_body(found))
+
+
+def _unavailable(exc: StoreUnavailable) -> Response:
+    body = {"error": "feature_store_unavailable", "field": "", "problem": str(exc)}
+    return json_response(body, 503, {"Retry-After": "1"})
+
+
+def key_is_valid(headers: Mapping[str, str], expected: str) -> bool:
+    """True when `expected` is empty (the gateway checks keys) or the header matches it."""
+    if not expected:
+        return True
+    provided = headers.get("x-api-key") or ""
+    return hmac.compare_digest(provided.encode(), expected.encode())
+
+
+def guarded(
+    request: Request,
+    get_response: Handler,
+    api_key: str,
+    observe: Callable[[str, str, int, float], None],
+) -> Response:
+    """Check the API key, run the view, time it (Server-Timing) and record metrics."""
+    started = time.perf_counter_ns()
+    if request.path not in OPEN_PATHS and not key_is_valid(request.headers, api_key):
+        response = json_response({"message": "Forbidden"}, 403)
+    else:
+        response = get_response(request)
+    elapsed_ms = (time.perf_counter_ns() - started) / 1e6
+    response.headers["Server-Timing"] = f"app;dur={elapsed_ms:.3f}"
+    observe(request.path, request.method, response.status_code, elapsed_ms)
+    return response
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
