@@ -18,6 +18,8 @@ from kestrel_local.template import Stack, TemplateError
 FUNCTION_TYPES = {"AWS::Serverless::Function"}
 LAYER_TYPES = {"AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion"}
 STARTING_POSITIONS = {"TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"}
+# Event types the local runtime polls; a function with only other events has no mappings.
+MAPPED_EVENT_TYPES = {"Kinesis", "SQS"}
 # Properties the local runtime acts on; the rest (policies, VPC, tags...) matter only on AWS.
 _USED_PROPERTIES = {
     "CodeUri",
@@ -242,6 +244,23 @@ def _layer_dirs(stack: Stack, template_dir: Path, layers: Any, where: str) -> tu
     return tuple(dirs)
 
 
+def _mapped_events(events: Any, logical_id: str) -> dict[str, Any]:
+    """The function's Kinesis and SQS events, the only ones with event-source mappings.
+
+    Other events (Api, Schedule, S3...) are left unresolved: their Ref to an API or rule
+    that the local platform does not provision must not stop the function from running.
+    """
+    if events is None:
+        return {}
+    if not isinstance(events, dict):
+        raise TemplateError(f"{logical_id}.Events: must be a mapping")
+    return {
+        name: event
+        for name, event in events.items()
+        if isinstance(event, dict) and event.get("Type") in MAPPED_EVENT_TYPES
+    }
+
+
 def functions_of(stack: Stack, template_dir: Path) -> dict[str, FunctionSpec]:
     """Every serverless function of the template, keyed by logical id."""
     globals_props = (stack.template.get("Globals") or {}).get("Function") or {}
@@ -251,7 +270,9 @@ def functions_of(stack: Stack, template_dir: Path) -> dict[str, FunctionSpec]:
             continue
         raw = _merge_globals(globals_props, resource.get("Properties") or {})
         layers = _layer_dirs(stack, template_dir, raw.get("Layers", []), logical_id)
-        props = stack.resolve({k: v for k, v in raw.items() if k in _USED_PROPERTIES}, logical_id)
+        used = {k: v for k, v in raw.items() if k in _USED_PROPERTIES}
+        used["Events"] = _mapped_events(raw.get("Events"), logical_id)
+        props = stack.resolve(used, logical_id)
         specs[logical_id] = _function_spec(stack, template_dir, logical_id, props, layers)
     return specs
 
