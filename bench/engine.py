@@ -45,12 +45,17 @@ from kestrel_training.simulator import SimulatorConfig, simulate  # noqa: E402
 
 from bench.engine_profile import profile  # noqa: E402
 from bench.results_io import write_result  # noqa: E402
+from kestrel.adapters.kinesis_decisions import KinesisDecisionStream  # noqa: E402
+from kestrel.adapters.onnx_model import LayerModelSource  # noqa: E402
+from kestrel.adapters.redis_decisions import RedisDecisions  # noqa: E402
 from kestrel.adapters.redis_features import RedisFeatureStore  # noqa: E402
 from kestrel.adapters.s3_event_log import S3EventLog  # noqa: E402
 from kestrel.codec import AvroEncoder, schema_definition, transaction_decoder  # noqa: E402
 from kestrel.events import Label, Transaction  # noqa: E402
 from kestrel.features import DAY_MS  # noqa: E402
 from kestrel.ports import DeadLetter  # noqa: E402
+from kestrel.scoring import Scorer  # noqa: E402
+from kestrel.settings import default_model_dir  # noqa: E402
 from kestrel.streaming import BatchOutcome, TransactionPath  # noqa: E402
 
 TARGET = 50_000.0  # DESIGN.md, Performance targets: events/s on a 2-core machine
@@ -126,6 +131,13 @@ class MemoryS3:
 
     def put_object(self, Bucket: str, Key: str, Body: bytes, ContentType: str) -> None:
         self.objects[Key] = Body
+
+
+class MemoryKinesis:
+    """The PutRecords call of a boto3 Kinesis client, accepting everything (no network)."""
+
+    def put_records(self, StreamName: str, Records: list[Any]) -> dict[str, Any]:
+        return {"FailedRecordCount": 0, "Records": [{} for _ in Records]}
 
 
 class NoDeadLetters:
@@ -391,7 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = RedisFeatureStore(server.client)
         log_ = S3EventLog(MemoryS3(), "bench")
-        path = CountingPath(transaction_decoder(MemoryLookup()), store, NoDeadLetters(), log_)
+        decisions = (
+            RedisDecisions(server.client, 3600),
+            KinesisDecisionStream(MemoryKinesis(), "bench-decisions"),  # type: ignore[arg-type]
+        )
+        scorer = Scorer(LayerModelSource(default_model_dir()))
+        path = CountingPath(
+            transaction_decoder(MemoryLookup()), store, NoDeadLetters(), log_, scorer, decisions
+        )
         bench = Bench(server, store, load_app(), path, stream)
         t0 = time.perf_counter()
         warm = bench.warm_up(args.warmup_days)

@@ -14,7 +14,8 @@ import pytest
 from redis.cluster import ClusterNode, RedisCluster
 from test_feature_store import START_MS, replay_online, synthetic
 
-from kestrel.adapters.redis_features import RedisFeatureStore, customer_keys, terminal_keys
+from kestrel.adapters.redis_features import RedisFeatureStore
+from kestrel.adapters.redis_scripts import customer_keys, terminal_keys
 from kestrel.events import Transaction
 from kestrel.features import feature_vector
 

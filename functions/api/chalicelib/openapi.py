@@ -11,7 +11,8 @@ from typing import Any
 from kestrel.serving import CUSTOMER_FEATURES, TERMINAL_FEATURES
 
 # The id rule of `kestrel.events` (valid_identifier), as a JSON-schema pattern.
-ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+# (?![\s\S]) ends the string in ECMA-262 and Python alike ($ admits a trailing \n in Python).
+ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}(?![\\s\\S])"
 _ID = {"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": 128}
 _TEXT = {"type": "string", "minLength": 1, "maxLength": 128, "nullable": True}
 _REF = "#/components/schemas/"
@@ -31,7 +32,7 @@ _ERRORS = {
 }
 _STORE_DOWN = {"503": _json(_ref("Error"), "The feature store is unavailable; retry later.")}
 _KEY: list[dict[str, list[str]]] = [{"ApiKey": []}]
-_UTC_TIME = "^2[01][0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9:.]+(Z|\\+00:00)$"
+_UTC_TIME = "^20[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9:.]+(Z|\\+00:00)(?![\\s\\S])"
 
 
 def _entity(kind: str, names: tuple[str, ...]) -> dict[str, Any]:
@@ -136,7 +137,8 @@ def build_spec(
                         "degraded_reasons": {
                             "type": "array",
                             "items": {"type": "string",
-                                      "enum": ["feature_store_unavailable", "no_model"]},
+                                      "enum": ["feature_store_unavailable", "no_model",
+                                               "model_error"]},
                         },
                         "cold_start": {
                             "type": "object",

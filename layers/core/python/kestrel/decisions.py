@@ -25,6 +25,7 @@ class Degraded(StrEnum):
 
     FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
     NO_MODEL = "no_model"
+    MODEL_ERROR = "model_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +156,7 @@ def decide_with_model(
     if not transactions:
         return []
     scores, manifest = scorer.score_batch(vectors)
-    explained = scorer.explain(vectors)
+    explained = scorer.explain(vectors, manifest=manifest)
     decide = manifest.thresholds.decide
     at = now_ms() if decided_at_ms is None else decided_at_ms
     cold = cold_start or [()] * len(transactions)

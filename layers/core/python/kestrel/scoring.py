@@ -326,13 +326,23 @@ class Scorer:
             if deviation[i] > 0
         )
 
-    def explain(self, rows: Any, top: int = 3) -> list[tuple[Reason, ...]]:
-        """`reasons` for every row of a batch at once (rows in feature order)."""
-        active = self._active
-        if active is None:
-            raise NoModelError("no usable fraud model is loaded")
-        manifest = active.manifest
-        values = np.asarray(rows, dtype=np.float64).reshape(-1, len(manifest.medians))
+    def explain(
+        self, rows: Any, top: int = 3, manifest: ModelManifest | None = None
+    ) -> list[tuple[Reason, ...]]:
+        """`reasons` for every row of a batch at once, against `manifest` (default: serving)."""
+        if manifest is None:
+            active = self._active
+            if active is None:
+                raise NoModelError("no usable fraud model is loaded")
+            manifest = active.manifest
+        width = len(manifest.medians)
+        values = np.asarray(rows, dtype=np.float64)
+        if values.size == 0:
+            return []
+        if values.ndim == 1:
+            values = values.reshape(1, -1)
+        if values.ndim != 2 or values.shape[1] != width:
+            raise ValueError(f"expected rows of {width} features, got shape {values.shape}")
         deviation = (values - manifest.medians) / manifest.spreads
         # Stable sort of -deviation: largest first, ties in feature order.
         order = np.argsort(-deviation, axis=1, kind="stable")[:, :top]

@@ -182,9 +182,14 @@ class ScoringService:
             try:
                 return decide_with_model(self._scorer, txs, vectors, "api", cold)
             except NoModelError:
-                pass
+                degraded = Degraded.NO_MODEL
+            except Exception as exc:  # noqa: BLE001 - a failing model degrades, never a 500
+                logger.error("model failed, deciding by rules: %s: %s", type(exc).__name__, exc)
+                degraded = Degraded.MODEL_ERROR
+        else:
+            degraded = Degraded.NO_MODEL
         return [
-            decide_with_rules(self._rules, tx, (Degraded.NO_MODEL,), "api", flags)
+            decide_with_rules(self._rules, tx, (degraded,), "api", flags)
             for tx, flags in zip(txs, cold, strict=True)
         ]
 

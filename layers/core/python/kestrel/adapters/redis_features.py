@@ -5,16 +5,18 @@ transaction, the customer script and the terminal script in ``apply`` mode; each
 transaction to its entity with `ZADD NX` (the dedupe mark and the update are one atomic
 step: a replayed event changes nothing) and returns the aggregates of `kestrel.features`
 as of the event time. Because the windows are exact and end at the event time, a replay
-returns the same aggregates as the first pass. `preview_transactions` runs the same
-scripts in ``preview`` mode: the aggregates ``apply`` would return, writing nothing (the
-scoring API). All scripts of a batch go in one pipeline: one round trip per batch (per
-node on a cluster).
+returns the same aggregates as the first pass, unless an older event of the same entity
+arrived in between (then it returns what a first pass would return now).
+`preview_transactions` runs the same scripts in ``preview`` mode: the aggregates ``apply``
+would return, writing nothing (the scoring API). All scripts of a batch go in one
+pipeline: one round trip per batch (per node on a cluster).
 
-On Redis Cluster every script touches one entity, so one slot. redis-py's cluster pipeline
-refuses `Script` objects (its `evalsha` is blocked) and never loads scripts, so there the
-store queues EVALSHA itself, loads the scripts on every primary (SCRIPT LOAD) before its
-first batch, and when a node answers NOSCRIPT (restarted, failed over, flushed) loads them
-again and resends only those scripts: NOSCRIPT means the script did not run.
+Scripts are loaded once (SCRIPT LOAD, on every primary of a cluster) and then only
+EVALSHA is sent: redis-py's own pipeline script support would add a SCRIPT EXISTS round
+trip to every pipeline, and its cluster pipeline refuses scripts. When a node answers
+NOSCRIPT (restarted, failed over, flushed), the store loads the scripts again and resends
+only those calls: NOSCRIPT means the script did not run. On Redis Cluster every script
+touches one entity, so one slot.
 
 `apply_labels` records fraud labels on the terminal (`HSETNX`, so a label counts once) and
 links them to the transaction whichever of the two arrives first.
@@ -29,7 +31,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from kestrel.adapters.redis_scripts import (
@@ -60,7 +61,7 @@ from kestrel.features import (
 
 if TYPE_CHECKING:
     from redis import Redis
-    from redis.cluster import ClusterPipeline
+    from redis.cluster import RedisCluster
     from redis.commands.core import Script
 
 # One script call of a batch: the script, its keys (one slot) and its arguments.
@@ -88,8 +89,7 @@ class RedisFeatureStore:
         self._customer_label = client.register_script(CUSTOMER_LABEL_LUA)
         self._customer_windows = [w for _, w in CUSTOMER_WINDOWS]
         self._terminal_windows = [w for _, w in TERMINAL_WINDOWS]
-        self._cluster = isinstance(client, RedisCluster)
-        self._cluster_scripts_loaded = False
+        self._scripts_loaded = False
 
     def apply_transactions(
         self, updates: Sequence[Transaction]
@@ -194,40 +194,30 @@ class RedisFeatureStore:
         """Send `calls` in one pipeline; return each reply (or its exception) in order."""
         if not calls:
             return []
-        if not self._cluster:
-            # What `Script.__call__` does on a pipeline, without its per-call overhead: the
-            # script joins `pipe.scripts` (execute() checks SCRIPT EXISTS and loads what is
-            # missing first) and EVALSHA is queued.
-            pipe = self._client.pipeline(transaction=False)
-            for script, keys, args in calls:
-                pipe.scripts.add(script)
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return pipe.execute(raise_on_error=False)
-        if not self._cluster_scripts_loaded:
-            self._load_cluster_scripts()
-        replies = self._send_cluster(calls)
+        if not self._scripts_loaded:
+            self._load_scripts()
+        replies = self._send(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
-            self._load_cluster_scripts()
-            resent = self._send_cluster([calls[i] for i in missing])
+            # NOSCRIPT means the script did not run (server restarted, failed over, flushed).
+            self._load_scripts()
+            resent = self._send([calls[i] for i in missing])
             for i, reply in zip(missing, resent, strict=True):
                 replies[i] = reply
         return replies
 
-    def _send_cluster(self, calls: list[_Call]) -> list[Any]:
-        """One cluster pipeline of EVALSHAs (one sub-pipeline per node, sent together)."""
-        pipe: ClusterPipeline = self._client.pipeline(transaction=False)  # type: ignore[assignment]
+    def _send(self, calls: list[_Call]) -> list[Any]:
+        """One pipeline of EVALSHAs (on a cluster, one sub-pipeline per node, sent together)."""
+        pipe: Any = self._client.pipeline(transaction=False)
         for script, keys, args in calls:
-            pipe.execute_command(  # type: ignore[no-untyped-call]
-                "EVALSHA", script.sha, len(keys), *keys, *args
-            )
-        return pipe.execute(raise_on_error=False)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False))
 
-    def _load_cluster_scripts(self) -> None:
-        """SCRIPT LOAD every script on every primary of the cluster."""
+    def _load_scripts(self) -> None:
+        """SCRIPT LOAD every script (on a cluster, on every primary)."""
         for script in (self._customer, self._terminal, self._label, self._customer_label):
             self._client.script_load(script.script)
-        self._cluster_scripts_loaded = True
+        self._scripts_loaded = True
 
     def _applied(self, customer: Any, terminal: Any) -> AppliedTransaction | Exception:
         if isinstance(customer, Exception):

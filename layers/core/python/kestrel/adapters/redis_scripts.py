@@ -55,40 +55,39 @@ end
 local stored = redis.call('ZSCORE', KEYS[1], id) ~= false
 local others = redis.call('ZCARD', KEYS[1])
 if stored then others = others - 1 end
--- Rows come in (time, member) order; keep those up to this one: (time, id) <= (t, id).
-local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (t - lookback), t, 'WITHSCORES')
-local ids, times = {}, {}
-for i = 1, #rows, 2 do
-  local member, score = rows[i], tonumber(rows[i + 1])
-  if score < t or member <= id then
-    ids[#ids + 1] = member
-    times[#times + 1] = score
-  end
+-- Rows come in (time, member) order and every window ends at t, so each window is a
+-- suffix of them: counts come from ZCOUNT and sums from prefix sums, with no scores read
+-- (converting scores is what costs most in a Lua reply). Rows at exactly t sort by
+-- member; those after this id are not "up to this one": drop them, from every window.
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (t - lookback), t)
+local after = 0
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], t, t)) do
+  if member > id then after = after + 1 end
 end
-local n = #ids
+local n = #ids - after
 local prefix = {[0] = 0}
 for start = 1, n, 4000 do
   local stop = math.min(n, start + 3999)
   local amounts = redis.call('HMGET', KEYS[2], unpack(ids, start, stop))
   for i = start, stop do prefix[i] = prefix[i - 1] + (tonumber(amounts[i - start + 1]) or 0) end
 end
-local self = stored
+local virtual = 0
 if mode == 'preview' and not stored then
-  n = n + 1
-  times[n] = t
-  prefix[n] = prefix[n - 1] + tonumber(amount)
-  self = true
+  virtual = 1
+  prefix[n + 1] = prefix[n] + tonumber(amount)
 end
+local total = n + virtual
 local out = {added}
 for w = 7, #ARGV do
-  local from, first = t - tonumber(ARGV[w]), n + 1
-  while first > 1 and times[first - 1] > from do first = first - 1 end
-  out[#out + 1] = n - first + 1
-  out[#out + 1] = prefix[n] - prefix[first - 1]
+  local count = redis.call('ZCOUNT', KEYS[1], '(' .. (t - tonumber(ARGV[w])), t) - after + virtual
+  out[#out + 1] = count
+  out[#out + 1] = prefix[total] - prefix[total - count]
 end
+-- The previous transaction: the row before this one (or the last row, without one).
+local before = n
+if stored then before = n - 1 end
 local previous = -1
-if self and n >= 2 then previous = times[n - 1] end
-if not self and n >= 1 then previous = times[n] end
+if before >= 1 then previous = tonumber(redis.call('ZSCORE', KEYS[1], ids[before])) end
 out[#out + 1] = previous
 out[#out + 1] = others
 return out
