@@ -27,8 +27,9 @@ $(error EVENT file not found: $(EVENT))
 endif
 endif
 
-.PHONY: help setup up down status deploy-local invoke run demo test test-unit test-integration \
-	lint parity train promote model-layer retrain-scheduled mlflow-ui bench-emulator bench-engine bench clean
+.PHONY: help setup up down status deploy-local invoke run serve demo test test-unit test-integration \
+	lint parity train promote model-layer retrain-scheduled mlflow-ui bench-emulator bench-engine \
+	bench-api bench clean
 
 help: ## List every target with what it does
 	@echo "Kestrel: make <target> [VAR=value]"
@@ -85,6 +86,10 @@ invoke: deploy-local ## Run one handler on one event: make invoke FUNCTION=<Logi
 run: deploy-local ## Run the local Lambda runtime (event source mapping pollers) in the foreground
 	$(PY) -m kestrel_local run --template $(TEMPLATE) --stack-name $(STACK_NAME) \
 		$(if $(PARAMS),--parameter-overrides "$(PARAMS)")
+
+serve: deploy-local ## Serve the scoring API (chalice local) on 127.0.0.1:8000 against the local stack (PORT=8000)
+	$(PY) -m kestrel_local serve --template $(TEMPLATE) --stack-name $(STACK_NAME) \
+		$(if $(PARAMS),--parameter-overrides "$(PARAMS)") --port $(or $(PORT),8000)
 
 demo: setup up deploy-local ## Set up, start services, provision, then run the local runtime in the foreground (Ctrl-C stops; no simulator or dashboard yet)
 	@echo "AWS endpoint: $$($(PY) -c 'from kestrel.settings import LocalSettings as S; print(S.from_env().endpoint)')"
@@ -150,7 +155,10 @@ bench-emulator: $(SETUP_STAMP) ## Measure the embedded emulator's Kinesis put/ge
 bench-engine: $(SETUP_STAMP) ## Engine throughput: TransactionsFunction on Kinesis batches, real Redis (bench/results/)
 	$(PY) bench/engine.py
 
-bench: bench-emulator bench-engine ## Run every benchmark (emulator, engine)
+bench-api: $(SETUP_STAMP) ## Scoring API latency over HTTP: open loop, 500 req/s for 60 s, keep-alive (bench/results/)
+	$(PY) bench/api.py
+
+bench: bench-emulator bench-engine bench-api ## Run every benchmark (emulator, engine, api)
 
 clean: ## Stop services, remove .run, caches and build output
 	@if [ -x $(PY) ]; then $(PY) -m kestrel_local down || true; fi
