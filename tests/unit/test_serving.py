@@ -432,6 +432,26 @@ def test_scoring_service_without_a_model_decides_by_rules_flagged_no_model(
     assert "rules only" in health["checks"]["model"]["detail"]
 
 
+class FailingModel(RecordingModel):
+    """The shipped model, whose runtime fails on every call."""
+
+    def predict_proba(self, rows: Any) -> Any:
+        raise RuntimeError("onnxruntime: invalid input")
+
+
+class FailingSource(RecordingSource):
+    def __init__(self) -> None:
+        self.model = FailingModel(LayerModelSource(default_model_dir()).load())
+
+
+def test_scoring_service_decides_by_rules_flagged_model_error_when_the_model_fails() -> None:
+    reader = MemoryReader({"a": KNOWN, "b": UNKNOWN_BOTH})
+    svc = service(reader, Scorer(FailingSource()))
+    assert svc.model_version is not None  # loaded, but its runtime fails
+    txs = [tx("a", 230.0), tx("b", 12.0)]
+    assert_rules_only(svc.score(txs), txs, Degraded.MODEL_ERROR)
+
+
 def test_scoring_service_scores_an_empty_batch_as_nothing() -> None:
     assert service(MemoryReader(), shipped_scorer()).score([]) == []
 
