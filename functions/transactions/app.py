@@ -1,4 +1,4 @@
-"""TransactionsFunction: decode, apply features once, log with features, park poison records."""
+"""TransactionsFunction: decode, apply features once, score and decide, log, park poison."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ processor = kinesis_processor()
 def lambda_handler(
     event: dict[str, Any], context: LambdaContext, path: TransactionPath | None = None
 ) -> PartialItemFailureResponse:
-    """Process a Kinesis batch of transactions and report the records to retry."""
+    """Process a Kinesis batch of transactions (features, decisions) and report retries."""
     outcome = (path or clients.transaction_path()).run(event["Records"])
     record_metrics(metrics, "Transactions", outcome)
     return respond(event, context, outcome, processor)
