@@ -8,7 +8,9 @@ a loopback address, with two changes that matter for latency and noise:
 - TCP_NODELAY on every connection (``disable_nagle_algorithm``). Chalice's handler writes
   the headers and the body in separate sends; with Nagle's algorithm on, a keep-alive
   client's delayed ACK holds the body back about 40 ms per request.
-- one log line per request goes to the debug log instead of stderr.
+- one log line per request goes to the debug log instead of stderr;
+- methods no route declares (TRACE, ...) reach Chalice and get its 405, as on API Gateway,
+  instead of http.server's 501.
 
 The API key is KESTREL_API_KEY when set, else a random key kept in ``<run dir>/api-key``
 (mode 0600), created on first use and printed at start, so the local API is never open.
@@ -51,6 +53,12 @@ class NoDelayRequestHandler(ChaliceRequestHandler):
     """Chalice's local request handler with TCP_NODELAY and request logs at debug level."""
 
     disable_nagle_algorithm = True
+
+    def __getattr__(self, name: str) -> Any:
+        """Send every HTTP method to Chalice (405 where undeclared), never http.server's 501."""
+        if name.startswith("do_"):
+            return self._generic_handle
+        raise AttributeError(name)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Log one request at debug level."""

@@ -153,6 +153,13 @@ def test_parse_transaction_rejects_overflowing_amount() -> None:
     assert "finite" in poison.detail
 
 
+@pytest.mark.parametrize("amount", [b"1e307", b"1000000000.01"])
+def test_parse_transaction_rejects_an_amount_whose_cents_would_not_be_exact(amount: bytes) -> None:
+    poison = _poison(_raw(TXN).replace(b"12.5", amount))
+    assert poison.reason is PoisonReason.INVALID_FIELD
+    assert poison.detail.startswith("amount: must be at most 1000000000")
+
+
 @pytest.mark.parametrize(
     ("field", "value", "reason"),
     [

@@ -370,6 +370,20 @@ def test_scoring_service_reopens_the_breaker_when_the_trial_call_fails() -> None
     assert reader.total_calls == FAIL_MAX + 1  # a fresh open period: not asked again
 
 
+def test_make_breaker_does_not_count_bad_input_as_a_store_failure() -> None:
+    cb = make_breaker(fail_max=1, reset_s=60)
+
+    def overflow() -> None:
+        raise OverflowError("cannot convert float infinity to integer")
+
+    with pytest.raises(OverflowError):
+        cb.call(overflow)
+    assert (cb.current_state, cb.fail_counter) == ("closed", 0)
+    with pytest.raises(pybreaker.CircuitBreakerError):
+        cb.call(lambda: (_ for _ in ()).throw(ConnectionError("refused")))
+    assert cb.current_state == "open"
+
+
 def test_make_breaker_opens_after_fail_max_and_recovers_after_reset_in_real_time() -> None:
     cb = make_breaker(fail_max=2, reset_s=0.05)
     assert (cb.fail_max, cb.reset_timeout, cb.name) == (2, 0.05, "redis")

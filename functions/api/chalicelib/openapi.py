@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kestrel.events import MAX_AMOUNT
 from kestrel.serving import CUSTOMER_FEATURES, TERMINAL_FEATURES
 
 # The id rule of `kestrel.events` (valid_identifier), as a JSON-schema pattern.
@@ -93,7 +94,7 @@ def build_spec(
                         "transaction_id": _ID,
                         "customer_id": _ID,
                         "terminal_id": _ID,
-                        "amount": {"type": "number", "minimum": 0},
+                        "amount": {"type": "number", "minimum": 0, "maximum": MAX_AMOUNT},
                         "event_time": {
                             "description": "Epoch milliseconds (2000-2100), or ISO-8601 in UTC.",
                             "oneOf": [

@@ -25,6 +25,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _MIN_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 _MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+MAX_AMOUNT = 1_000_000_000.0  # so amounts in cents stay exact integers everywhere
 
 
 class PoisonReason(StrEnum):
@@ -171,6 +172,8 @@ def _amount(doc: Mapping[str, Any], name: str) -> float:
     amount = float(value)
     if not math.isfinite(amount) or amount < 0:
         raise _invalid(name, "must be a finite number of at least 0", value)
+    if amount > MAX_AMOUNT:
+        raise _invalid(name, f"must be at most {MAX_AMOUNT:.0f}", value)
     return amount
 
 

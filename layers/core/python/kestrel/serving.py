@@ -73,8 +73,17 @@ class EntityFeatures:
 
 
 def make_breaker(fail_max: int, reset_s: float) -> pybreaker.CircuitBreaker:
-    """The store's circuit breaker: open after `fail_max` failures, retry after `reset_s`."""
-    return pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_s, name="redis")
+    """The store's circuit breaker: open after `fail_max` failures, retry after `reset_s`.
+
+    Errors of the caller's own input or code (ValueError, ArithmeticError, TypeError,
+    LookupError) are not counted: only the store's failures open it.
+    """
+    return pybreaker.CircuitBreaker(
+        fail_max=fail_max,
+        reset_timeout=reset_s,
+        name="redis",
+        exclude=[ValueError, ArithmeticError, TypeError, LookupError],
+    )
 
 
 class ScoringService:

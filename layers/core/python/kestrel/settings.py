@@ -114,7 +114,7 @@ class Settings:
     model_refresh_s: float = 15.0
     api_key: str = ""
     redis_budget_ms: float = 20.0
-    breaker_fail_max: int = 3
+    breaker_fail_max: int = 5
     breaker_reset_s: float = 2.0
     review_threshold: float | None = None
     decline_threshold: float | None = None
@@ -147,7 +147,7 @@ class Settings:
             model_refresh_s=_parse(env, "MODEL_REFRESH_S", "15", _non_negative_float),
             api_key=_read(env, "KESTREL_API_KEY", ""),
             redis_budget_ms=_parse(env, "REDIS_BUDGET_MS", "20", _positive_float),
-            breaker_fail_max=_parse(env, "BREAKER_FAIL_MAX", "3", _positive_int),
+            breaker_fail_max=_parse(env, "BREAKER_FAIL_MAX", "5", _positive_int),
             breaker_reset_s=_parse(env, "BREAKER_RESET_S", "2", _positive_float),
             review_threshold=_parse(env, "DECISION_REVIEW_THRESHOLD", "", _optional(_probability)),
             decline_threshold=_parse(
