@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import redis.client
-
 from kestrel import streaming
+from kestrel.adapters.kinesis_decisions import KinesisDecisionStream
+from kestrel.adapters.redis_decisions import RedisDecisions
 
 if TYPE_CHECKING:
     from bench.engine import Bench
@@ -25,8 +25,10 @@ def phase_timers(bench: Bench, totals: dict[str, float]) -> Iterator[None]:
     targets: list[tuple[Any, str]] = [
         (bench.app, "lambda_handler"), (bench.path, "run"), (streaming, "_decode_all"),
         (bench.store, "apply_transactions"), (bench.store, "_run"),
-        (redis.client.Pipeline, "execute"), (redis.client.Pipeline, "load_scripts"),
+        (bench.store, "_send"),
         (bench.store, "_applied"), (streaming, "feature_vector"),
+        (streaming, "decide_with_model"), (RedisDecisions, "publish"),
+        (KinesisDecisionStream, "publish"),
         (bench.path._event_log, "write_batch"), (bench.app, "respond"),
     ]  # fmt: skip
     saved = []
@@ -54,15 +56,15 @@ def breakdown(t: dict[str, float], events: int, server_us: float) -> dict[str, f
     parts = {
         "decode: base64 + Avro + validation": t["_decode_all"],
         "store: build script calls": t["apply_transactions"] - t["_run"] - t["_applied"],
-        "store: queue EVALSHAs in the pipeline": t["_run"] - t["execute"],
-        "store: SCRIPT EXISTS round trip": t["load_scripts"],
+        "store: scripts loaded check, NOSCRIPT handling": t["_run"] - t["_send"],
         "store: Redis executing the scripts": server_us * events / 1e6,
-        "store: RESP pack, send, wait, read": t["execute"] - t["load_scripts"]
-        - server_us * events / 1e6,
+        "store: queue, RESP pack, send, wait, read": t["_send"] - server_us * events / 1e6,
         "store: replies -> aggregates": t["_applied"],
         "feature_vector": t["feature_vector"],
+        "score: model, thresholds, reasons": t["decide_with_model"],
+        "decisions: Redis SET NX + stream records": t["publish"],
         "path: outcome and log rows": t["run"] - t["_decode_all"] - t["apply_transactions"]
-        - t["feature_vector"] - t["write_batch"],
+        - t["feature_vector"] - t["decide_with_model"] - t["publish"] - t["write_batch"],
         "event log: JSON lines + gzip (level 9)": t["write_batch"],
         "Powertools: BatchProcessor response": t["respond"],
         "Powertools: metrics add + EMF flush, logger": t["lambda_handler"] - t["run"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -11,7 +12,7 @@ import pytest
 from stream_doubles import MemoryDecisions, shipped_scorer
 
 from kestrel.codec import AvroEncoder, schema_definition, transaction_decoder
-from kestrel.events import Label, Transaction, parse_label
+from kestrel.events import Label, Transaction, parse_label, parse_transaction
 from kestrel.features import (
     CUSTOMER_WINDOWS,
     FEATURE_SET_HASH,
@@ -22,6 +23,7 @@ from kestrel.features import (
     feature_vector,
 )
 from kestrel.ports import DeadLetter, UnknownSchemaVersion
+from kestrel.scoring import NoModelError, Scorer
 from kestrel.streaming import BatchOutcome, LabelPath, RecordFailed, TransactionPath, batch_id
 
 ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/kestrel-transactions"
@@ -217,3 +219,51 @@ def test_label_path_writes_nothing_for_an_empty_batch() -> None:
     outcome = LabelPath(parse_label, store, sink, log).run([])
     assert outcome == BatchOutcome()
     assert (store.label_calls, log.writes, sink.letters) == ([], [], [])
+
+
+class NoModelSource:
+    """A model source with nothing to load."""
+
+    def load(self) -> Any:
+        raise FileNotFoundError("manifest.json: no such file")
+
+    def poll(self) -> Any:
+        return None
+
+
+class FailingDecisions:
+    """A decision sink that cannot store anything."""
+
+    def publish(self, decisions: Sequence[Any]) -> None:
+        raise ConnectionError("decisions stream unreachable")
+
+
+def _one_json_transaction() -> list[dict[str, Any]]:
+    doc = {"transaction_id": "T-1", "customer_id": "C-1", "terminal_id": "TERM-1",
+           "amount": 12.5, "event_time": T0}  # fmt: skip
+    return [_record("101", json.dumps(doc).encode())]
+
+
+def test_transaction_path_fails_the_batch_without_a_model_instead_of_using_rules() -> None:
+    store, log, sink, decisions = (
+        RecordingStore(),
+        MemoryEventLog(),
+        MemorySink(),
+        MemoryDecisions(),
+    )
+    path = TransactionPath(
+        parse_transaction, store, sink, log, Scorer(NoModelSource()), [decisions]
+    )
+    with pytest.raises(NoModelError):
+        path.run(_one_json_transaction())
+    assert (decisions.published, log.writes) == ([], [])
+
+
+def test_transaction_path_fails_the_batch_when_a_decision_cannot_be_stored() -> None:
+    store, log, sink, kept = RecordingStore(), MemoryEventLog(), MemorySink(), MemoryDecisions()
+    path = TransactionPath(
+        parse_transaction, store, sink, log, shipped_scorer(), [kept, FailingDecisions()]
+    )
+    with pytest.raises(ConnectionError, match="decisions stream unreachable"):
+        path.run(_one_json_transaction())
+    assert log.writes == []  # retried whole: the event log is written after the decisions
