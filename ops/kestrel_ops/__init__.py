@@ -1,0 +1,1 @@
+"""Operations tools for a running Kestrel stack (local, LocalStack or AWS): redrive."""
