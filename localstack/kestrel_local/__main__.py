@@ -1,7 +1,7 @@
 """Command line of the local platform: start its services; provision, invoke, run a template.
 
 python -m kestrel_local up|down [--timeout S]
-python -m kestrel_local status
+python -m kestrel_local status [--template template.yaml]
 python -m kestrel_local provision --template template.yaml
 python -m kestrel_local invoke --template template.yaml TransactionsFunction --event events/x.json
 python -m kestrel_local run --template template.yaml [--function F ...]
@@ -18,6 +18,8 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -35,7 +37,8 @@ from kestrel_local.api_server import (
 from kestrel_local.aws import AwsClients
 from kestrel_local.events import load_event
 from kestrel_local.invoker import FunctionPool, function_environment
-from kestrel_local.provision import LocalApp, bind
+from kestrel_local.provision import QUEUE, LocalApp, bind
+from kestrel_local.queue_stats import QueueStats, queue_stats
 from kestrel_local.runtime import LocalRuntime
 from kestrel_local.services import (
     HEALTH_TIMEOUT_S,
@@ -137,23 +140,83 @@ def _cmd_serve(args: argparse.Namespace, settings: LocalSettings) -> int:
     return 0
 
 
-def format_status(rows: list[ServiceStatus]) -> str:
-    """Render `status` rows as a small aligned table."""
-    table = [("SERVICE", "MODE", "PID", "ADDRESS", "HEALTHY")] + [
-        (
-            r.name,
-            "embedded" if r.embedded else "external",
-            str(r.pid or "-"),
-            r.address,
-            "yes" if r.healthy else "no",
-        )
-        for r in rows
-    ]
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """One queue row of `status`: a template queue and its stats (None: not provisioned)."""
+
+    logical_id: str
+    name: str
+    stats: QueueStats | None
+
+
+def _table(table: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(cells[i]) for cells in table) for i in range(len(table[0]))]
-    return "\n".join(
+    return [
         "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
         for cells in table
+    ]
+
+
+def _age(stats: QueueStats | None) -> str:
+    if stats is None:
+        return "-  (not provisioned)"
+    return "-" if stats.oldest_age_s is None else f"{stats.oldest_age_s:.0f} s"
+
+
+def format_status(rows: list[ServiceStatus], queues: Sequence[QueueStatus] = ()) -> str:
+    """Render `status` rows as a small aligned table, then the queues' depth and oldest age."""
+    lines = _table(
+        [("SERVICE", "MODE", "PID", "ADDRESS", "HEALTHY")]
+        + [
+            (
+                r.name,
+                "embedded" if r.embedded else "external",
+                str(r.pid or "-"),
+                r.address,
+                "yes" if r.healthy else "no",
+            )
+            for r in rows
+        ]
     )
+    if queues:
+        lines += _table(
+            [("QUEUE", "NAME", "MESSAGES", "OLDEST")]
+            + [
+                (
+                    q.logical_id,
+                    q.name,
+                    "-" if q.stats is None else str(q.stats.depth),
+                    _age(q.stats),
+                )
+                for q in queues
+            ]
+        )
+    return "\n".join(lines)
+
+
+def queue_statuses(
+    template: str, stack_name: str, region: str, settings: LocalSettings
+) -> list[QueueStatus]:
+    """Depth and oldest-message age of every SQS queue of `template` on the local endpoint.
+
+    On AWS, SQS publishes these as CloudWatch metrics (the template's dead-letter alarms);
+    locally they are measured with `queue_stats` (a peek that deletes nothing).
+    """
+    clients = AwsClients(settings.endpoint, region=region)
+    app, _ = bind(template, clients, stack_name, create=False)
+    sqs = clients.client("sqs")
+    rows = []
+    for logical_id, physical in sorted(app.stack.physical.items()):
+        if app.stack.resources[logical_id]["Type"] != QUEUE:
+            continue
+        name = physical.attributes["QueueName"]
+        try:
+            url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        except ClientError:
+            rows.append(QueueStatus(logical_id, name, None))
+            continue
+        rows.append(QueueStatus(logical_id, name, queue_stats(sqs, url)))
+    return rows
 
 
 def _cmd_up(args: argparse.Namespace, settings: LocalSettings) -> int:
@@ -167,7 +230,21 @@ def _cmd_down(args: argparse.Namespace, settings: LocalSettings) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, settings: LocalSettings) -> int:
-    print(format_status(status(settings)))
+    rows = status(settings)
+    queues: list[QueueStatus] = []
+    emulator_up = any(r.name == "emulator" and r.healthy for r in rows)
+    note = None
+    if emulator_up and not Path(args.template).is_file():
+        note = f"queues: no template {args.template} here (--template names one)"
+    elif emulator_up:
+        stack_name = args.stack_name or settings.stack_name
+        try:
+            queues = queue_statuses(args.template, stack_name, args.region, settings)
+        except (TemplateError, BotoCoreError, ClientError) as exc:
+            note = f"queues of {args.template}: unavailable ({exc})"
+    print(format_status(rows, queues))
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 
@@ -175,7 +252,11 @@ def _cmd_status(args: argparse.Namespace, settings: LocalSettings) -> int:
 SERVICE_COMMANDS = {
     "up": ("start the embedded AWS emulator and redis-server in the background", _cmd_up),
     "down": ("stop what `up` started", _cmd_down),
-    "status": ("show each service: embedded or external, pid, address, healthy", _cmd_status),
+    "status": (
+        "show each service (embedded or external, pid, address, healthy) and the depth and "
+        "oldest-message age of the template's queues",
+        _cmd_status,
+    ),
 }
 
 
@@ -192,6 +273,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
         if name != "status":
             cmd.add_argument("--timeout", type=float, default=None, help="seconds to wait")
+        else:
+            cmd.add_argument("--template", "-t", default="template.yaml")
+            cmd.add_argument("--stack-name", default=None, help="default: KESTREL_STACK_NAME")
+            cmd.add_argument("--region", default="us-east-1")
     commands = {
         "provision": ("create the template's streams, queues and buckets", _cmd_provision),
         "invoke": ("run one function once on one event, like sam local invoke", _cmd_invoke),

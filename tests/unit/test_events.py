@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 
 from kestrel.events import (
+    DEFAULT_MAX_FUTURE_S,
+    MAX_AMOUNT,
     Label,
     PoisonReason,
     PoisonRecord,
     Transaction,
+    check_not_ahead_of_arrival,
     decode_base64,
     parse_label,
     parse_transaction,
@@ -153,11 +156,63 @@ def test_parse_transaction_rejects_overflowing_amount() -> None:
     assert "finite" in poison.detail
 
 
-@pytest.mark.parametrize("amount", [b"1e307", b"1000000000.01"])
-def test_parse_transaction_rejects_an_amount_whose_cents_would_not_be_exact(amount: bytes) -> None:
+@pytest.mark.parametrize("amount", [b"1e307", b"1000000000.01", b"1000000.01", b"2500000"])
+def test_parse_transaction_rejects_an_absurd_amount(amount: bytes) -> None:
     poison = _poison(_raw(TXN).replace(b"12.5", amount))
     assert poison.reason is PoisonReason.INVALID_FIELD
-    assert poison.detail.startswith("amount: must be at most 1000000000")
+    assert poison.detail.startswith("amount: must be at most 1000000 (got ")
+
+
+@pytest.mark.parametrize("amount", [0, 0.01, 9_999.99, 999_999.99, 1_000_000])
+def test_parse_transaction_accepts_amounts_up_to_the_business_limit(amount: float) -> None:
+    assert parse_transaction(_raw({**TXN, "amount": amount})).amount == amount
+
+
+def test_max_amount_is_a_sane_business_limit_with_exact_cents() -> None:
+    # The simulator's largest amounts are a few thousand; cents stay exact far beyond the limit.
+    assert 10_000 < MAX_AMOUNT <= 10_000_000
+    assert round(MAX_AMOUNT * 100) == MAX_AMOUNT * 100 < 2**53
+
+
+T0 = 1_795_857_302_123  # 2026-11-28T09:15:02.123Z
+DAY_MS = 86_400_000
+
+
+def _tx_at(event_time_ms: int) -> Transaction:
+    return Transaction("T-1", "C-1", "TERM-1", 12.5, event_time_ms)
+
+
+@pytest.mark.parametrize(
+    "event_time_ms",
+    [T0 - 365 * DAY_MS, T0, T0 + 5_000, T0 + DAY_MS],  # the past, now, skew, the limit itself
+)
+def test_check_not_ahead_of_arrival_accepts_times_up_to_the_limit(event_time_ms: int) -> None:
+    check_not_ahead_of_arrival(_tx_at(event_time_ms), T0, DEFAULT_MAX_FUTURE_S)
+
+
+def test_check_not_ahead_of_arrival_names_the_field_how_far_and_the_limit() -> None:
+    with pytest.raises(PoisonRecord) as caught:
+        check_not_ahead_of_arrival(_tx_at(T0 + 2 * DAY_MS), T0, DEFAULT_MAX_FUTURE_S)
+    assert caught.value.reason is PoisonReason.INVALID_FIELD
+    assert caught.value.detail == (
+        "event_time: 2 days after the record reached the stream "
+        "(limit 1 day; got 2026-11-30T09:15:02.123Z)"
+    )
+
+
+def test_check_not_ahead_of_arrival_checks_a_labels_label_time() -> None:
+    label = Label("T-1", "C-1", "TERM-1", True, T0 + 90 * 60_000)
+    check_not_ahead_of_arrival(label, T0, 3 * 3600)
+    with pytest.raises(PoisonRecord, match=r"label_time: 1\.5 hours after .*\(limit 1 hour;"):
+        check_not_ahead_of_arrival(label, T0, 3600)
+
+
+def test_check_not_ahead_of_arrival_limit_is_strict_to_the_millisecond() -> None:
+    check_not_ahead_of_arrival(_tx_at(T0 + 60_000), T0, 60)
+    with pytest.raises(PoisonRecord, match=r"^invalid_field: event_time: 1 minute after"):
+        check_not_ahead_of_arrival(_tx_at(T0 + 60_001), T0, 60)
+    with pytest.raises(PoisonRecord, match=r"event_time: 0\.5 seconds after .*limit 0 seconds"):
+        check_not_ahead_of_arrival(_tx_at(T0 + 500), T0, 0)
 
 
 @pytest.mark.parametrize(

@@ -102,14 +102,16 @@ class MemorySink:
         self.letters.append(letter)
 
 
-def _record(sequence_number: str, data: bytes, shard: str = SHARD) -> dict[str, Any]:
+def _record(
+    sequence_number: str, data: bytes, shard: str = SHARD, arrival_s: float = T0 / 1000 + 0.05
+) -> dict[str, Any]:
     return {
         "kinesis": {
             "partitionKey": "C-1",
             "kinesisSchemaVersion": "1.0",
             "data": base64.b64encode(data).decode(),
             "sequenceNumber": sequence_number,
-            "approximateArrivalTimestamp": T0 / 1000 + 0.05,
+            "approximateArrivalTimestamp": arrival_s,
         },
         "eventSource": "aws:kinesis",
         "eventID": f"{shard}:{sequence_number}",
@@ -267,3 +269,97 @@ def test_transaction_path_fails_the_batch_when_a_decision_cannot_be_stored() -> 
     with pytest.raises(ConnectionError, match="decisions stream unreachable"):
         path.run(_one_json_transaction())
     assert log.writes == []  # retried whole: the event log is written after the decisions
+
+
+DAY_MS = 86_400_000
+
+
+def _json_transaction(transaction_id: str, event_time_ms: int) -> bytes:
+    doc = {"transaction_id": transaction_id, "customer_id": "C-1", "terminal_id": "TERM-1",
+           "amount": 12.5, "event_time": event_time_ms}  # fmt: skip
+    return json.dumps(doc).encode()
+
+
+def test_transaction_path_poisons_an_event_time_far_after_arrival_and_goes_on() -> None:
+    records = [
+        _record("101", _json_transaction("T-1", T0)),
+        _record("102", _json_transaction("T-2", T0 + 2 * DAY_MS)),  # 2 days after arrival
+        _record("103", _json_transaction("T-3", T0 + 1)),
+    ]
+    store, log, sink, decisions = (
+        RecordingStore(),
+        MemoryEventLog(),
+        MemorySink(),
+        MemoryDecisions(),
+    )
+    path = TransactionPath(
+        parse_transaction, store, sink, log, shipped_scorer(), [decisions],
+        clock=lambda: T0 / 1000 + 1,
+    )  # fmt: skip
+    outcome = path.run(records)
+    ((letter),) = sink.letters
+    assert (letter.reason, letter.sequence_number) == ("invalid_field", "102")
+    assert letter.detail.startswith(
+        "event_time: 2 days after the record reached the stream (limit 1 day; got "
+    )
+    assert letter.payload_b64 == records[1]["kinesis"]["data"]
+    assert letter.first_seen == "2026-11-28T09:15:02.173Z"
+    assert [tx.transaction_id for tx in store.transaction_calls[0]] == ["T-1", "T-3"]
+    assert (outcome.applied, outcome.poisoned, outcome.failures) == (2, 1, {})
+    assert [d.transaction_id for d in decisions.published] == ["T-1", "T-3"]
+
+
+def test_transaction_path_accepts_a_replayed_old_record_whatever_the_wall_clock() -> None:
+    # Arrived a year before the wall clock, dated an hour after it arrived: valid, as it was.
+    arrival_s = (T0 - 365 * DAY_MS) / 1000
+    records = [
+        _record("101", _json_transaction("T-1", T0 - 365 * DAY_MS + 3_600_000), arrival_s=arrival_s)
+    ]
+    store, log, sink, decisions = (
+        RecordingStore(),
+        MemoryEventLog(),
+        MemorySink(),
+        MemoryDecisions(),
+    )
+    path = TransactionPath(
+        parse_transaction, store, sink, log, shipped_scorer(), [decisions],
+        clock=lambda: T0 / 1000,
+    )  # fmt: skip
+    outcome = path.run(records)
+    assert sink.letters == []
+    assert (outcome.applied, outcome.poisoned) == (1, 0)
+
+
+def test_transaction_path_takes_its_future_limit_from_the_constructor() -> None:
+    records = [_record("101", _json_transaction("T-1", T0 + 3_600_000))]  # 1 h after arrival
+    lenient, strict = MemorySink(), MemorySink()
+    for sink, limit in ((lenient, 2 * 3600.0), (strict, 600.0)):
+        path = TransactionPath(
+            parse_transaction, RecordingStore(), sink, MemoryEventLog(), shipped_scorer(),
+            [MemoryDecisions()], max_future_s=limit,
+        )  # fmt: skip
+        path.run(records)
+    assert lenient.letters == []
+    assert [x.detail.split(" (")[0] for x in strict.letters] == [
+        "event_time: 1 hour after the record reached the stream"
+    ]
+
+
+def test_label_path_poisons_a_label_time_far_after_arrival_and_goes_on() -> None:
+    def label(transaction_id: str, label_time_ms: int) -> bytes:
+        return json.dumps({"transaction_id": transaction_id, "customer_id": "C-1",
+                           "terminal_id": "TERM-1", "is_fraud": True,
+                           "label_time": label_time_ms}).encode()  # fmt: skip
+
+    records = [
+        _record("201", label("T-1", T0 + 30 * DAY_MS)),
+        _record("202", label("T-2", T0)),
+    ]
+    store, log, sink = RecordingStore(), MemoryEventLog(), MemorySink()
+    outcome = LabelPath(parse_label, store, sink, log).run(records)
+    assert [(x.reason, x.sequence_number) for x in sink.letters] == [("invalid_field", "201")]
+    assert sink.letters[0].detail.startswith("label_time: 30 days after the record reached")
+    assert [lb.transaction_id for lb in store.label_calls[0]] == ["T-2"]
+    assert (outcome.applied, outcome.poisoned) == (1, 1)
+    ((_, _, events, _),) = log.writes
+    assert [e["transaction_id"] for e in events] == ["T-2"]

@@ -152,6 +152,7 @@ def transaction_path() -> TransactionPath:
         event_log(),
         scorer(),
         (decision_store(), decision_stream()),
+        max_future_s=settings().max_future_s,
     )
 
 
@@ -159,7 +160,11 @@ def transaction_path() -> TransactionPath:
 def label_path() -> LabelPath:
     """The label stream path with every adapter wired."""
     return LabelPath(
-        label_decoder(schema_registry()), feature_store(), dead_letter_sink(), event_log()
+        label_decoder(schema_registry()),
+        feature_store(),
+        dead_letter_sink(),
+        event_log(),
+        max_future_s=settings().max_future_s,
     )
 
 

@@ -25,7 +25,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _MIN_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 _MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
-MAX_AMOUNT = 1_000_000_000.0  # so amounts in cents stay exact integers everywhere
+# The largest amount one card payment may have, in the transaction's currency: above it the
+# amount is absurd for the business (a unit or parsing error upstream), so the record is poison.
+# The simulator's amounts stay under a few thousand; cents stay exact integers far beyond this.
+# The scoring API's OpenAPI spec uses the same constant.
+MAX_AMOUNT = 1_000_000.0
+# How far after the record reached the stream its own time may be (MAX_FUTURE_S overrides it).
+DEFAULT_MAX_FUTURE_S = 86_400.0
 
 
 class PoisonReason(StrEnum):
@@ -122,6 +128,44 @@ def valid_identifier(value: object) -> bool:
 def epoch_ms(moment: datetime) -> int:
     """Whole milliseconds since the Unix epoch of an aware `datetime` (exact, floored)."""
     return (moment - _EPOCH) // _ONE_MS
+
+
+def check_not_ahead_of_arrival(
+    event: Transaction | Label, arrival_ms: float, max_future_s: float = DEFAULT_MAX_FUTURE_S
+) -> None:
+    """Poison `event` (`invalid_field`) if dated over `max_future_s` after its stream arrival.
+
+    `arrival_ms` is when the record reached the stream (Kinesis `approximateArrivalTimestamp`),
+    not the wall clock, so replaying old records never makes them poison.
+    """
+    if isinstance(event, Transaction):
+        name, millis = "event_time", event.event_time_ms
+    else:
+        name, millis = "label_time", event.label_time_ms
+    ahead_s = (millis - arrival_ms) / 1000.0
+    if ahead_s > max_future_s:
+        raise PoisonRecord(
+            PoisonReason.INVALID_FIELD,
+            f"{name}: {_duration(ahead_s)} after the record reached the stream "
+            f"(limit {_duration(max_future_s)}; got {_iso_ms(millis)})",
+        )
+
+
+def _duration(seconds: float) -> str:
+    """A short human duration in the largest unit it rounds to: "1 day", "2.5 hours"."""
+    shown, unit = "0", "second"
+    for name, size in (("day", 86_400.0), ("hour", 3_600.0), ("minute", 60.0), ("second", 1.0)):
+        value = seconds / size
+        shown = f"{value:.0f}" if value >= 10 else f"{value:.1f}".removesuffix(".0")
+        unit = name
+        if float(shown) >= 1:
+            break
+    return f"{shown} {unit}" if shown == "1" else f"{shown} {unit}s"
+
+
+def _iso_ms(millis: int) -> str:
+    moment = _EPOCH + timedelta(milliseconds=millis)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _reject_constant(name: str) -> NoReturn:

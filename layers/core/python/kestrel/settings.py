@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlparse
 
+from kestrel.events import DEFAULT_MAX_FUTURE_S
+
 T = TypeVar("T")
 
 
@@ -48,8 +50,8 @@ def _positive_int(raw: str) -> int:
 
 def _non_negative_float(raw: str) -> float:
     value = float(raw)
-    if value < 0:
-        raise ValueError("must not be negative")
+    if not value >= 0:  # also refuses NaN
+        raise ValueError("must be a number of at least 0")
     return value
 
 
@@ -122,6 +124,7 @@ class Settings:
     rule_night_review_amount: float = 100.0
     rule_decline_amount: float = 220.0
     decision_ttl_s: int = 30 * 24 * 3600
+    max_future_s: float = DEFAULT_MAX_FUTURE_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -159,6 +162,9 @@ class Settings:
             ),
             rule_decline_amount=_parse(env, "RULE_DECLINE_AMOUNT", "220", _non_negative_float),
             decision_ttl_s=_parse(env, "DECISION_TTL_S", "2592000", _positive_int),
+            max_future_s=_parse(
+                env, "MAX_FUTURE_S", f"{DEFAULT_MAX_FUTURE_S:g}", _non_negative_float
+            ),
         )
 
 

@@ -1,7 +1,8 @@
 """The stream paths: a Kinesis batch in, features applied once, events logged, poison parked.
 
 `TransactionPath.run` decodes every record (poison goes to the dead-letter sink with its
-reason), applies the valid ones to the feature store in one batch, scores them in one
+reason; a record dated more than `max_future_s` after it reached the stream is poison too),
+applies the valid ones to the feature store in one batch, scores them in one
 batch and publishes a decision for each (Redis, the decisions stream), logs them with
 their features and decisions to the event log, and returns which records must be retried.
 `LabelPath` does the same for fraud labels. Both only talk to ports; the handlers wire the
@@ -19,7 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kestrel.decisions import decide_with_model
-from kestrel.events import Label, PoisonRecord, Transaction, decode_base64
+from kestrel.events import (
+    DEFAULT_MAX_FUTURE_S,
+    Label,
+    PoisonRecord,
+    Transaction,
+    check_not_ahead_of_arrival,
+    decode_base64,
+)
 from kestrel.features import FEATURE_SET_HASH, cold_start, feature_vector
 from kestrel.ports import DeadLetter, DeadLetterSink, DecisionSink, EventLog, FeatureStore
 from kestrel.scoring import Scorer
@@ -61,13 +69,21 @@ def _decode_all(
     decode: Callable[[bytes], Any],
     dead_letters: DeadLetterSink,
     outcome: BatchOutcome,
+    max_future_s: float,
 ) -> list[tuple[Mapping[str, Any], Any]]:
-    """Decode each record; park poison in the sink (a sink failure means retry the record)."""
+    """Decode and check each record; park poison in the sink (a sink failure: retry the record).
+
+    An event dated more than `max_future_s` after its record reached the stream (its
+    `approximateArrivalTimestamp`, not the wall clock, so replays stay valid) is poison.
+    """
     decoded = []
     for record in records:
         kinesis = record["kinesis"]
         try:
-            decoded.append((record, decode(decode_base64(kinesis["data"]))))
+            event = decode(decode_base64(kinesis["data"]))
+            arrival_ms = float(kinesis["approximateArrivalTimestamp"]) * 1000.0
+            check_not_ahead_of_arrival(event, arrival_ms, max_future_s)
+            decoded.append((record, event))
         except PoisonRecord as poison:
             try:
                 dead_letters.send(DeadLetter.from_kinesis_record(record, poison))
@@ -89,17 +105,21 @@ class TransactionPath:
         scorer: Scorer,
         decisions: Sequence[DecisionSink],
         clock: Callable[[], float] = time.time,
+        max_future_s: float = DEFAULT_MAX_FUTURE_S,
     ) -> None:
         self._decode, self._store, self._dead_letters = decode, store, dead_letters
         self._event_log, self._clock = event_log, clock
         self._scorer, self._decisions = scorer, tuple(decisions)
+        self._max_future_s = max_future_s
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """Process one Kinesis batch (the event's Records list)."""
         outcome = BatchOutcome()
         if not records:
             return outcome
-        decoded = _decode_all(records, self._decode, self._dead_letters, outcome)
+        decoded = _decode_all(
+            records, self._decode, self._dead_letters, outcome, self._max_future_s
+        )
         results = self._store.apply_transactions([tx for _, tx in decoded])
         now_ms = self._clock() * 1000
         scored, vectors, cold = [], [], []
@@ -162,16 +182,19 @@ class LabelPath:
         store: FeatureStore,
         dead_letters: DeadLetterSink,
         event_log: EventLog,
+        max_future_s: float = DEFAULT_MAX_FUTURE_S,
     ) -> None:
         self._decode, self._store, self._dead_letters = decode, store, dead_letters
-        self._event_log = event_log
+        self._event_log, self._max_future_s = event_log, max_future_s
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """Process one Kinesis batch of labels (labels that are not fraud change no feature)."""
         outcome = BatchOutcome()
         if not records:
             return outcome
-        decoded = _decode_all(records, self._decode, self._dead_letters, outcome)
+        decoded = _decode_all(
+            records, self._decode, self._dead_letters, outcome, self._max_future_s
+        )
         frauds = [(record, label) for record, label in decoded if label.is_fraud]
         results = self._store.apply_labels([label for _, label in frauds])
         failed = set()
