@@ -1,0 +1,276 @@
+"""Command line of the operations tools for a running Kestrel stack.
+
+python -m kestrel_ops redrive --stack-name kestrel --dry-run
+python -m kestrel_ops redrive --queue poison --park-queue-url URL --since 2026-11-29T00:00:00Z
+python -m kestrel_ops redrive --queue-url URL --max 100 --rate 500
+
+Exit codes: 0 when everything that could be redriven was, 1 when an error or an expired
+range left messages in a queue, 2 on a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from kestrel.adapters.glue_registry import GlueSchemaRegistry
+from kestrel.settings import LocalSettings, SettingsError
+from kestrel_local.aws import AwsClients
+from kestrel_local.provision import bind
+from kestrel_local.template import TemplateError
+from kestrel_ops.redrive import (
+    QueueKind,
+    RedriveReport,
+    dead_letter_sources,
+    move_dead_letters,
+    redrive,
+)
+
+QUEUES: dict[str, str] = {"on-failure": "OnFailureQueue", "poison": "PoisonDLQ"}
+LABEL_STREAM = "LabelsStream"
+
+
+class ConfigError(Exception):
+    """A usage or configuration problem; the message names the option."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive finite number")
+    return value
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO-8601 time; without an offset it is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO-8601 time (e.g. 2026-11-29T09:00:00Z)"
+        ) from None
+    return moment if moment.utcoffset() is not None else moment.replace(tzinfo=UTC)
+
+
+def _url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) queue URL")
+    return text
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m kestrel_ops``."""
+    top = argparse.ArgumentParser(
+        prog="python -m kestrel_ops",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = top.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser(
+        "redrive", help="put dead-lettered records back on their stream (dry-run first)"
+    )
+    cmd.add_argument("--stack-name", default=None, help="default: KESTREL_STACK_NAME")
+    cmd.add_argument("--template", "-t", default="template.yaml")
+    cmd.add_argument("--region", default="us-east-1")
+    cmd.add_argument(
+        "--queue",
+        choices=sorted(QUEUES),
+        default=None,
+        help="which queue (default: both, on-failure first); with --queue-url, its kind",
+    )
+    cmd.add_argument("--queue-url", type=_url, default=None, help="read this queue instead")
+    cmd.add_argument(
+        "--park-queue-url",
+        type=_url,
+        default=None,
+        help="move poison messages that still fail validation here (default: they stay)",
+    )
+    cmd.add_argument("--dry-run", action="store_true", help="report only: change nothing")
+    cmd.add_argument("--max", type=_positive_int, default=None, help="read at most N messages")
+    cmd.add_argument(
+        "--rate", type=_positive_float, default=None, help="put at most R records per second"
+    )
+    cmd.add_argument(
+        "--since",
+        type=parse_since,
+        default=None,
+        help="only messages failed or first seen at or after this ISO-8601 time (UTC default)",
+    )
+    cmd.add_argument(
+        "--registry-name", default=None, help="schema registry (default: the stack name)"
+    )
+    cmd.add_argument(
+        "--visibility-timeout",
+        type=_positive_int,
+        default=300,
+        help="seconds a received message stays hidden if the run dies (default 300; "
+        "messages left are released at the end of a run)",
+    )
+    return top
+
+
+@dataclass
+class ProgressLine:
+    """A carriage-return progress line on stderr (tqdm is not a dependency)."""
+
+    total: int
+    out: TextIO = field(default_factory=lambda: sys.stderr)
+    shown_problems: int = 0
+    width: int = 24
+
+    def __call__(self, report: RedriveReport) -> None:
+        """Redraw the line; print new problems above it."""
+        for problem in report.problems[self.shown_problems :]:
+            self.out.write(f"\r\033[K{problem}\n")
+        self.shown_problems = len(report.problems)
+        done = report.messages_read
+        total = max(self.total, done)
+        filled = self.width * done // total if total else self.width
+        bar = "#" * filled + "." * (self.width - filled)
+        self.out.write(f"\r\033[K[{bar}] {done}/{total} messages | {report.progress_line()}")
+        self.out.flush()
+
+    def finish(self) -> None:
+        """End the line."""
+        self.out.write("\n")
+        self.out.flush()
+
+
+def _depth(sqs: Any, url: str, option: str) -> int:
+    try:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]
+    except ClientError as exc:
+        raise ConfigError(f"{option}: cannot read queue {url} ({exc})") from None
+    return int(attributes.get("ApproximateNumberOfMessages", 0))
+
+
+def _targets(
+    args: argparse.Namespace, clients: AwsClients
+) -> tuple[list[tuple[QueueKind | None, str, str]], list[str] | None]:
+    """(kind, url, option naming it) per queue to read, and the label streams (None: guess)."""
+    if args.queue_url:
+        kind: QueueKind | None = args.queue
+        return [(kind, args.queue_url, "--queue-url")], None
+    try:
+        app, _ = bind(args.template, clients, args.stack_name)
+    except (TemplateError, OSError) as exc:
+        raise ConfigError(f"--template {args.template}: {exc}") from None
+    physical = app.stack.physical
+    missing = [QUEUES[k] for k in QUEUES if QUEUES[k] not in physical]
+    if missing:
+        raise ConfigError(f"--template {args.template}: no {', '.join(missing)} resource")
+    kinds: list[QueueKind] = [args.queue] if args.queue else ["on-failure", "poison"]
+    option = f"--stack-name {args.stack_name}"
+    targets: list[tuple[QueueKind | None, str, str]] = [
+        (k, str(physical[QUEUES[k]].ref), option) for k in kinds
+    ]
+    labels = physical.get(LABEL_STREAM)
+    label_streams = [labels.ref, str(labels.attributes.get("Arn", ""))] if labels else []
+    return targets, label_streams
+
+
+def run_redrive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run the redrive command; returns the exit code (config errors raise `ConfigError`)."""
+    settings = LocalSettings.from_env()
+    args.stack_name = args.stack_name or settings.stack_name
+    clients = AwsClients(settings.endpoint, region=args.region)
+    sqs, kinesis = clients.client("sqs"), clients.client("kinesis")
+    targets, label_streams = _targets(args, clients)
+    if args.park_queue_url:
+        _depth(sqs, args.park_queue_url, "--park-queue-url")
+    registry = GlueSchemaRegistry(clients.client("glue"), args.registry_name or args.stack_name)
+    total = RedriveReport(dry_run=args.dry_run)
+    remaining = args.max
+    for kind, url, option in targets:
+        if remaining is not None and remaining <= 0:
+            break
+        depth = _depth(sqs, url, option)
+        progress = ProgressLine(depth if remaining is None else min(depth, remaining), err)
+        sources = dead_letter_sources(sqs, url)
+        if sources:
+            report = move_dead_letters(
+                sqs,
+                url,
+                sources,
+                dry_run=args.dry_run,
+                max_messages=remaining,
+                rate=args.rate,
+                progress=progress,
+            )
+        else:
+            report = redrive(
+                sqs,
+                kinesis,
+                registry,
+                url,
+                kind,
+                dry_run=args.dry_run,
+                max_messages=remaining,
+                rate=args.rate,
+                since=args.since,
+                park_queue_url=args.park_queue_url,
+                progress=progress,
+                label_streams=label_streams,
+                visibility_timeout_s=args.visibility_timeout,
+            )
+        progress(report)
+        progress.finish()
+        total.merge(report)
+        if remaining is not None:
+            remaining -= report.messages_read
+    out.write(total.table() + "\n")
+    if total.problems:
+        err.write(f"{len(total.problems)} message(s) left because of an error or expiry:\n")
+        err.writelines(f"  {problem}\n" for problem in total.problems)
+    return total.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.ERROR,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return run_redrive(args, sys.stdout, sys.stderr)
+    except (ConfigError, SettingsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (BotoCoreError, ClientError) as exc:
+        print(
+            f"error: the AWS endpoint failed: {exc}\nhint: is the stack up? (make up)",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: messages left so far are visible again", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

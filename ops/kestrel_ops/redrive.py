@@ -1,0 +1,532 @@
+"""Redrive dead-lettered Kinesis records back onto their stream.
+
+Two queues feed it. The on-failure queue holds AWS's on-failure messages (no payload, only
+``KinesisBatchInfo``: stream, shard and sequence range), so the records are re-read from the
+shard with ``AT_SEQUENCE_NUMBER`` and put back. The poison queue holds Kestrel's dead letters
+(`kestrel.adapters.sqs_dead_letters`: full payload, reason, coordinates); each is validated
+again with the current schema registry, and put back when it now passes. Records keep their
+partition keys and their order per key. A message is deleted only after all of its records
+were accepted by PutRecords; re-put records that were already applied are harmless, because
+features are idempotent per event id. Messages that stay are made visible again at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from kestrel.codec import label_decoder, transaction_decoder
+from kestrel.events import PoisonRecord, check_not_ahead_of_arrival, decode_base64
+from kestrel.ports import SchemaLookup
+from kestrel_ops.redrive_kinesis import (
+    KinesisApi,
+    MessageError,
+    OnFailureBatch,
+    Pacer,
+    PoisonLetter,
+    PutEntry,
+    RangeExpired,
+    RedriveFailure,
+    parse_message,
+    put_in_order,
+    read_range,
+    stream_name,
+)
+from kestrel_ops.redrive_report import (
+    ERROR,
+    EXPIRED,
+    PARKED,
+    REDRIVEN,
+    SKIPPED,
+    STILL_POISON,
+    RedriveReport,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_kinesis import KinesisClient
+    from mypy_boto3_sqs import SQSClient
+
+__all__ = [
+    "KinesisApi",
+    "OnFailureBatch",
+    "Pacer",
+    "PoisonLetter",
+    "PutEntry",
+    "QueueKind",
+    "RangeExpired",
+    "RedriveReport",
+    "SqsApi",
+    "dead_letter_sources",
+    "move_dead_letters",
+    "parse_message",
+    "put_in_order",
+    "read_range",
+    "redrive",
+]
+
+log = logging.getLogger("kestrel_ops.redrive")
+
+QueueKind = Literal["on-failure", "poison"]
+UNSUPPORTED_CODES = frozenset(
+    {
+        "InvalidAction",
+        "UnsupportedOperation",
+        "AWS.SimpleQueueService.UnsupportedOperation",
+        "NotImplemented",
+        "UnknownOperationException",
+    }
+)
+Progress = Callable[[RedriveReport], None]
+DRY_RUN_VISIBILITY_S = 60
+
+
+class SqsApi(Protocol):
+    """The boto3 ``sqs`` client operations the redrive tool calls (keyword arguments only)."""
+
+    def receive_message(self, **kwargs: Any) -> Mapping[str, Any]:
+        """ReceiveMessage."""
+        ...
+
+    def delete_message(self, **kwargs: Any) -> Mapping[str, Any]:
+        """DeleteMessage."""
+        ...
+
+    def send_message(self, **kwargs: Any) -> Mapping[str, Any]:
+        """SendMessage."""
+        ...
+
+    def change_message_visibility(self, **kwargs: Any) -> Mapping[str, Any]:
+        """ChangeMessageVisibility."""
+        ...
+
+    def get_queue_attributes(self, **kwargs: Any) -> Mapping[str, Any]:
+        """GetQueueAttributes."""
+        ...
+
+    def list_dead_letter_source_queues(self, **kwargs: Any) -> Mapping[str, Any]:
+        """ListDeadLetterSourceQueues."""
+        ...
+
+    def start_message_move_task(self, **kwargs: Any) -> Mapping[str, Any]:
+        """StartMessageMoveTask."""
+        ...
+
+
+def _extend_visibility(sqs: SqsApi, queue_url: str, handle: str, seconds: int) -> None:
+    """Keep a message hidden for `seconds` more (it waited in a received batch)."""
+    sqs.change_message_visibility(
+        QueueUrl=queue_url, ReceiptHandle=handle, VisibilityTimeout=seconds
+    )
+
+
+def _hide_longer(sqs: SqsApi, queue_url: str, handle: str, seconds: int) -> None:
+    """Hide a message handled already for ten timeouts, so that the run can get past it."""
+    try:
+        _extend_visibility(sqs, queue_url, handle, min(43_200, seconds * 10))
+    except (ClientError, BotoCoreError) as exc:
+        log.warning("cannot hide a message handled already: %s", exc)
+
+
+def _each_message(
+    sqs: SqsApi,
+    queue_url: str,
+    handle: Callable[[Mapping[str, Any]], bool],
+    max_messages: int | None,
+    visibility_timeout_s: int,
+    wait_time_s: int,
+    clock: Callable[[], float],
+) -> None:
+    """Receive every message once and call `handle` (True: it stays, made visible at the end)."""
+    seen: set[str] = set()
+    release: dict[str, str] = {}
+    read = stale = 0
+    try:
+        while max_messages is None or read < max_messages:
+            wanted = 10 if max_messages is None else min(10, max_messages - read)
+            answer = sqs.receive_message(
+                QueueUrl=queue_url,
+                MaxNumberOfMessages=wanted,
+                VisibilityTimeout=visibility_timeout_s,
+                WaitTimeSeconds=wait_time_s,
+                MessageAttributeNames=["All"],
+            )
+            received_at = clock()
+            messages = answer.get("Messages", [])
+            fresh = [m for m in messages if m["MessageId"] not in seen]
+            for message in messages:
+                if message["MessageId"] in seen:  # back during a long run: hide it for longer
+                    release[message["MessageId"]] = message["ReceiptHandle"]
+                    _hide_longer(sqs, queue_url, message["ReceiptHandle"], visibility_timeout_s)
+            if not messages:
+                break
+            # Only messages seen already (they came back during a long run; this receive
+            # hid them again): go on while the unseen ones may lie behind them.
+            stale = 0 if fresh else stale + 1
+            if stale > len(seen) // 10 + 1:
+                break
+            for message in fresh:
+                seen.add(message["MessageId"])
+                if max_messages is not None and read >= max_messages:
+                    release[message["MessageId"]] = message["ReceiptHandle"]
+                    continue
+                read += 1
+                if clock() - received_at > visibility_timeout_s / 2:
+                    _extend_visibility(
+                        sqs, queue_url, message["ReceiptHandle"], visibility_timeout_s
+                    )
+                if handle(message):
+                    release[message["MessageId"]] = message["ReceiptHandle"]
+    finally:
+        for receipt in release.values():
+            try:  # visible again at once, for the next run
+                sqs.change_message_visibility(
+                    QueueUrl=queue_url, ReceiptHandle=receipt, VisibilityTimeout=0
+                )
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("cannot make a message visible again: %s", exc)
+
+
+class _Redriver:
+    """Handles one message at a time for `redrive`, counting into its report."""
+
+    def __init__(
+        self,
+        sqs: SqsApi,
+        kinesis: KinesisApi,
+        schema_lookup: SchemaLookup,
+        queue_url: str,
+        report: RedriveReport,
+        pacer: Pacer,
+        options: Mapping[str, Any],
+    ) -> None:
+        self.sqs, self.kinesis, self.queue_url, self.report = sqs, kinesis, queue_url, report
+        self.pacer = pacer
+        self.dry_run: bool = options["dry_run"]
+        self.since: datetime | None = options["since"]
+        self.park_queue_url: str | None = options["park_queue_url"]
+        self.label_streams: Collection[str] | None = options["label_streams"]
+        self.progress: Progress | None = options["progress"]
+        self.sleep: Callable[[float], None] = options["sleep"]
+        self.max_put_stalls: int = options["max_put_stalls"]
+        self.visibility_timeout_s: int = options["visibility_timeout_s"]
+        self.transactions = transaction_decoder(schema_lookup)
+        self.labels = label_decoder(schema_lookup)
+
+    def __call__(self, message: Mapping[str, Any]) -> bool:
+        """Handle one message; True when it stays in the queue."""
+        try:
+            stays = self._handle(message)
+        finally:
+            if self.progress is not None:
+                self.progress(self.report)
+        return stays
+
+    def _left(self, outcome: str, reason: str, problem: str, message: Mapping[str, Any]) -> bool:
+        self.report.count(outcome, reason)
+        self.report.problems.append(f"message {message['MessageId']}: {problem}")
+        log.warning("message %s: %s", message["MessageId"], problem)
+        return True
+
+    def _handle(self, message: Mapping[str, Any]) -> bool:
+        try:
+            parsed = parse_message(str(message["Body"]))
+        except MessageError as exc:
+            return self._left(ERROR, "unreadable", f"not redrivable: {exc}", message)
+        if isinstance(parsed, OnFailureBatch):
+            reason, when = parsed.condition or "on-failure", parsed.failed_at
+        else:
+            reason, when = parsed.reason, parsed.first_seen
+        if self.since is not None and when < self.since:
+            self.report.count(SKIPPED, reason)
+            return True
+        if isinstance(parsed, OnFailureBatch):
+            return self._on_failure(parsed, reason, message)
+        return self._poison(parsed, message)
+
+    def _on_failure(self, batch: OnFailureBatch, reason: str, message: Mapping[str, Any]) -> bool:
+        try:
+            entries = read_range(self.kinesis, batch, sleep=self.sleep)
+        except RangeExpired as exc:
+            return self._left(EXPIRED, reason, str(exc), message)
+        except (RedriveFailure, ClientError, BotoCoreError) as exc:
+            return self._left(ERROR, reason, f"cannot re-read the records: {exc}", message)
+        if self.pacer.rate is not None and not self.dry_run:  # hidden while it is paced out
+            seconds = self.visibility_timeout_s + int(len(entries) / self.pacer.rate) + 1
+            try:
+                self.sqs.change_message_visibility(
+                    QueueUrl=self.queue_url,
+                    ReceiptHandle=message["ReceiptHandle"],
+                    VisibilityTimeout=min(seconds, 43_200),
+                )
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("cannot keep message %s hidden: %s", message["MessageId"], exc)
+        return self._put_then_delete(stream_name(batch.stream_arn), entries, reason, message)
+
+    def _put_then_delete(
+        self, stream: str, entries: list[PutEntry], reason: str, message: Mapping[str, Any]
+    ) -> bool:
+        if self.dry_run:
+            self.report.records_reput += len(entries)
+            self.report.count(REDRIVEN, reason)
+            return True
+        outcome = put_in_order(
+            self.kinesis,
+            stream,
+            entries,
+            self.pacer,
+            max_stalls=self.max_put_stalls,
+            sleep=self.sleep,
+        )
+        self.report.records_reput += outcome.put
+        self.report.records_failed += len(outcome.failed)
+        if outcome.failed:
+            problem = (
+                f"{len(outcome.failed)} of {len(entries)} records could not be put on {stream} "
+                f"({outcome.reason}); the message stays (a rerun re-puts duplicates, harmless)"
+            )
+            return self._left(ERROR, reason, problem, message)
+        try:
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        except (ClientError, BotoCoreError) as exc:
+            problem = f"records re-put but the message cannot be deleted ({exc})"
+            return self._left(ERROR, reason, problem, message)
+        self.report.count(REDRIVEN, reason)
+        return False
+
+    def _decoder(self, stream_arn: str) -> Callable[[bytes], Any]:
+        name = stream_name(stream_arn)
+        if self.label_streams is None:
+            is_labels = name.endswith("labels")
+        else:
+            is_labels = stream_arn in self.label_streams or name in self.label_streams
+        return self.labels if is_labels else self.transactions
+
+    def _poison(self, letter: PoisonLetter, message: Mapping[str, Any]) -> bool:
+        try:
+            data = decode_base64(letter.payload_b64)
+            event = self._decoder(letter.stream_arn)(data)
+            # The stream's own rule: not dated far after the record reached the stream.
+            check_not_ahead_of_arrival(event, letter.first_seen.timestamp() * 1000.0)
+        except PoisonRecord as poison:
+            return self._still_poison(letter, poison, message)
+        except Exception as exc:  # noqa: BLE001 - e.g. the registry is unreachable: retry later
+            problem = f"cannot validate ({type(exc).__name__}: {exc})"
+            return self._left(ERROR, letter.reason, problem, message)
+        entry = PutEntry(data, letter.partition_key, letter.sequence_number)
+        return self._put_then_delete(
+            stream_name(letter.stream_arn), [entry], letter.reason, message
+        )
+
+    def _still_poison(
+        self, letter: PoisonLetter, poison: PoisonRecord, message: Mapping[str, Any]
+    ) -> bool:
+        if self.park_queue_url is None:
+            self.report.count(STILL_POISON, letter.reason)
+            return True
+        if self.dry_run:
+            self.report.count(PARKED, letter.reason)
+            return True
+        try:
+            self.sqs.send_message(
+                QueueUrl=self.park_queue_url,
+                MessageBody=str(message["Body"]),
+                MessageAttributes={
+                    "reason": {"DataType": "String", "StringValue": poison.reason.value},
+                    "detail": {"DataType": "String", "StringValue": poison.detail[:1000] or "-"},
+                },
+            )
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        except (ClientError, BotoCoreError) as exc:
+            problem = f"still poison ({poison.reason.value}) and cannot be parked: {exc}"
+            return self._left(ERROR, letter.reason, problem, message)
+        self.report.count(PARKED, letter.reason)
+        return False
+
+
+def redrive(
+    sqs: SQSClient | SqsApi,
+    kinesis: KinesisClient | KinesisApi,
+    schema_lookup: SchemaLookup,
+    queue_url: str,
+    kind: QueueKind | None = None,
+    *,
+    dry_run: bool = False,
+    max_messages: int | None = None,
+    rate: float | None = None,
+    since: datetime | None = None,
+    park_queue_url: str | None = None,
+    progress: Progress | None = None,
+    label_streams: Collection[str] | None = None,
+    visibility_timeout_s: int = 300,
+    wait_time_s: int = 1,
+    max_put_stalls: int = 5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RedriveReport:
+    """Redrive every message of one dead-letter queue back onto its stream.
+
+    Each message is recognised by its shape (an on-failure message or a ``kestrel.poison``
+    dead letter), so `kind` only names the queue in the report. Each message is received
+    once; the ones that stay are made visible again (ChangeMessageVisibility 0) when the
+    run ends, so a rerun or another tool sees them at once.
+
+    Args:
+        sqs: A boto3 SQS client (or anything with the `SqsApi` calls).
+        kinesis: A boto3 Kinesis client (or anything with the `KinesisApi` calls).
+        schema_lookup: The schema registry poison records are validated against again.
+        queue_url: The dead-letter queue to read.
+        kind: ``on-failure`` or ``poison``, for the report (None: the queue URL).
+        dry_run: Read and validate only: no puts, no deletes, no sends; the figures say
+            what a real run would do.
+        max_messages: Read at most this many messages.
+        rate: Put at most this many records per second.
+        since: Only messages whose failure time (on-failure ``timestamp``) or first-seen
+            time (poison ``first_seen``) is at or after this aware datetime; older ones
+            are counted as skipped and left.
+        park_queue_url: Move poison messages that still fail validation to this queue
+            (sent, then deleted); without it they stay.
+        progress: Called with the report after each message.
+        label_streams: Names or ARNs of the label streams (poison records from them are
+            validated as labels); None: streams whose name ends in ``labels``.
+        visibility_timeout_s: How long a received message stays hidden (at most 60 s in
+            a dry run). Messages that stay are released at the end of the run anyway; this
+            only says when they come back if the run dies. Messages that come back during
+            a longer run are not handled twice.
+        wait_time_s: ReceiveMessage long-poll wait; an empty answer ends the run.
+        max_put_stalls: PutRecords rounds in a row without progress before giving up on
+            a message (it stays, counted as an error).
+        clock: Monotonic clock (injected by tests).
+        sleep: Pause for backoff and pacing (injected by tests).
+
+    Returns:
+        The run's `RedriveReport`; its `exit_code` is 1 when an error or an expired range
+        left a message in the queue.
+
+    Raises:
+        ValueError: `rate` or `max_messages` is not positive, or `since` is naive.
+        botocore.exceptions.ClientError: ReceiveMessage failed (e.g. no such queue).
+    """
+    if max_messages is not None and max_messages <= 0:
+        raise ValueError(f"max_messages must be positive, got {max_messages}")
+    if since is not None and since.utcoffset() is None:
+        raise ValueError("since must be an aware datetime (with a UTC offset)")
+    report = RedriveReport(queue=kind or queue_url, dry_run=dry_run)
+    options = {
+        "dry_run": dry_run,
+        "since": since,
+        "park_queue_url": park_queue_url,
+        "label_streams": label_streams,
+        "progress": progress,
+        "sleep": sleep,
+        "max_put_stalls": max_put_stalls,
+        "visibility_timeout_s": visibility_timeout_s,
+    }
+    pacer = Pacer(rate, clock, sleep)
+    sqs_api, kinesis_api = cast(SqsApi, sqs), cast(KinesisApi, kinesis)
+    handler = _Redriver(sqs_api, kinesis_api, schema_lookup, queue_url, report, pacer, options)
+    # A dry run changes nothing: its messages hide briefly, and are released at the end.
+    hidden_s = min(visibility_timeout_s, DRY_RUN_VISIBILITY_S) if dry_run else visibility_timeout_s
+    _each_message(sqs_api, queue_url, handler, max_messages, hidden_s, wait_time_s, clock)
+    return report
+
+
+def dead_letter_sources(sqs: SQSClient | SqsApi, queue_url: str) -> list[str]:
+    """URLs of the queues whose RedrivePolicy targets `queue_url` (empty: not an SQS DLQ)."""
+    try:
+        answer = cast(SqsApi, sqs).list_dead_letter_source_queues(QueueUrl=queue_url)
+    except ClientError:
+        return []
+    return [str(url) for url in answer.get("queueUrls", [])]
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _unsupported(exc: ClientError) -> bool:
+    """True when the endpoint does not implement the call (moto answers a bare HTTP 500)."""
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    code = _code(exc)
+    # A purely numeric code means the answer was not an AWS error document at all.
+    return code in UNSUPPORTED_CODES or code.isdigit() or status in {404, 501}
+
+
+def move_dead_letters(
+    sqs_client: SQSClient | SqsApi,
+    dlq_url: str,
+    sources: Sequence[str],
+    *,
+    dry_run: bool = False,
+    max_messages: int | None = None,
+    rate: float | None = None,
+    progress: Progress | None = None,
+    wait_time_s: int = 1,
+) -> RedriveReport:
+    """Move the messages of an SQS-source dead-letter queue back to its source queue.
+
+    Uses StartMessageMoveTask where the endpoint supports it (AWS; not moto 5.2.5) and no
+    `max_messages` is set; otherwise receives, sends to the single source queue, then
+    deletes. The task runs asynchronously on AWS: the report lists its handle.
+
+    Raises:
+        ValueError: The fallback is needed but the DLQ has no or several source queues.
+    """
+    report = RedriveReport(queue=dlq_url, dry_run=dry_run)
+    sqs = cast(SqsApi, sqs_client)
+    if not dry_run and max_messages is None:
+        arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+        args: dict[str, Any] = {"SourceArn": arn["Attributes"]["QueueArn"]}
+        if rate is not None:
+            args["MaxNumberOfMessagesPerSecond"] = max(1, int(rate))
+        try:
+            task = sqs.start_message_move_task(**args)
+        except ClientError as exc:
+            if not _unsupported(exc):
+                raise
+            log.info("StartMessageMoveTask unsupported here (%s): moving message by message", exc)
+        else:
+            report.move_tasks.append(str(task["TaskHandle"]))
+            return report
+    if len(sources) != 1:
+        raise ValueError(f"{dlq_url}: {len(sources)} source queues; cannot tell where to move")
+    pacer = Pacer(rate)
+
+    def move(message: Mapping[str, Any]) -> bool:
+        if dry_run:
+            report.count(REDRIVEN, "sqs-dlq")
+            return True
+        pacer.wait(1)
+        attributes = {
+            name: {
+                k: v for k, v in value.items() if k in ("DataType", "StringValue", "BinaryValue")
+            }
+            for name, value in (message.get("MessageAttributes") or {}).items()
+        }
+        try:
+            sqs.send_message(
+                QueueUrl=sources[0],
+                MessageBody=message["Body"],
+                **({"MessageAttributes": attributes} if attributes else {}),
+            )
+            sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=message["ReceiptHandle"])
+        except (ClientError, BotoCoreError) as exc:
+            report.count(ERROR, "sqs-dlq")
+            report.problems.append(f"message {message['MessageId']}: cannot move it: {exc}")
+            return True
+        report.count(REDRIVEN, "sqs-dlq")
+        return False
+
+    def handle(message: Mapping[str, Any]) -> bool:
+        try:
+            return move(message)
+        finally:
+            if progress is not None:
+                progress(report)
+
+    _each_message(sqs, dlq_url, handle, max_messages, 30, wait_time_s, time.monotonic)
+    return report
