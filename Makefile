@@ -71,7 +71,7 @@ up: $(SETUP_STAMP) ## Start the embedded AWS emulator and redis-server in the ba
 down: ## Stop what `make up` started
 	@if [ -x $(PY) ]; then $(PY) -m kestrel_local down; else echo "nothing to stop (no $(VENV))"; fi
 
-status: $(SETUP_STAMP) ## Show emulator and Redis: embedded/external, pid, address, healthy
+status: $(SETUP_STAMP) ## Show emulator and Redis (embedded/external, pid, address, healthy) and each queue's depth and oldest age
 	@$(PY) -m kestrel_local status
 
 deploy-local: up ## Create the template's streams, queues, bucket and schemas on the running endpoint
