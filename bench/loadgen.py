@@ -28,49 +28,18 @@ import asyncio
 import contextlib
 import ctypes
 import gc
-import math
 import selectors
 import sys
-from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from time import perf_counter_ns, time
 from typing import Any, Generic, TypeVar
 
-import h11
+from bench.loadgen_http import PreparedRequest, _Connection
+from bench.loadgen_stats import PENDING, TIMEOUT, LoadResult, percentile
 
-PENDING, RESPONSE, TIMEOUT, CONNECTION_ERROR = 0, 1, 2, 3
-OUTCOMES = ("pending", "response", "timeout", "connection")  # by outcome code
 Progress = Callable[[int, int, float, float], None]  # done, errors, window p99 ms, window max ms
 C = TypeVar("C")
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedRequest:
-    """One request serialised ahead of time: its exact bytes and the h11 events they encode."""
-
-    wire: bytes
-    head: h11.Request
-    body: bytes
-
-
-def prepare_requests(
-    method: str, target: str, host: str, headers: Sequence[tuple[str, str]], bodies: Iterable[bytes]
-) -> list[PreparedRequest]:
-    """Serialise one request per body with h11 (a head per distinct body length, shared)."""
-    heads: dict[int, tuple[h11.Request, bytes]] = {}
-    out = []
-    for body in bodies:
-        if len(body) not in heads:
-            head = h11.Request(
-                method=method,
-                target=target,
-                headers=[("Host", host), *headers, ("Content-Length", str(len(body)))],
-            )
-            heads[len(body)] = (head, h11.Connection(h11.CLIENT).send(head) or b"")
-        head, head_bytes = heads[len(body)]
-        out.append(PreparedRequest(head_bytes + body, head, body))  # h11 writes bodies verbatim
-    return out
 
 
 def schedule_ns(rate: float, duration_s: float) -> list[int]:
@@ -78,39 +47,6 @@ def schedule_ns(rate: float, duration_s: float) -> list[int]:
     if rate <= 0 or duration_s <= 0:
         raise ValueError("rate and duration must be positive")
     return [round(i * 1e9 / rate) for i in range(round(rate * duration_s))]
-
-
-def percentile(ascending: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile `q` (0-100] of ascending values (the value at rank ceil(q% n))."""
-    if not ascending:
-        return math.nan
-    return ascending[min(len(ascending), max(1, math.ceil(q / 100 * len(ascending)))) - 1]
-
-
-def summarize(values: Iterable[float]) -> dict[str, float]:
-    """count, mean, p50, p90, p95, p99, p99.9 and max of `values` (nan when empty)."""
-    v = sorted(values)
-    stats = {"count": float(len(v)), "mean": sum(v) / len(v) if v else math.nan}
-    for name, q in (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99), ("p999", 99.9)):
-        stats[name] = percentile(v, q)
-    stats["max"] = v[-1] if v else math.nan
-    return stats
-
-
-def parse_server_timing(value: bytes | str, metric: str = "app") -> float | None:
-    """The ``dur`` (ms) of `metric` in a Server-Timing value (``app;dur=0.21, db;dur=0.1``)."""
-    text = value.decode("latin-1") if isinstance(value, bytes) else value
-    for entry in text.split(","):
-        name, *params = (part.strip() for part in entry.split(";"))
-        if name != metric:
-            continue
-        for param in params:
-            key, _, raw = param.partition("=")
-            if key.strip().lower() == "dur":
-                with contextlib.suppress(ValueError):
-                    return float(raw.strip().strip('"'))
-        return None
-    return None
 
 
 class Dispatcher(Generic[C]):
@@ -144,76 +80,6 @@ class Dispatcher(Generic[C]):
             self.idle.remove(conn)
 
 
-@dataclass
-class LoadResult:
-    """Per-request records of one run (times are absolute ``perf_counter_ns``)."""
-
-    intended_ns: list[int]
-    scheduled_ns: list[int]
-    sent_ns: list[int]
-    done_ns: list[int]
-    status: list[int]
-    outcome: list[int]
-    server_timing: list[bytes]
-    bodies: list[bytes]
-    connections: int = 0
-    pool_waits: int = 0
-    max_waiting: int = 0
-    reconnects: int = 0
-    started_wall: float = 0.0
-    elapsed_s: float = 0.0
-    errors_detail: list[str] = field(default_factory=list)
-
-    @classmethod
-    def empty(cls, n: int) -> LoadResult:
-        """Records for `n` requests, none sent yet."""
-        z = [0] * n
-        return cls(z[:], z[:], z[:], z[:], z[:], [PENDING] * n, [b""] * n, [b""] * n)
-
-    def is_error(self, i: int) -> bool:
-        """Non-2xx, timed out, connection error or never finished."""
-        return self.outcome[i] != RESPONSE or not 200 <= self.status[i] < 300
-
-    def latency_ms(self, i: int) -> float:
-        """Intended send time to the last byte (or to the timeout), in ms."""
-        return (self.done_ns[i] - self.intended_ns[i]) / 1e6
-
-
-def summary(result: LoadResult) -> dict[str, Any]:
-    """Latency (responses and timeouts), in-handler time, client lag and error counts."""
-    r, every = result, range(len(result.intended_ns))
-    span = r.scheduled_ns[-1] - r.scheduled_ns[0] if every and r.scheduled_ns[-1] else 0
-    answered = [i for i in every if r.outcome[i] == RESPONSE]
-    in_handler = [parse_server_timing(r.server_timing[i]) for i in answered]
-    kinds = dict.fromkeys(("non_2xx", "timeout", "connection", "pending"), 0)
-    kinds["non_2xx"] = sum(not 200 <= r.status[i] < 300 for i in answered)
-    for i in every:
-        if r.outcome[i] != RESPONSE:
-            kinds[OUTCOMES[r.outcome[i]]] += 1
-    return {
-        "requests": len(every),
-        "errors": sum(kinds.values()),
-        "errors_by_kind": kinds,
-        "statuses": dict(Counter(str(r.status[i]) for i in answered)),
-        "latency_ms": summarize(
-            r.latency_ms(i) for i in every if r.outcome[i] in (RESPONSE, TIMEOUT)
-        ),
-        "in_handler_ms": summarize(v for v in in_handler if v is not None),
-        "missing_server_timing": sum(v is None for v in in_handler),
-        "sched_lag_ms": summarize(
-            (r.scheduled_ns[i] - r.intended_ns[i]) / 1e6 for i in every if r.scheduled_ns[i]
-        ),
-        "send_lag_ms": summarize(
-            (r.sent_ns[i] - r.intended_ns[i]) / 1e6 for i in every if r.sent_ns[i]
-        ),
-        "achieved_rate": (len(every) - 1) * 1e9 / span if span > 0 else math.nan,  # sends/s
-        "pool_waits": result.pool_waits,
-        "max_waiting": result.max_waiting,
-        "reconnects": result.reconnects,
-        "connections": result.connections,
-    }
-
-
 def lower_timer_slack(ns: int = 1000) -> bool:
     """Set this thread's timer slack (Linux prctl PR_SET_TIMERSLACK); False where unsupported."""
     if not sys.platform.startswith("linux"):
@@ -222,96 +88,6 @@ def lower_timer_slack(ns: int = 1000) -> bool:
         return int(ctypes.CDLL(None, use_errno=True).prctl(29, ns, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection: sends prepared requests, parses responses with h11."""
-
-    def __init__(self, client: OpenLoopClient) -> None:
-        self.client = client
-        self.transport: asyncio.Transport | None = None
-        self.h11 = h11.Connection(h11.CLIENT)
-        self.current = -1
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def send(self, i: int) -> None:
-        """Write request `i` now; advance h11's state machine afterwards (off the clock)."""
-        assert self.transport is not None
-        prepared = self.client.requests[i]
-        self.current = i
-        self.client.result.sent_ns[i] = perf_counter_ns()
-        self.transport.write(prepared.wire)
-        self.h11.send(prepared.head)
-        if prepared.body:
-            self.h11.send(h11.Data(data=prepared.body))
-        self.h11.send(h11.EndOfMessage())
-
-    def data_received(self, data: bytes) -> None:
-        now = perf_counter_ns()
-        i, result = self.current, self.client.result
-        if i < 0:  # bytes nobody asked for: the connection is out of step, drop it
-            self.fail(CONNECTION_ERROR, "unsolicited data")
-            return
-        try:
-            self.h11.receive_data(data)
-            while True:
-                event = self.h11.next_event()
-                if event is h11.NEED_DATA or event is h11.PAUSED:
-                    return
-                if isinstance(event, h11.Response):
-                    result.status[i] = event.status_code
-                    timing = [v for k, v in event.headers if k == b"server-timing"]
-                    result.server_timing[i] = b",".join(timing)
-                elif isinstance(event, h11.Data) and self.client.keep_bodies:
-                    result.bodies[i] += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    self.finish(now)
-                    return
-                elif isinstance(event, h11.ConnectionClosed):
-                    self.fail(CONNECTION_ERROR, "closed mid-response")
-                    return
-        except h11.ProtocolError as exc:
-            self.fail(CONNECTION_ERROR, f"protocol error: {exc}")
-
-    def finish(self, now: int) -> None:
-        """The response to the current request is complete: record it, take the next one."""
-        i, result = self.current, self.client.result
-        result.done_ns[i], result.outcome[i] = now, RESPONSE
-        self.current = -1
-        self.client.completed(i)
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-            self.h11.start_next_cycle()
-            self.client.release(self)
-        else:  # the server closes this connection (Connection: close): reopen one
-            self.drop()
-
-    def fail(self, outcome: int, why: str) -> None:
-        """Record the current request (if any) as failed and drop the connection."""
-        if self.current >= 0:
-            result, i = self.client.result, self.current
-            result.done_ns[i], result.outcome[i] = perf_counter_ns(), outcome
-            result.errors_detail.append(f"request {i}: {why}")
-            self.current = -1
-            self.client.completed(i)
-        self.drop()
-
-    def drop(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.transport is not None:
-                self.transport.abort()
-            self.client.lost(self)
-
-    def eof_received(self) -> None:
-        if self.current >= 0:  # a response delimited by the close itself
-            self.data_received(b"")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.fail(CONNECTION_ERROR, f"connection lost: {exc or 'closed by server'}")
 
 
 class OpenLoopClient:

@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
     sys.path.insert(0, str(REPO))
 
-from bench.loadgen import prepare_requests, run_open_loop, schedule_ns, summary  # noqa: E402
+from bench.loadgen import run_open_loop, schedule_ns  # noqa: E402
+from bench.loadgen_http import prepare_requests  # noqa: E402
+from bench.loadgen_stats import summary  # noqa: E402
 
 STALL_AT, STALL_S = 20, 0.2  # the server sleeps before answering this request (0-based)
 

@@ -16,20 +16,16 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
     sys.path.insert(0, str(REPO))
 
-from bench.loadgen import (  # noqa: E402
+from bench.loadgen import Dispatcher, OpenLoopClient, schedule_ns  # noqa: E402
+from bench.loadgen_http import PreparedRequest, _Connection, prepare_requests  # noqa: E402
+from bench.loadgen_stats import (  # noqa: E402
     CONNECTION_ERROR,
     PENDING,
     RESPONSE,
     TIMEOUT,
-    Dispatcher,
     LoadResult,
-    OpenLoopClient,
-    PreparedRequest,
-    _Connection,
     parse_server_timing,
     percentile,
-    prepare_requests,
-    schedule_ns,
     summarize,
     summary,
 )
