@@ -55,11 +55,27 @@ def _session() -> boto3.session.Session:
     return boto3.session.Session(region_name=settings().region)
 
 
+def redis_security(config: Settings) -> dict[str, str]:
+    """Redis AUTH and TLS options beyond the URL: REDIS_PASSWORD, REDIS_TLS_CA_CERTS.
+
+    TLS itself comes from a ``rediss://`` URL (the server certificate is verified against the
+    system's CA bundle, or against REDIS_TLS_CA_CERTS when set); AUTH from the URL's
+    ``user:password@`` part, which redis-py prefers over ``password``.
+    """
+    options: dict[str, str] = {}
+    if config.redis_password:
+        options["password"] = config.redis_password
+    if config.redis_tls_ca_certs:
+        options["ssl_ca_certs"] = config.redis_tls_ca_certs
+    return options
+
+
 @cache
 def redis_client() -> redis.Redis:
     """The Redis client for `Settings.redis_url` (a connection pool shared by the container)."""
     return redis.Redis.from_url(
         settings().redis_url,
+        **redis_security(settings()),
         socket_connect_timeout=2,
         socket_timeout=2,
         health_check_interval=30,
@@ -76,6 +92,7 @@ def api_redis_client() -> redis.Redis:
     budget_s = settings().redis_budget_ms / 1000.0
     return redis.Redis.from_url(
         settings().redis_url,
+        **redis_security(settings()),
         socket_connect_timeout=budget_s,
         socket_timeout=budget_s,
         retry=Retry(NoBackoff(), 0),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlparse
 
@@ -26,12 +26,31 @@ def _read(env: Mapping[str, str], key: str, default: str) -> str:
     return value or default
 
 
-def _parse(env: Mapping[str, str], key: str, default: str, parse: Callable[[str], T]) -> T:
+def _parse(
+    env: Mapping[str, str],
+    key: str,
+    default: str,
+    parse: Callable[[str], T],
+    *,
+    secret: bool = False,
+) -> T:
     raw = _read(env, key, default)
     try:
         return parse(raw)
     except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{key}: {exc} (got {raw!r})") from None
+        # A secret's value (a Redis URL may carry a password) never reaches the message.
+        shown = _redacted_url(raw) if secret else repr(raw)
+        raise SettingsError(f"{key}: {exc} (got {shown})") from None
+
+
+def _redacted_url(raw: str) -> str:
+    """`raw` with the password of its user-info part replaced by ***."""
+    parsed = urlparse(raw)
+    if parsed.password is None:
+        return repr(raw)
+    netloc = parsed.netloc.rsplit("@", 1)[1]
+    user = f"{parsed.username}:" if parsed.username else ":"
+    return repr(parsed._replace(netloc=f"{user}***@{netloc}").geturl())
 
 
 def _port(raw: str) -> int:
@@ -83,6 +102,12 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _ca_file(raw: str) -> str:
+    if not os.path.isfile(raw):
+        raise ValueError("must be the path of a readable PEM file of CA certificates")
+    return raw
+
+
 def _http_url(raw: str) -> str:
     parsed = urlparse(raw)
     if parsed.scheme not in {"http", "https"} or not parsed.netloc:
@@ -115,6 +140,8 @@ class Settings:
     model_pointer_key: str = "models/active.json"
     model_refresh_s: float = 15.0
     api_key: str = ""
+    redis_password: str = field(default="", repr=False)
+    redis_tls_ca_certs: str | None = None
     redis_budget_ms: float = 20.0
     breaker_fail_max: int = 5
     breaker_reset_s: float = 2.0
@@ -131,12 +158,18 @@ class Settings:
         """Read and validate the function settings from `env` (default: the process environment)."""
         env = os.environ if env is None else env
         endpoint = _read(env, "AWS_ENDPOINT_URL", "")
+        redis_url = _parse(env, "REDIS_URL", "redis://127.0.0.1:6399/0", _redis_url, secret=True)
+        ca_certs = _parse(env, "REDIS_TLS_CA_CERTS", "", _optional(_ca_file))
+        if ca_certs and urlparse(redis_url).scheme != "rediss":
+            raise SettingsError(
+                "REDIS_TLS_CA_CERTS: applies to TLS connections only; REDIS_URL must be rediss://"
+            )
         return cls(
             region=_read(env, "AWS_REGION", _read(env, "AWS_DEFAULT_REGION", "us-east-1")),
             aws_endpoint_url=_parse(env, "AWS_ENDPOINT_URL", endpoint, _http_url)
             if endpoint
             else None,
-            redis_url=_parse(env, "REDIS_URL", "redis://127.0.0.1:6399/0", _redis_url),
+            redis_url=redis_url,
             stage=_read(env, "KESTREL_STAGE", "local"),
             transactions_stream=_read(env, "TRANSACTIONS_STREAM", "kestrel-transactions"),
             labels_stream=_read(env, "LABELS_STREAM", "kestrel-labels"),
@@ -149,6 +182,9 @@ class Settings:
             model_pointer_key=_read(env, "MODEL_POINTER_KEY", "models/active.json"),
             model_refresh_s=_parse(env, "MODEL_REFRESH_S", "15", _non_negative_float),
             api_key=_read(env, "KESTREL_API_KEY", ""),
+            # Not stripped: a password is taken as it is. A password in REDIS_URL wins.
+            redis_password=env.get("REDIS_PASSWORD", ""),
+            redis_tls_ca_certs=ca_certs,
             redis_budget_ms=_parse(env, "REDIS_BUDGET_MS", "20", _positive_float),
             breaker_fail_max=_parse(env, "BREAKER_FAIL_MAX", "5", _positive_int),
             breaker_reset_s=_parse(env, "BREAKER_RESET_S", "2", _positive_float),
@@ -218,7 +254,9 @@ class LocalSettings:
             aws_endpoint_url=_parse(env, "AWS_ENDPOINT_URL", endpoint, _http_url)
             if endpoint
             else None,
-            redis_url=_parse(env, "REDIS_URL", redis_url, _redis_url) if redis_url else None,
+            redis_url=_parse(env, "REDIS_URL", redis_url, _redis_url, secret=True)
+            if redis_url
+            else None,
             max_concurrency=_parse(env, "KESTREL_MAX_CONCURRENCY", "4", _positive_int),
             retry_backoff_s=_parse(env, "KESTREL_RETRY_BACKOFF_S", "0.2", _non_negative_float),
             poll_interval_s=_parse(env, "KESTREL_POLL_INTERVAL_S", "0.05", _non_negative_float),
