@@ -16,7 +16,7 @@ STAMPS := .stamps
 SETUP_STAMP := $(STAMPS)/setup
 LINT_REGION ?= $(or $(AWS_DEFAULT_REGION),us-east-1)
 # Directories mypy checks (those without Python files are left out).
-MYPY_DIRS ?= layers/core/python localstack functions training ops bench tests
+MYPY_DIRS ?= layers/core/python localstack functions training ops tools bench tests
 
 ifneq ($(filter invoke,$(MAKECMDGOALS)),)
 ifeq ($(and $(FUNCTION),$(EVENT)),)
@@ -29,7 +29,7 @@ endif
 
 .PHONY: help setup up down status deploy-local invoke run serve demo test test-unit test-integration \
 	lint parity train promote model-layer retrain-scheduled mlflow-ui bench-emulator bench-engine \
-	bench-api bench redrive chaos clean
+	bench-api bench redrive chaos build clean
 
 help: ## List every target with what it does
 	@echo "Kestrel: make <target> [VAR=value]"
@@ -148,6 +148,9 @@ retrain-scheduled: $(SETUP_STAMP) ## Retrain every RETRAIN_EVERY seconds (defaul
 mlflow-ui: $(SETUP_STAMP) ## MLflow UI over mlruns/ on http://127.0.0.1:5001
 	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true $(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5001 \
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --default-artifact-root $(CURDIR)/mlruns/artifacts
+
+build: $(SETUP_STAMP) ## Build reproducible Lambda zips (functions, layers) into build/lambda and check Lambda's size limits (ARGS='--arch arm64 --skip-deps')
+	$(PY) tools/build_lambda.py $(ARGS)
 
 redrive: $(SETUP_STAMP) ## Replay dead-lettered records: make redrive ARGS="--queue on-failure --dry-run"
 	$(PY) -m kestrel_ops redrive --stack-name $(STACK_NAME) $(ARGS)

@@ -155,7 +155,7 @@ def test_functions_have_the_template_settings(deployed: Deployed, redis_url: str
     }
     for function, (handler, timeout) in handlers.items():
         config = lam.get_function(FunctionName=deployed.physical(function))["Configuration"]
-        assert config["Runtime"] == "python3.11"
+        assert config["Runtime"] == "python3.12"
         assert config["Handler"] == handler
         assert config["Timeout"] == timeout
         assert config["MemorySize"] == 1024
@@ -190,7 +190,7 @@ def test_layers_are_published_from_the_uploaded_zips(deployed: Deployed) -> None
     assert set(layers) == set(LAYERS)
     sizes = {}
     for logical_id, layer in layers.items():
-        assert layer["CompatibleRuntimes"] == ["python3.11"], logical_id
+        assert layer["CompatibleRuntimes"] == ["python3.12"], logical_id
         # (moto 5.2.5 answers GetLayerVersionByArn with a 500, so by name and number)
         version = lam.get_layer_version(
             LayerName=layer["LayerName"], VersionNumber=layer["Version"]

@@ -182,7 +182,11 @@ def test_chalice_package_function_matches_template_function(
     template_fn = TEMPLATE["Resources"]["ApiFunction"]["Properties"]
     function_globals = TEMPLATE["Globals"]["Function"]
     assert packaged_fn["Handler"] == template_fn["Handler"] == "app.app"
-    assert packaged_fn["Runtime"] == function_globals["Runtime"]
+    # chalice names the Python that runs it (no setting); template.yaml deploys python3.12,
+    # the first runtime on Amazon Linux 2023, whose glibc the onnxruntime wheels need.
+    here = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    assert packaged_fn["Runtime"] == here
+    assert function_globals["Runtime"] == "python3.12"
     assert packaged_fn["Timeout"] == template_fn["Timeout"]
     assert packaged_fn["MemorySize"] == template_fn.get(
         "MemorySize", function_globals["MemorySize"]
