@@ -1,4 +1,4 @@
-"""Unit tests for kestrel.serving: scoring, entity features, health and the circuit breaker.
+"""Unit tests for kestrel.serving: scoring and the circuit breaker.
 
 The feature store is an in-memory `FeatureReader` double (no Redis). The breaker is a real
 `pybreaker.CircuitBreaker`; its clock is its storage's `opened_at`, which the tests move back
@@ -9,225 +9,42 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pybreaker
 import pytest
 import redis.exceptions
-from stream_doubles import MemoryDecisions, shipped_scorer
+from serving_doubles import (
+    FAIL_MAX,
+    KNOWN,
+    T0,
+    UNKNOWN_BOTH,
+    UNKNOWN_CUSTOMER,
+    MemoryReader,
+    NoModelSource,
+    RecordingModel,
+    RecordingSource,
+    assert_rules_only,
+    breaker,
+    elapse,
+    expected_vector,
+    service,
+    tx,
+)
+from stream_doubles import shipped_scorer
 
 from kestrel.adapters.onnx_model import LayerModelSource
-from kestrel.decisions import DecisionRecord, Degraded, ReasonCode, Rules
-from kestrel.events import Transaction
+from kestrel.decisions import Degraded, ReasonCode
 from kestrel.features import (
-    CUSTOMER_WINDOWS,
-    FEATURE_NAMES,
-    NO_PREVIOUS_S,
-    TERMINAL_WINDOWS,
-    CustomerAggregates,
-    TerminalAggregates,
     TransactionPreview,
-    feature_vector,
 )
-from kestrel.ports import Model
 from kestrel.scoring import Decision, Scorer
 from kestrel.serving import (
-    CUSTOMER_FEATURES,
-    TERMINAL_FEATURES,
-    EntityFeatures,
-    ScoringService,
     StoreUnavailable,
     make_breaker,
 )
 from kestrel.settings import Settings, default_model_dir
-
-RULES = Rules(review_amount=150.0, night_review_amount=100.0, decline_amount=220.0)
-T0 = 1_795_857_302_123  # 2026-11-28T09:15:02.123Z (daytime)
-NOW = 1_795_900_000_000
-FAIL_MAX = 3
-
-CUSTOMER = CustomerAggregates(
-    (3, 10, 40, 1, 2), (15_000, 52_000, 210_000, 5_719, 9_000), T0 - 60_000
-)
-TERMINAL = TerminalAggregates((30, 200, 800), (0, 4, 8))
-KNOWN = TransactionPreview(CUSTOMER, TERMINAL, customer_known=True, terminal_known=True)
-UNKNOWN_CUSTOMER = TransactionPreview(
-    CustomerAggregates((1,) * 5, (9_000,) * 5, None), TERMINAL, False, True
-)
-UNKNOWN_BOTH = TransactionPreview(
-    CustomerAggregates((1,) * 5, (98_000,) * 5, None),
-    TerminalAggregates((0, 0, 0), (0, 0, 0)),
-    False,
-    False,
-)
-EMPTY_C = CustomerAggregates((0,) * len(CUSTOMER_WINDOWS), (0,) * len(CUSTOMER_WINDOWS), None)
-
-
-def tx(tx_id: str, amount: float, at_ms: int = T0) -> Transaction:
-    return Transaction(tx_id, f"C-{tx_id}", f"TERM-{tx_id}", amount, at_ms)
-
-
-# --- doubles -----------------------------------------------------------------------------------
-
-
-class MemoryReader:
-    """FeatureReader double: previews by transaction id, aggregates by entity id; counts calls.
-
-    While `down` holds an exception, every call raises it (a store outage). A preview that is
-    an exception comes back in its transaction's place (a per-transaction failure).
-    """
-
-    def __init__(
-        self,
-        previews: dict[str, TransactionPreview | Exception] | None = None,
-        customers: dict[str, tuple[CustomerAggregates, bool]] | None = None,
-        terminals: dict[str, tuple[TerminalAggregates, bool]] | None = None,
-    ) -> None:
-        self.previews = previews or {}
-        self.customers = customers or {}
-        self.terminals = terminals or {}
-        self.down: BaseException | None = None
-        self.delay_s = 0.0
-        self.calls: Counter[str] = Counter()
-        self.seen: list[Any] = []
-
-    def _call(self, name: str, *args: Any) -> None:
-        self.calls[name] += 1
-        self.seen.append((name, *args))
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.down is not None:
-            raise self.down
-
-    @property
-    def total_calls(self) -> int:
-        return sum(self.calls.values())
-
-    def preview_transactions(
-        self, transactions: Sequence[Transaction]
-    ) -> list[TransactionPreview | Exception]:
-        self._call("preview_transactions", list(transactions))
-        return [self.previews.get(t.transaction_id, KNOWN) for t in transactions]
-
-    def customer_aggregates(
-        self, customer_id: str, as_of_ms: int
-    ) -> tuple[CustomerAggregates, bool]:
-        self._call("customer_aggregates", customer_id, as_of_ms)
-        return self.customers[customer_id]
-
-    def terminal_aggregates(
-        self, terminal_id: str, as_of_ms: int
-    ) -> tuple[TerminalAggregates, bool]:
-        self._call("terminal_aggregates", terminal_id, as_of_ms)
-        return self.terminals[terminal_id]
-
-    def ping(self) -> None:
-        self._call("ping")
-
-
-class RecordingModel:
-    """Wraps the shipped ONNX model and records every batch it scores."""
-
-    def __init__(self, inner: Model) -> None:
-        self.inner = inner
-        self.batches: list[npt.NDArray[np.float32]] = []
-
-    @property
-    def manifest(self) -> Any:
-        return self.inner.manifest
-
-    def predict_proba(self, rows: Any) -> Any:
-        self.batches.append(np.array(rows, copy=True))
-        return self.inner.predict_proba(rows)
-
-
-class RecordingSource:
-    def __init__(self) -> None:
-        self.model = RecordingModel(LayerModelSource(default_model_dir()).load())
-
-    def load(self) -> RecordingModel:
-        return self.model
-
-    def poll(self) -> RecordingModel | None:
-        return None
-
-
-class NoModelSource:
-    """A model source with nothing to load (no layer, no registry)."""
-
-    def load(self) -> Model:
-        raise FileNotFoundError("manifest.json: no such file")
-
-    def poll(self) -> Model | None:
-        return None
-
-
-class Registry:
-    def __init__(self) -> None:
-        self.error: Exception | None = None
-        self.checks = 0
-
-    def check(self) -> None:
-        self.checks += 1
-        if self.error is not None:
-            raise self.error
-
-
-def breaker(
-    reset_s: float = 60.0,
-) -> tuple[pybreaker.CircuitBreaker, pybreaker.CircuitMemoryStorage]:
-    """A breaker like `make_breaker`'s, with its storage at hand to move its clock."""
-    storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
-    cb = pybreaker.CircuitBreaker(
-        fail_max=FAIL_MAX, reset_timeout=reset_s, state_storage=storage, name="redis"
-    )
-    return cb, storage
-
-
-def elapse(storage: pybreaker.CircuitMemoryStorage, seconds: float) -> None:
-    """Make the breaker's open period `seconds` older (its reset timeout counts from there)."""
-    opened = storage.opened_at
-    assert opened is not None, "the breaker never opened"
-    storage.opened_at = opened - timedelta(seconds=seconds)
-
-
-def service(
-    reader: MemoryReader,
-    scorer: Scorer | None = None,
-    cb: pybreaker.CircuitBreaker | None = None,
-    decisions: MemoryDecisions | None = None,
-    registry: Callable[[], Any] | None = None,
-) -> ScoringService:
-    return ScoringService(
-        reader=reader,
-        scorer=scorer,
-        decisions=decisions or MemoryDecisions(),
-        rules=RULES,
-        breaker=cb or breaker()[0],
-        registry_check=registry or (lambda: None),
-        clock_ms=lambda: NOW,
-    )
-
-
-def expected_vector(t: Transaction, preview: TransactionPreview) -> tuple[float, ...]:
-    return feature_vector(t.amount, t.event_time_ms, preview.customer, preview.terminal)
-
-
-def assert_rules_only(
-    records: Sequence[DecisionRecord], txs: Sequence[Transaction], why: Degraded
-) -> None:
-    assert [r.transaction_id for r in records] == [t.transaction_id for t in txs]
-    for record, t in zip(records, txs, strict=True):
-        decision, reasons = RULES.decide(t)
-        assert record.score is None and record.model_version is None
-        assert (record.decision, record.reasons) == (decision, reasons)
-        assert record.degraded == (why,)
-        assert record.source == "api"
-
 
 # --- scoring -----------------------------------------------------------------------------------
 
@@ -468,132 +285,3 @@ def test_scoring_service_decides_by_rules_flagged_model_error_when_the_model_fai
 
 def test_scoring_service_scores_an_empty_batch_as_nothing() -> None:
     assert service(MemoryReader(), shipped_scorer()).score([]) == []
-
-
-# --- entity features and decisions -------------------------------------------------------------
-
-
-def test_scoring_service_customer_features_are_the_customer_features_now() -> None:
-    aggregates = CustomerAggregates(
-        (2, 5, 8, 1, 2), (10_000, 30_000, 64_000, 2_500, 10_000), NOW - 90_000
-    )
-    reader = MemoryReader(customers={"C-1": (aggregates, True), "C-new": (EMPTY_C, False)})
-    svc = service(reader, shipped_scorer())
-    found = svc.customer_features("C-1")
-    assert reader.seen == [("customer_aggregates", "C-1", NOW)]
-    assert isinstance(found, EntityFeatures)
-    assert (found.entity_id, found.as_of_ms, found.known) == ("C-1", NOW, True)
-    assert tuple(found.features) == CUSTOMER_FEATURES
-    assert all(name.startswith("CUSTOMER_ID_") for name in found.features)
-    assert "CUSTOMER_ID_AMOUNT_OVER_30DAY_AVG" not in found.features  # needs a transaction
-    assert found.features == {
-        "CUSTOMER_ID_NB_TX_1DAY_WINDOW": 2.0,
-        "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW": 50.0,
-        "CUSTOMER_ID_NB_TX_7DAY_WINDOW": 5.0,
-        "CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW": 60.0,
-        "CUSTOMER_ID_NB_TX_30DAY_WINDOW": 8.0,
-        "CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW": 80.0,
-        "CUSTOMER_ID_NB_TX_10MIN_WINDOW": 1.0,
-        "CUSTOMER_ID_SUM_AMOUNT_10MIN_WINDOW": 25.0,
-        "CUSTOMER_ID_NB_TX_1HOUR_WINDOW": 2.0,
-        "CUSTOMER_ID_SUM_AMOUNT_1HOUR_WINDOW": 100.0,
-        "CUSTOMER_ID_SECONDS_SINCE_PREV_TX": 90.0,
-    }
-    unknown = svc.customer_features("C-new")
-    assert unknown.known is False
-    assert unknown.features["CUSTOMER_ID_NB_TX_30DAY_WINDOW"] == 0.0
-    assert unknown.features["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"] == NO_PREVIOUS_S
-
-
-def test_scoring_service_terminal_features_are_the_terminal_features_now() -> None:
-    aggregates = TerminalAggregates((4, 20, 50), (1, 5, 5))
-    empty = TerminalAggregates((0,) * len(TERMINAL_WINDOWS), (0,) * len(TERMINAL_WINDOWS))
-    reader = MemoryReader(terminals={"TERM-1": (aggregates, True), "TERM-new": (empty, False)})
-    svc = service(reader, shipped_scorer())
-    found = svc.terminal_features("TERM-1")
-    assert reader.seen == [("terminal_aggregates", "TERM-1", NOW)]
-    assert (found.entity_id, found.as_of_ms, found.known) == ("TERM-1", NOW, True)
-    assert tuple(found.features) == TERMINAL_FEATURES
-    assert set(TERMINAL_FEATURES) == {n for n in FEATURE_NAMES if n.startswith("TERMINAL_ID_")}
-    assert found.features == {
-        "TERMINAL_ID_NB_TX_1DAY_WINDOW": 4.0,
-        "TERMINAL_ID_RISK_1DAY_WINDOW": 0.25,
-        "TERMINAL_ID_NB_TX_7DAY_WINDOW": 20.0,
-        "TERMINAL_ID_RISK_7DAY_WINDOW": 0.25,
-        "TERMINAL_ID_NB_TX_30DAY_WINDOW": 50.0,
-        "TERMINAL_ID_RISK_30DAY_WINDOW": 0.1,
-    }
-    unknown = svc.terminal_features("TERM-new")
-    assert unknown.known is False
-    assert set(unknown.features.values()) == {0.0}
-
-
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda s: s.customer_features("C-1"),
-        lambda s: s.terminal_features("TERM-1"),
-        lambda s: s.decision("T-1"),
-    ],
-    ids=["customer", "terminal", "decision"],
-)
-def test_scoring_service_entity_reads_raise_store_unavailable_when_the_store_fails(
-    call: Callable[[ScoringService], object],
-) -> None:
-    class DownDecisions(MemoryDecisions):
-        def decision(self, transaction_id: str) -> DecisionRecord | None:
-            raise redis.exceptions.ConnectionError("Connection refused")
-
-    reader = MemoryReader()
-    reader.down = redis.exceptions.ConnectionError("Connection refused")
-    svc = service(reader, shipped_scorer(), decisions=DownDecisions())
-    with pytest.raises(StoreUnavailable, match="ConnectionError"):
-        call(svc)
-
-
-def test_scoring_service_decision_reads_the_stored_decision_or_none() -> None:
-    decisions = MemoryDecisions()
-    stored = service(MemoryReader({"a": KNOWN}), shipped_scorer()).score([tx("a", 57.19)])
-    decisions.publish(stored)
-    svc = service(MemoryReader(), shipped_scorer(), decisions=decisions)
-    assert svc.decision("a") == stored[0]
-    assert svc.decision("missing") is None
-
-
-# --- health ------------------------------------------------------------------------------------
-
-
-def test_scoring_service_health_is_ok_when_every_check_passes() -> None:
-    reader, registry = MemoryReader(), Registry()
-    svc = service(reader, shipped_scorer(), registry=registry.check)
-    health = svc.health()
-    assert health["status"] == "ok"
-    checks = health["checks"]
-    assert set(checks) == {"redis", "model", "schema_registry"}
-    assert checks["redis"]["ok"] is True and checks["redis"]["breaker"] == "closed"
-    assert checks["redis"]["latency_ms"] >= 0
-    assert checks["model"] == {"ok": True, "version": shipped_scorer().model_version}
-    assert checks["schema_registry"] == {"ok": True}
-    assert reader.calls == Counter({"ping": 1}) and registry.checks == 1
-
-
-def test_scoring_service_health_reports_each_failing_check_and_degraded() -> None:
-    reader, registry = MemoryReader(), Registry()
-    svc = service(reader, shipped_scorer(), registry=registry.check)
-    reader.down = redis.exceptions.ConnectionError("Connection refused")
-    health = svc.health()
-    assert health["status"] == "degraded"
-    assert health["checks"]["redis"]["ok"] is False
-    assert "ConnectionError" in health["checks"]["redis"]["detail"]
-    assert health["checks"]["model"]["ok"] is True
-    assert health["checks"]["schema_registry"] == {"ok": True}
-
-    reader.down = None
-    registry.error = PermissionError("AccessDeniedException: glue:GetRegistry")
-    health = svc.health()
-    assert health["status"] == "degraded"
-    assert health["checks"]["redis"]["ok"] is True
-    assert health["checks"]["schema_registry"] == {
-        "ok": False,
-        "detail": "PermissionError: AccessDeniedException: glue:GetRegistry",
-    }
