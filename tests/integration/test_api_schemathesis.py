@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import redis
-from test_scoring_api import ApiClient, ApiServer, prometheus_samples, provision, running_api
+from api_harness import ApiClient, ApiServer, prometheus_samples, provision, running_api
 
 pytestmark = pytest.mark.integration
 

@@ -30,8 +30,7 @@ from typing import Any
 
 import pytest
 import redis
-from esm_harness import wait_until
-from test_scoring_api import (
+from api_harness import (
     ApiClient,
     ApiServer,
     decision_key,
@@ -40,6 +39,7 @@ from test_scoring_api import (
     running_api,
     transaction,
 )
+from esm_harness import wait_until
 
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.events import transaction_from_mapping
