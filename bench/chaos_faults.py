@@ -57,6 +57,12 @@ class PersistentRedis:
             )
         wait_for(self.answers, timeout_s, f"redis-server on port {self.port}")
 
+    def terminate(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM (a clean shutdown: the append-only file is flushed); its exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final flush (every acknowledged write is already fsynced)."""
         assert self.process is not None

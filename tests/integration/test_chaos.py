@@ -12,17 +12,12 @@ both queues and every invariant. The full run is `test_chaos_full_run`, marked s
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
-    sys.path.insert(0, str(REPO))
-
-from bench.chaos import run_chaos  # noqa: E402
-from bench.chaos_report import ChaosConfig, ChaosReport  # noqa: E402
+from bench.chaos import run_chaos
+from bench.chaos_report import ChaosConfig, ChaosReport
 
 pytestmark = pytest.mark.integration
 

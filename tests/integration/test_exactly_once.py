@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 import uuid
 from pathlib import Path
-from typing import Any
 
 import redis
 from esm_harness import wait_until
 from kestrel_training.producer import TRANSACTION_FIELDS, json_encoder, produce
 from kestrel_training.simulator import SimulatorConfig, simulate
 
+from bench.chaos_checks import feature_state
 from kestrel.adapters.redis_decisions import RedisDecisions
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.events import Transaction
@@ -21,22 +21,6 @@ from kestrel_local.provision import bind
 from kestrel_local.runtime import LocalRuntime
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "fixtures" / "exactly_once" / "template.yaml"
-
-
-def state(client: redis.Redis) -> dict[str, Any]:
-    """Every feature key's content (not its TTL), in a comparable form."""
-    dump: dict[str, Any] = {}
-    for key in client.scan_iter(count=1000):
-        if key.startswith(b"kestrel:{d:"):
-            continue  # decisions: checked against the clean pass's scores instead
-        kind = client.type(key)
-        if kind == b"zset":
-            dump[key] = ("zset", client.zrange(key, 0, -1, withscores=True))
-        elif kind == b"hash":
-            dump[key] = ("hash", client.hgetall(key))
-        else:
-            dump[key] = (kind, client.dump(key))
-    return dump
 
 
 def test_exactly_once_with_duplicates_and_crashes_equals_a_clean_pass(
@@ -101,7 +85,7 @@ def test_exactly_once_with_duplicates_and_crashes_equals_a_clean_pass(
             isinstance(r, Exception)
             for r in store.apply_transactions(ordered[start : start + 1000])
         )
-    expected, got = state(clean), state(chaos)
+    expected, got = feature_state(clean), feature_state(chaos)
     assert len(expected) > 5_000  # 2 keys per customer, 1 per terminal
     assert got == expected
     # Exactly one decision per transaction, from the shipped model. (Its score is the one

@@ -19,8 +19,6 @@ request is degraded while Redis is down, none before the outage or after recover
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -41,12 +39,12 @@ from api_harness import (
 )
 from esm_harness import wait_until
 
+from bench.chaos_checks import feature_state
+from bench.chaos_faults import PersistentRedis
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.events import transaction_from_mapping
 from kestrel.settings import LocalSettings
-from kestrel_local.processes import LOOPBACK, free_port, stop_child
 from kestrel_local.runtime import LocalRuntime
-from kestrel_local.services import redis_command
 
 pytestmark = pytest.mark.integration
 
@@ -60,61 +58,10 @@ API_ENV = {"REDIS_BUDGET_MS": "250"}  # see the module docstring
 PERSISTENCE = ["--appendonly", "yes", "--appendfsync", "always"]
 
 
-class RedisServer:
-    """One redis-server on a fixed loopback port and data directory, stoppable and restartable."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.data_dir = directory / "data"
-        self.data_dir.mkdir(parents=True)
-        self.log_file = directory / "redis.log"
-        self.argv = [*redis_command(self.port, self.data_dir), *PERSISTENCE]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """Database 0."""
-        return f"redis://{LOOPBACK}:{self.port}/0"
-
-    def start(self, timeout_s: float = 15.0) -> None:
-        """Start it and wait until it answers PING (after loading its append-only file)."""
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=self.data_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        wait_until(self.answers, timeout_s=timeout_s, what=f"redis-server on {self.port}")
-
-    def terminate(self, timeout_s: float = 10.0) -> int:
-        """SIGTERM (a clean shutdown: the append-only file is flushed); its exit code."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout_s)
-
-    def answers(self) -> bool:
-        """True when PING succeeds."""
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2, socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except (redis.RedisError, OSError):
-            return False
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        """Stop it if it runs (SIGTERM, then SIGKILL)."""
-        if self.process is not None:
-            stop_child(self.process, 10.0)
-
-
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+def redis_server(tmp_path: Path) -> Iterator[PersistentRedis]:
     """A dedicated, persistent redis-server; stopped at the end whatever happened."""
-    server = RedisServer(tmp_path / "redis")
+    server = PersistentRedis(tmp_path / "redis")
     try:
         server.start()
         yield server
@@ -198,22 +145,8 @@ def timeline(samples: list[Sample], origin: float, step_s: float = 0.5) -> str:
     return " ".join(f"{b * step_s:+.1f}s:{n}/{d}d/{f}f" for b, (n, d, f) in sorted(buckets.items()))
 
 
-def customer_state(client: redis.Redis) -> dict[Any, tuple[Any, Any]]:
-    """Every feature key's type and content (decisions and TTLs left out)."""
-    state: dict[Any, tuple[Any, Any]] = {}
-    for key in client.scan_iter(match="kestrel:{[ct]:*", count=1000):
-        kind = client.type(key)
-        if kind == b"zset":
-            state[key] = (kind, client.zrange(key, 0, -1, withscores=True))
-        elif kind == b"hash":
-            state[key] = (kind, client.hgetall(key))
-        else:
-            state[key] = (kind, client.dump(key))
-    return state
-
-
 def test_redis_outage_degrades_the_api_without_errors_and_the_stream_loses_nothing(
-    emulator_endpoint: str, redis_server: RedisServer, tmp_path: Path
+    emulator_endpoint: str, redis_server: PersistentRedis, tmp_path: Path
 ) -> None:
     now_ms = int(time.time() * 1000)
     txs = [
@@ -226,7 +159,7 @@ def test_redis_outage_degrades_the_api_without_errors_and_the_stream_loses_nothi
         )
         for i in range(N)
     ]
-    app, clients = provision(emulator_endpoint, redis_server.url, prefix="out")
+    app, clients = provision(emulator_endpoint, redis_server.url(), prefix="out")
     stream = str(app.stack.physical["TransactionsStream"].ref)
     settings = LocalSettings.from_env(
         {
@@ -239,7 +172,7 @@ def test_redis_outage_degrades_the_api_without_errors_and_the_stream_loses_nothi
         app, clients, settings, only=["TransactionsFunction"], log_dir=tmp_path / "logs"
     )
     (mapping,) = runtime.kinesis
-    store = redis.Redis.from_url(redis_server.url)
+    store = redis.Redis.from_url(redis_server.url())
 
     def produce() -> None:  # N transactions over about 5 s, across the outage
         for start in range(0, N, 100):
@@ -247,7 +180,7 @@ def test_redis_outage_degrades_the_api_without_errors_and_the_stream_loses_nothi
             time.sleep(0.25)
 
     producer = threading.Thread(target=produce, name="producer", daemon=True)
-    with running_api(app, emulator_endpoint, redis_server.url, tmp_path / "api", API_ENV) as api:
+    with running_api(app, emulator_endpoint, redis_server.url(), tmp_path / "api", API_ENV) as api:
         load = ScoreLoad(api, now_ms)
         runtime.start()
         try:
@@ -335,8 +268,8 @@ def test_redis_outage_degrades_the_api_without_errors_and_the_stream_loses_nothi
         assert stored is not None and json.loads(stored)["source"] == "stream", t
 
     # Exactly once: the state equals one clean pass of the same transactions.
-    clean = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/1")
+    clean = redis.Redis.from_url(redis_server.url(1))
     clean.flushdb()
     replay = RedisFeatureStore(clean).apply_transactions([transaction_from_mapping(t) for t in txs])
     assert not any(isinstance(r, Exception) for r in replay)
-    assert customer_state(store) == customer_state(clean)
+    assert feature_state(store) == feature_state(clean)

@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from chalice.app import Chalice, Request, Response
@@ -22,6 +22,7 @@ from kestrel.events import PoisonRecord, Transaction, transaction_from_mapping, 
 from kestrel.serving import EntityFeatures, StoreUnavailable
 
 Handler = Callable[[Request], Response]
+T = TypeVar("T")
 
 MAX_BATCH = 100
 JSON = "application/json"
@@ -124,12 +125,9 @@ def decision_body(record: DecisionRecord) -> dict[str, Any]:
 
 def entity(fetch: Callable[[], EntityFeatures], id_field: str) -> Response:
     """200 with an entity's features, 400 for a bad id, 503 when the store is unavailable."""
-    try:
-        found = fetch()
-    except HttpError as exc:
-        return exc.response()
-    except StoreUnavailable as exc:
-        return _unavailable(exc)
+    found = _read(fetch)
+    if isinstance(found, Response):
+        return found
     return json_response(
         {id_field: found.entity_id, "as_of": found.as_of_ms, "known": found.known,
          "features": found.features}
@@ -138,17 +136,24 @@ def entity(fetch: Callable[[], EntityFeatures], id_field: str) -> Response:
 
 def stored_decision(fetch: Callable[[], DecisionRecord | None], transaction_id: str) -> Response:
     """200 with the stream's decision, 404 when there is none, 400 or 503 as for `entity`."""
-    try:
-        found = fetch()
-    except HttpError as exc:
-        return exc.response()
-    except StoreUnavailable as exc:
-        return _unavailable(exc)
+    found = _read(fetch)
+    if isinstance(found, Response):
+        return found
     if found is None:
         return HttpError(
             404, "not_found", "transaction_id", f"no decision stored for {transaction_id}"
         ).response()
     return json_response(decision_body(found))
+
+
+def _read(fetch: Callable[[], T]) -> T | Response:
+    """What `fetch` returns, or the error response for a bad id (400) or no store (503)."""
+    try:
+        return fetch()
+    except HttpError as exc:
+        return exc.response()
+    except StoreUnavailable as exc:
+        return _unavailable(exc)
 
 
 def _unavailable(exc: StoreUnavailable) -> Response:

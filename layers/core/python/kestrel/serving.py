@@ -72,6 +72,14 @@ class EntityFeatures:
     known: bool
 
 
+def _entity_features(
+    entity_id: str, at: int, values: Sequence[float], names: Sequence[str], known: bool
+) -> EntityFeatures:
+    """The named subset of a feature vector (FEATURE_NAMES order) as an entity's features."""
+    named = dict(zip(FEATURE_NAMES, values, strict=True))
+    return EntityFeatures(entity_id, at, {n: named[n] for n in names}, known)
+
+
 def make_breaker(fail_max: int, reset_s: float) -> pybreaker.CircuitBreaker:
     """The store's circuit breaker: open after `fail_max` failures, retry after `reset_s`.
 
@@ -140,16 +148,14 @@ class ScoringService:
         at = self._clock_ms()
         aggregates, known = self._store(self._reader.customer_aggregates, customer_id, at)
         values = feature_vector(0.0, at, aggregates, _NO_TERMINAL)
-        named = dict(zip(FEATURE_NAMES, values, strict=True))
-        return EntityFeatures(customer_id, at, {n: named[n] for n in CUSTOMER_FEATURES}, known)
+        return _entity_features(customer_id, at, values, CUSTOMER_FEATURES, known)
 
     def terminal_features(self, terminal_id: str) -> EntityFeatures:
         """A terminal's features now; raise `StoreUnavailable` if the store is not there."""
         at = self._clock_ms()
         aggregates, known = self._store(self._reader.terminal_aggregates, terminal_id, at)
         values = feature_vector(0.0, at, _NO_CUSTOMER, aggregates)
-        named = dict(zip(FEATURE_NAMES, values, strict=True))
-        return EntityFeatures(terminal_id, at, {n: named[n] for n in TERMINAL_FEATURES}, known)
+        return _entity_features(terminal_id, at, values, TERMINAL_FEATURES, known)
 
     def decision(self, transaction_id: str) -> DecisionRecord | None:
         """The stream's decision for a transaction; raise `StoreUnavailable` if unreachable."""
