@@ -29,7 +29,7 @@ endif
 
 .PHONY: help setup up down status deploy-local invoke run serve demo test test-unit test-integration \
 	lint parity train promote model-layer retrain-scheduled mlflow-ui bench-emulator bench-engine \
-	bench-api bench redrive chaos build clean
+	bench-api bench redrive chaos build deploy-localstack clean
 
 help: ## List every target with what it does
 	@echo "Kestrel: make <target> [VAR=value]"
@@ -151,6 +151,25 @@ mlflow-ui: $(SETUP_STAMP) ## MLflow UI over mlruns/ on http://127.0.0.1:5001
 
 build: $(SETUP_STAMP) ## Build reproducible Lambda zips (functions, layers) into build/lambda and check Lambda's size limits (ARGS='--arch arm64 --skip-deps')
 	$(PY) tools/build_lambda.py $(ARGS)
+
+# LocalStack (docker compose -f localstack/compose.yml up -d): its edge endpoint, the RedisUrl its
+# Lambda containers reach (compose's redis service) and the resource types it lacks.
+LOCALSTACK_ENDPOINT ?= http://127.0.0.1:4566
+LOCALSTACK_PARAMS ?= RedisUrl=redis://redis:6379/0 Stage=local
+LOCALSTACK_SKIP_TYPES ?= $(if $(LOCALSTACK_AUTH_TOKEN),,AWS::CodeBuild::Project)
+
+deploy-localstack: build ## Deploy build/template.json to LocalStack at LOCALSTACK_ENDPOINT, then register the schemas
+	@curl -fsS --max-time 5 $(LOCALSTACK_ENDPOINT)/_localstack/health >/dev/null 2>&1 || { \
+		echo "error: no LocalStack answers at $(LOCALSTACK_ENDPOINT). Start it (Docker needed):" \
+			"docker compose -f localstack/compose.yml up -d --wait" >&2; exit 1; }
+	AWS_ENDPOINT_URL=$(LOCALSTACK_ENDPOINT) $(PY) -m kestrel_local.cfn_deploy \
+		--template build/template.json --stack-name $(STACK_NAME) \
+		--parameter-overrides $(LOCALSTACK_PARAMS) \
+		$(foreach type,$(LOCALSTACK_SKIP_TYPES),--skip-type $(type))
+	AWS_ENDPOINT_URL=$(LOCALSTACK_ENDPOINT) $(PY) -m kestrel_local register-schemas \
+		--stack-name $(STACK_NAME) || { echo "error: the stack is deployed but the schemas" \
+		"are not registered: this LocalStack has no Glue schema registry (see README," \
+		"Deploying to LocalStack)" >&2; exit 1; }
 
 redrive: $(SETUP_STAMP) ## Replay dead-lettered records: make redrive ARGS="--queue on-failure --dry-run"
 	$(PY) -m kestrel_ops redrive --stack-name $(STACK_NAME) $(ARGS)

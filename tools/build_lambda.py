@@ -18,6 +18,9 @@ their CodeUri folders, their layers' ContentUri folders, the runtime and the arc
   requirements serve its CLI only (chalice.app needs the standard library), so they are left
   out too. Those exact versions are installed with `--no-deps --require-hashes` (the hashes of
   the wheels step 1 chose) and pip's install records (RECORD, INSTALLER, bin/) are dropped.
+* `template.json` beside the output folder (`build/template.json`) is the template on these
+  zips (`kestrel_local.cfn_artifacts.write_built_template`): `sam deploy --template-file
+  build/template.json` and `make deploy-localstack` deploy it without `sam build`.
 * Sizes are checked against Lambda's limits (250 MB unzipped per function with its layers,
   5 layers; zips over 50 MB warn: they must go through S3). Exit 1 names the function.
 * `manifest.json` in the output folder lists every artifact (path relative to the manifest,
@@ -43,6 +46,7 @@ from typing import Any
 
 import lambda_artifacts as la
 
+from kestrel_local.cfn_artifacts import BUILT_TEMPLATE, write_built_template
 from kestrel_local.functions import LAYER_TYPES, FunctionSpec, functions_of
 from kestrel_local.provision import _names
 from kestrel_local.template import Stack, TemplateError, load_template
@@ -330,7 +334,17 @@ def build(
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     progress(f"wrote {len(results)} artifacts and manifest.json to {out}")
-    return 1 if errors else 0
+    if errors:
+        return 1
+    built = write_built_template(
+        load_template(template),
+        {name: result.path for name, result in results.items()},
+        out.parent / BUILT_TEMPLATE,
+        runtime,
+        arch,
+    )
+    progress(f"wrote {_rel(built, template.parent)}: the template on these zips (deploy this one)")
+    return 0
 
 
 def _rel(path: Path, base: Path) -> str:

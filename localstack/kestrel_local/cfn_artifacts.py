@@ -1,11 +1,17 @@
-"""Local CodeUri/ContentUri folders of a SAM template: reproducible zips, upload, S3 URIs."""
+"""The built template (`make build`): code URIs on the build's zips, upload, S3 locations.
+
+`tools/build_lambda.py` zips each function and layer and calls `write_built_template`, which
+writes `build/template.json`: the SAM template with every local `CodeUri`/`ContentUri`
+pointing at its zip, the runtime and architecture the build was made for, and no
+`Metadata.BuildMethod` (the zips are final). `sam deploy --template-file build/template.json`
+and `kestrel_local.cfn_deploy` deploy it as it is: no `sam build`, nothing rebuilt on the way.
+"""
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import io
-import zipfile
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,19 +25,16 @@ ARTIFACT_PROPERTIES = {
     "AWS::Serverless::LayerVersion": "ContentUri",
 }
 _GLOBALS_SECTION = {"AWS::Serverless::Function": "Function"}
-# Fixed entry time (the earliest a zip can hold), so the same folder gives the same bytes.
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-_SKIPPED_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
-_SKIPPED_SUFFIXES = {".pyc", ".pyo"}
+BUILT_TEMPLATE = "template.json"
 
 
 @dataclass(frozen=True, slots=True)
 class Artifact:
-    """A local folder one resource of the template ships as a zip."""
+    """A built zip one resource of the template ships."""
 
     logical_id: str
     property: str
-    folder: Path
+    path: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,45 +45,85 @@ class S3Location:
     key: str
 
 
-def local_artifacts(template: Mapping[str, Any], template_dir: Path) -> list[Artifact]:
-    """Every function code and layer content folder the template names locally."""
+def _code_uri(resource: Mapping[str, Any], globals_section: Mapping[str, Any]) -> Any:
+    kind = resource["Type"]
+    defaults = globals_section.get(_GLOBALS_SECTION.get(kind, ""), {}) or {}
+    return (resource.get("Properties") or {}).get(
+        ARTIFACT_PROPERTIES[kind], defaults.get(ARTIFACT_PROPERTIES[kind])
+    )
+
+
+def write_built_template(
+    template: Mapping[str, Any],
+    zips: Mapping[str, Path],
+    out: Path,
+    runtime: str,
+    architecture: str,
+) -> Path:
+    """Write `out`: the template on the built zips (paths relative to `out`), for this runtime.
+
+    `zips` maps every function and layer logical id with a local code folder to its zip.
+    """
+    built = copy.deepcopy(dict(template))
+    function_globals = (built.get("Globals") or {}).get("Function")
+    if isinstance(function_globals, dict):
+        function_globals.pop("CodeUri", None)
+        if "Runtime" in function_globals:
+            function_globals["Runtime"] = runtime
+        if "Architectures" in function_globals:
+            function_globals["Architectures"] = [architecture]
+    for logical_id, resource in built["Resources"].items():
+        prop = ARTIFACT_PROPERTIES.get(resource["Type"])
+        if prop is None:
+            continue
+        properties = resource.setdefault("Properties", {})
+        value = _code_uri(template["Resources"][logical_id], template.get("Globals") or {})
+        if isinstance(value, str) and not value.startswith("s3://"):
+            if logical_id not in zips:
+                raise TemplateError(f"{logical_id}.{prop}: no built zip for {value!r}")
+            properties[prop] = (
+                Path(zips[logical_id]).resolve().relative_to(out.parent.resolve()).as_posix()
+            )
+        if resource["Type"] == "AWS::Serverless::LayerVersion":
+            if "CompatibleRuntimes" in properties:
+                properties["CompatibleRuntimes"] = [runtime]
+            if "CompatibleArchitectures" in properties:
+                properties["CompatibleArchitectures"] = [architecture]
+            metadata = resource.get("Metadata") or {}
+            for key in ("BuildMethod", "BuildArchitecture"):
+                metadata.pop(key, None)
+            if "Metadata" in resource and not metadata:
+                del resource["Metadata"]
+        else:
+            if "Runtime" in properties:
+                properties["Runtime"] = runtime
+            if "Architectures" in properties:
+                properties["Architectures"] = [architecture]
+    out.write_text(json.dumps(built, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def built_artifacts(template: Mapping[str, Any], template_dir: Path) -> list[Artifact]:
+    """Every function and layer zip a built template names locally; folders are refused."""
     globals_section = template.get("Globals") or {}
     found: list[Artifact] = []
     for logical_id, resource in template["Resources"].items():
-        kind = resource["Type"]
-        prop = ARTIFACT_PROPERTIES.get(kind)
+        prop = ARTIFACT_PROPERTIES.get(resource["Type"])
         if prop is None:
             continue
-        defaults = globals_section.get(_GLOBALS_SECTION.get(kind, ""), {}) or {}
-        value = (resource.get("Properties") or {}).get(prop, defaults.get(prop))
+        value = _code_uri(resource, globals_section)
         if not isinstance(value, str) or value.startswith("s3://"):
             continue  # already an S3 location (a mapping or an s3:// URI)
-        folder = (template_dir / value).resolve()
-        if not folder.is_dir():
-            raise TemplateError(f"{logical_id}.{prop}: folder {folder} does not exist")
-        found.append(Artifact(logical_id, prop, folder))
+        path = (template_dir / value).resolve()
+        if path.is_dir():
+            raise TemplateError(
+                f"{logical_id}.{prop}: {value!r} is a source folder; deploy the built template "
+                f"(`make build` writes build/{BUILT_TEMPLATE})"
+            )
+        if not path.is_file():
+            raise TemplateError(f"{logical_id}.{prop}: {path} does not exist (run `make build`)")
+        found.append(Artifact(logical_id, prop, path))
     return found
-
-
-def zip_folder(folder: Path) -> bytes:
-    """The folder as a zip, byte-identical for identical contents (entries sorted, fixed time)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(folder)
-            if not path.is_file() or _skipped(relative):
-                continue
-            info = zipfile.ZipInfo(relative.as_posix(), date_time=_ZIP_TIME)
-            info.external_attr = (0o755 if path.stat().st_mode & 0o111 else 0o644) << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, path.read_bytes())
-    return buffer.getvalue()
-
-
-def _skipped(relative: Path) -> bool:
-    return bool(_SKIPPED_PARTS.intersection(relative.parts)) or relative.suffix in (
-        _SKIPPED_SUFFIXES
-    )
 
 
 def artifact_key(logical_id: str, data: bytes, prefix: str = "artifacts/") -> str:
@@ -108,7 +151,7 @@ def rewrite_code_uris(
 def upload_artifacts(
     clients: AwsClients, bucket: str, artifacts: Iterable[Artifact], prefix: str = "artifacts/"
 ) -> dict[str, S3Location]:
-    """Zip and upload every artifact (creating the bucket if needed); their locations by id."""
+    """Upload every zip (creating the bucket if needed); their locations by logical id."""
     s3 = clients.client("s3")
     try:
         s3.head_bucket(Bucket=bucket)
@@ -119,7 +162,7 @@ def upload_artifacts(
         s3.create_bucket(**args)
     locations: dict[str, S3Location] = {}
     for artifact in artifacts:
-        data = zip_folder(artifact.folder)
+        data = artifact.path.read_bytes()
         key = artifact_key(artifact.logical_id, data, prefix)
         s3.put_object(Bucket=bucket, Key=key, Body=data)
         locations[artifact.logical_id] = S3Location(bucket, key)

@@ -1,10 +1,9 @@
-"""Deploy a SAM template as a CloudFormation stack: translate offline, upload code, create, wait.
+"""Deploy a built SAM template as a CloudFormation stack: upload, translate offline, create, wait.
 
 The steps, each usable alone (1 and 2 are in `kestrel_local.cfn_artifacts`):
 
-1. `local_artifacts` finds every `AWS::Serverless::Function` CodeUri and
-   `AWS::Serverless::LayerVersion` ContentUri that names a local folder, and `zip_folder` zips
-   it reproducibly (sorted entries, fixed timestamps, no `__pycache__`).
+1. `make build` (`tools/build_lambda.py`) writes reproducible zips and `build/template.json`,
+   the template on those zips; `built_artifacts` lists the zips it names.
 2. `upload_artifacts` puts the zips in a bucket under content-addressed keys, and
    `rewrite_code_uris` points the template at them (`{"Bucket": ..., "Key": ...}`).
 3. `translate` runs aws-sam-translator offline (no AWS call; managed policy names come from a
@@ -14,13 +13,16 @@ The steps, each usable alone (1 and 2 are in `kestrel_local.cfn_artifacts`):
    refers to them, returning what it removed and why, so that nothing is left out silently.
 5. `create_stack` creates the stack and waits for CREATE_COMPLETE; `deploy` runs the whole
    chain and then checks that every resource the template enables is in the stack.
-6. `bind_deployed` binds the SAM template to the deployed stack's physical resources, so
-   the local runtime (`kestrel_local.runtime.LocalRuntime`) runs the functions against them.
+6. `bind_deployed` binds the source SAM template to the deployed stack's physical
+   resources, so the local runtime (`kestrel_local.runtime.LocalRuntime`) runs the
+   functions against them.
 
-Command line (e.g. for LocalStack, which has the SAM transform's resource types)::
+Command line (`make deploy-localstack` runs it against LocalStack)::
 
-    AWS_ENDPOINT_URL=http://localhost:4566 python -m kestrel_local.cfn_deploy \
-        --stack-name kestrel --parameter-overrides RedisUrl=redis://host:6379/0
+    make build
+    AWS_ENDPOINT_URL=http://127.0.0.1:4566 python -m kestrel_local.cfn_deploy \
+        --template build/template.json --stack-name kestrel \
+        --parameter-overrides RedisUrl=redis://redis:6379/0
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
 from kestrel_local.aws import AwsClients
-from kestrel_local.cfn_artifacts import local_artifacts, rewrite_code_uris, upload_artifacts
+from kestrel_local.cfn_artifacts import built_artifacts, rewrite_code_uris, upload_artifacts
 from kestrel_local.functions import functions_of
 from kestrel_local.provision import LocalApp
 from kestrel_local.template import PhysicalResource, Stack, TemplateError, load_template
@@ -231,12 +233,14 @@ def deploy(
 ) -> Deployment:
     """Upload, translate, create and check: every enabled resource must be in the stack.
 
+    `template_path` is a built template (`make build` writes `build/template.json`).
+
     `unsupported_types`: resource types to leave out, each with the reason (what refers to
     them goes too); the result's `removed` lists each resource left out and why.
     """
     path = Path(template_path).resolve()
     sam = load_template(path)
-    locations = upload_artifacts(clients, artifact_bucket, local_artifacts(sam, path.parent))
+    locations = upload_artifacts(clients, artifact_bucket, built_artifacts(sam, path.parent))
     translated = translate(rewrite_code_uris(sam, locations), clients.region)
     deployed, removed = drop_resources(translated, unsupported_types or {})
     params = dict(parameters or {})
@@ -337,7 +341,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m kestrel_local.cfn_deploy",
         description="Deploy a SAM template as a CloudFormation stack at AWS_ENDPOINT_URL.",
     )
-    parser.add_argument("--template", default="template.yaml")
+    parser.add_argument(
+        "--template", default="build/template.json", help="built template (from `make build`)"
+    )
     parser.add_argument("--stack-name", default="kestrel")
     parser.add_argument("--bucket", help="artifact bucket (default: <stack-name>-artifacts)")
     parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
@@ -365,8 +371,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Deploy, print what was left out and the stack's outputs; 1 on a failed deployment."""
     args = parse_args(argv)
-    clients = AwsClients(os.environ.get("AWS_ENDPOINT_URL"), args.region)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    clients = AwsClients(endpoint, args.region)
     skipped = {kind: "skipped with --skip-type" for kind in args.skip_type}
+    print(
+        f"deploying {args.template} as stack {args.stack_name} to {endpoint or 'AWS'} "
+        f"(artifacts in s3://{args.bucket}/artifacts/)",
+        flush=True,
+    )
     try:
         deployment = deploy(
             clients,
@@ -379,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (DeployError, TemplateError) as exc:
         print(f"deploy failed: {exc}", file=sys.stderr)
+        return 1
+    except BotoCoreError as exc:  # nothing answers at the endpoint, or no credentials
+        print(f"deploy failed: {endpoint or 'AWS'}: {exc}", file=sys.stderr)
         return 1
     for removed, why in deployment.removed.items():
         print(f"left out {removed}: {why}")

@@ -43,13 +43,18 @@ class Deployed:
         return self.clients.client(service)
 
 
-def deployed_stack(emulator_endpoint: str, redis_url: str) -> Iterator[Deployed]:
-    """The module-scoped `deployed` fixture of each test module: one deployment, then deleted."""
+def deployed_stack(
+    emulator_endpoint: str, redis_url: str, lambda_build: Path
+) -> Iterator[Deployed]:
+    """The module-scoped `deployed` fixture of each test module: one deployment, then deleted.
+
+    It deploys the session's build (`lambda_build`: the built template and its zips).
+    """
     clients = AwsClients(emulator_endpoint)
     name = f"kcfn{uuid.uuid4().hex[:8]}"
     parameters = {"RedisUrl": redis_url, "Stage": "test", "ShardCount": "2"}
     deployment = deploy(
-        clients, TEMPLATE, name, f"{name}-artifacts", parameters, UNSUPPORTED_BY_MOTO, 60.0
+        clients, lambda_build, name, f"{name}-artifacts", parameters, UNSUPPORTED_BY_MOTO, 120.0
     )
     yield Deployed(clients, deployment, parameters)
     clients.client("cloudformation").delete_stack(StackName=deployment.stack_id)

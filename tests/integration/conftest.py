@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from kestrel_local.redis_cluster import running_redis_cluster
 from kestrel_local.services import ServiceError, find_redis_server
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -42,3 +44,20 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             yield urls[0]
     except ServiceError as exc:
         pytest.fail(f"could not start the Redis Cluster: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def lambda_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make build` of the repo's template, once per session: the built template's path.
+
+    The zips and `manifest.json` are in `lambda/` beside it (the deps layer comes from
+    PyPI's manylinux wheels for the template's runtime, as `make build` does).
+    """
+    sys.path.insert(0, str(REPO / "tools"))
+    import build_lambda
+
+    out = tmp_path_factory.mktemp("build") / "lambda"
+    code = build_lambda.main(["--template", str(REPO / "template.yaml"), "--out", str(out)])
+    if code != 0:
+        pytest.fail(f"the Lambda build failed with exit code {code}", pytrace=False)
+    return out.parent / "template.json"

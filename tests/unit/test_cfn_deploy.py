@@ -1,9 +1,8 @@
-"""The pure parts of cfn_deploy and cfn_artifacts: zips, code URIs, translation, pruning."""
+"""Pure parts of cfn_deploy and cfn_artifacts: built template, code URIs, translation, pruning."""
 
 from __future__ import annotations
 
-import io
-import zipfile
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,9 @@ from kestrel_local.cfn_artifacts import (
     Artifact,
     S3Location,
     artifact_key,
-    local_artifacts,
+    built_artifacts,
     rewrite_code_uris,
-    zip_folder,
+    write_built_template,
 )
 from kestrel_local.cfn_deploy import (
     Deployment,
@@ -30,32 +29,6 @@ from kestrel_local.template import TemplateError, load_template
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def _tree(root: Path) -> Path:
-    (root / "pkg" / "__pycache__").mkdir(parents=True)
-    (root / "app.py").write_text("def handler(event, context):\n    return event\n")
-    (root / "pkg" / "mod.py").write_text("X = 1\n")
-    (root / "pkg" / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\0")
-    (root / "stale.pyc").write_bytes(b"\0")
-    return root
-
-
-def test_zip_folder_is_reproducible_and_skips_bytecode(tmp_path: Path) -> None:
-    folder = _tree(tmp_path / "fn")
-    first = zip_folder(folder)
-    (folder / "app.py").touch()  # a new mtime must not change the bytes
-    assert zip_folder(folder) == first
-    with zipfile.ZipFile(io.BytesIO(first)) as archive:
-        assert archive.namelist() == ["app.py", "pkg/mod.py"]
-        assert archive.read("pkg/mod.py") == b"X = 1\n"
-
-
-def test_zip_folder_changes_with_content(tmp_path: Path) -> None:
-    folder = _tree(tmp_path / "fn")
-    before = zip_folder(folder)
-    (folder / "pkg" / "mod.py").write_text("X = 2\n")
-    assert zip_folder(folder) != before
-
-
 def test_artifact_key_is_content_addressed() -> None:
     assert artifact_key("Fn", b"a") == artifact_key("Fn", b"a")
     assert artifact_key("Fn", b"a") != artifact_key("Fn", b"b")
@@ -65,9 +38,11 @@ def test_artifact_key_is_content_addressed() -> None:
 
 def _sam(tmp_path: Path) -> dict[str, Any]:
     for folder in ("fn", "layer", "other"):
-        (tmp_path / folder).mkdir()
+        (tmp_path / folder).mkdir(parents=True)
     return {
-        "Globals": {"Function": {"CodeUri": "other"}},
+        "Globals": {
+            "Function": {"CodeUri": "other", "Runtime": "python3.12", "Architectures": ["x86_64"]}
+        },
         "Resources": {
             "Fn": {"Type": "AWS::Serverless::Function", "Properties": {"CodeUri": "fn/"}},
             "Defaulted": {"Type": "AWS::Serverless::Function", "Properties": {}},
@@ -77,27 +52,65 @@ def _sam(tmp_path: Path) -> dict[str, Any]:
             },
             "Layer": {
                 "Type": "AWS::Serverless::LayerVersion",
-                "Properties": {"ContentUri": "layer"},
+                "Properties": {
+                    "ContentUri": "layer",
+                    "CompatibleRuntimes": ["python3.12"],
+                    "CompatibleArchitectures": ["x86_64"],
+                },
+                "Metadata": {"BuildMethod": "python3.12", "BuildArchitecture": "x86_64"},
             },
             "Queue": {"Type": "AWS::SQS::Queue"},
         },
     }
 
 
-def test_local_artifacts_finds_local_folders_and_globals(tmp_path: Path) -> None:
-    found = local_artifacts(_sam(tmp_path), tmp_path)
-    assert found == [
-        Artifact("Fn", "CodeUri", (tmp_path / "fn").resolve()),
-        Artifact("Defaulted", "CodeUri", (tmp_path / "other").resolve()),
-        Artifact("Layer", "ContentUri", (tmp_path / "layer").resolve()),
+def _built(tmp_path: Path, runtime: str = "python3.12", arch: str = "x86_64") -> Path:
+    sam = _sam(tmp_path)
+    (tmp_path / "build" / "lambda").mkdir(parents=True)
+    zips = {}
+    for name in ("Fn", "Defaulted", "Layer"):
+        zips[name] = tmp_path / "build" / "lambda" / f"{name}.zip"
+        zips[name].write_bytes(name.encode())
+    return write_built_template(sam, zips, tmp_path / "build" / "template.json", runtime, arch)
+
+
+def test_write_built_template_points_at_the_zips_for_the_built_runtime(tmp_path: Path) -> None:
+    built = json.loads(_built(tmp_path, "python3.13", "arm64").read_text())
+    resources = built["Resources"]
+    assert resources["Fn"]["Properties"]["CodeUri"] == "lambda/Fn.zip"
+    assert resources["Defaulted"]["Properties"]["CodeUri"] == "lambda/Defaulted.zip"
+    assert resources["Remote"]["Properties"]["CodeUri"] == "s3://bucket/key.zip"
+    layer = resources["Layer"]
+    assert layer["Properties"]["ContentUri"] == "lambda/Layer.zip"
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    assert "Metadata" not in layer  # nothing left for `sam build` to rebuild
+    assert built["Globals"]["Function"] == {"Runtime": "python3.13", "Architectures": ["arm64"]}
+
+
+def test_write_built_template_names_a_resource_without_a_zip(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError, match=r"Fn\.CodeUri: no built zip for 'fn/'"):
+        write_built_template(_sam(tmp_path), {}, tmp_path / "template.json", "python3.12", "x86_64")
+
+
+def test_built_artifacts_lists_the_zips_of_a_built_template(tmp_path: Path) -> None:
+    path = _built(tmp_path)
+    found = built_artifacts(json.loads(path.read_text()), path.parent)
+    lambda_dir = (tmp_path / "build" / "lambda").resolve()
+    assert sorted(found, key=lambda a: a.logical_id) == [
+        Artifact("Defaulted", "CodeUri", lambda_dir / "Defaulted.zip"),
+        Artifact("Fn", "CodeUri", lambda_dir / "Fn.zip"),
+        Artifact("Layer", "ContentUri", lambda_dir / "Layer.zip"),
     ]
 
 
-def test_local_artifacts_names_a_missing_folder(tmp_path: Path) -> None:
-    sam = _sam(tmp_path)
-    sam["Resources"]["Fn"]["Properties"]["CodeUri"] = "nowhere"
-    with pytest.raises(TemplateError, match=r"Fn\.CodeUri: folder .*nowhere"):
-        local_artifacts(sam, tmp_path)
+def test_built_artifacts_refuses_source_folders_and_missing_zips(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError, match=r"Fn\.CodeUri: 'fn/' is a source folder.*make build"):
+        built_artifacts(_sam(tmp_path), tmp_path)
+    path = _built(tmp_path / "x")
+    (tmp_path / "x" / "build" / "lambda" / "Layer.zip").unlink()
+    with pytest.raises(TemplateError, match=r"Layer\.ContentUri: .*Layer\.zip does not exist"):
+        built_artifacts(json.loads(path.read_text()), path.parent)
 
 
 def test_rewrite_code_uris_points_at_s3_and_leaves_the_input_alone(tmp_path: Path) -> None:
