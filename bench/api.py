@@ -177,7 +177,7 @@ def report(args: argparse.Namespace, run: dict[str, Any], fr: dict[str, Any], no
               "timeout_s": args.timeout, "spin_us": args.spin_us, "targets_ms": TARGETS,
               "run": run, "feature_read": fr}  # fmt: skip
     out = write_result("api", params, figures)
-    log(f"wrote {out.relative_to(REPO)}")
+    log(f"wrote {out}")
     return 1 if run["errors"] else 0
 
 
@@ -196,7 +196,9 @@ def placement(cpus: list[int], pinned: bool, rtt: dict[str, float]) -> dict[str,
     }  # fmt: skip
 
 
-def measure(args: argparse.Namespace, client: redis.Redis, cpus: list[int], pinned: bool) -> Any:
+def measure(
+    args: argparse.Namespace, client: redis.Redis, cpus: list[int], pinned: bool, redis_url: str
+) -> Any:
     """Seed, time feature reads, then warm up and load the API server; return the pieces."""
     server_cpu, client_cpu = cpus[-1], cpus[0]
     store = RedisFeatureStore(client)
@@ -218,7 +220,7 @@ def measure(args: argparse.Namespace, client: redis.Redis, cpus: list[int], pinn
         rtt["from_client_cpu"] = redis_rtt_us(client)
     key = f"bench-{random.SystemRandom().getrandbits(64):016x}"
     logfile = Path(tempfile.mkdtemp(prefix="kestrel-bench-api-")) / "api-server.log"
-    server = ApiServer(key, server_cpu if pinned else None, logfile)
+    server = ApiServer(key, server_cpu if pinned else None, logfile, redis_url)
     try:
         server.wait_healthy()
         log(f"API server up on {LOOPBACK}:{server.port} (log {logfile}); warm-up {args.warmup:g} s")
@@ -262,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                 pinned, args.spin_us = False, 0
             if pinned:
                 restore = pin_threads(redis_pid, {cpus[-1]})
-            history, fr, rtt, warm, result, command = measure(args, client, cpus, pinned)
+            history, fr, rtt, warm, result, command = measure(
+                args, client, cpus, pinned, settings.redis
+            )
         finally:
             for tid, before in restore.items():
                 with contextlib.suppress(OSError):

@@ -126,9 +126,11 @@ def pin_threads(pid: int, cpus: set[int]) -> dict[int, set[int]]:
 class ApiServer:
     """``python -m kestrel_local serve`` on a free loopback port (optionally on one CPU)."""
 
-    def __init__(self, key: str, cpu: int | None, log_path: Path) -> None:
+    def __init__(self, key: str, cpu: int | None, log_path: Path, redis_url: str = "") -> None:
         self.port, self.key, self.log_path = free_port(LOOPBACK), key, log_path
         self.command = [sys.executable, *SERVE, "--host", LOOPBACK, "--port", str(self.port)]
+        if redis_url:  # the template's RedisUrl default is the `make up` Redis, not this one
+            self.command += ["--parameter-overrides", f"RedisUrl={redis_url}"]
         pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
         with log_path.open("wb") as out:
             self.proc = subprocess.Popen(

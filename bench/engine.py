@@ -270,7 +270,7 @@ def report(
     figures = {"engine.events_per_s": (rate[best], "events/s")}
     figures |= {f"engine.events_per_s_batch_{b}": (rate[b], "events/s") for b in sizes}
     out = write_result("engine_quick" if args.quick else "engine", params, figures)
-    log(f"wrote {out.relative_to(REPO)}")
+    log(f"wrote {out}")
     return 0 if not bench.path.totals["failed"] and not bench.path.totals["duplicates"] else 1
 
 

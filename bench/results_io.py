@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR_ENV = "KESTREL_BENCH_RESULTS_DIR"  # set by bench/suite.py for the parts it runs
 
 
 def git_commit(repo: Path = RESULTS_DIR.parent.parent) -> str:
@@ -55,13 +56,35 @@ def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count() or 1, "cpu": cpu_model(), "memory_gb": memory_gb()}
 
 
+def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """ "amd", "intel", another vendor_id in lower case, or the machine's architecture."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                known = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}
+                return known.get(vendor, vendor.lower() or "unknown")
+    except OSError:
+        pass
+    return os.uname().machine.lower() or "unknown"
+
+
+def machine_class(cores: int | None = None, vendor: str | None = None) -> str:
+    """The class results are compared within: "<cores>c-<cpu vendor>", e.g. "2c-amd"."""
+    return f"{cores or os.cpu_count() or 1}c-{vendor or cpu_vendor()}"
+
+
 def write_result(
     benchmark: str,
     params: dict[str, Any],
     figures: dict[str, tuple[float, str]],
-    results_dir: Path = RESULTS_DIR,
+    results_dir: Path | None = None,
 ) -> Path:
-    """Write ``<results_dir>/<benchmark>-<UTC timestamp>.json`` and return its path."""
+    """Write ``<results_dir>/<benchmark>-<UTC timestamp>.json`` and return its path.
+
+    `results_dir` defaults to ``$KESTREL_BENCH_RESULTS_DIR`` when set, else bench/results.
+    """
+    results_dir = results_dir or Path(os.environ.get(RESULTS_DIR_ENV) or RESULTS_DIR)
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     document = {

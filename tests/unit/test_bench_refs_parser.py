@@ -1,0 +1,68 @@
+"""Unit tests for the reference benchmark's pure parts: redis-benchmark output, EVALSHA lines."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import redis
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.refs import evalsha_args, parse_csv  # noqa: E402
+from kestrel.adapters.redis_features import RedisFeatureStore  # noqa: E402
+from kestrel.events import Transaction  # noqa: E402
+
+REDIS7 = (
+    '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'
+    '"p99_latency_ms","max_latency_ms"\n'
+    '"SET","158730.16","0.171","0.048","0.167","0.223","0.351","1.023"\n'
+    '"HSET","152905.20","0.180","0.056","0.175","0.231","0.367","0.999"\n'
+)
+
+
+def test_parse_csv_reads_redis_7_rows_with_their_header() -> None:
+    rows = parse_csv(REDIS7)
+    assert set(rows) == {"SET", "HSET"}
+    assert rows["SET"]["rps"] == 158730.16
+    assert rows["HSET"]["p99_latency_ms"] == 0.367
+
+
+def test_parse_csv_reads_headerless_redis_6_rows() -> None:
+    assert parse_csv('"SET","123456.79"\n"GET","98765.43"\n') == {
+        "SET": {"rps": 123456.79},
+        "GET": {"rps": 98765.43},
+    }
+
+
+def test_parse_csv_keeps_custom_command_names_and_skips_progress_lines() -> None:
+    text = (
+        "SET: rps=0.0 (overall: 0.0) avg_msec=-nan\r"
+        '"test","rps","avg_latency_ms"\n'
+        '"EVALSHA abc 2 k1 k2 preview ref-__rand_int__ 1","15385.20","3.1"\n'
+    )
+    rows = parse_csv(text)
+    assert list(rows) == ["EVALSHA abc 2 k1 k2 preview ref-__rand_int__ 1"]
+    assert rows["EVALSHA abc 2 k1 k2 preview ref-__rand_int__ 1"]["rps"] == 15385.2
+
+
+def test_parse_csv_returns_nothing_for_no_rows() -> None:
+    assert parse_csv("") == {}
+    assert parse_csv("ERROR: connection refused\n") == {}
+
+
+def test_evalsha_args_are_the_stores_own_script_calls_in_preview_mode() -> None:
+    store = RedisFeatureStore(redis.Redis())  # never connects: scripts hash locally
+    probe = Transaction("p", "cust-1", "term-1", 42.5, 1_767_225_600_000)
+    commands = evalsha_args(store, probe)
+    assert set(commands) == {"customer", "terminal"}
+    customer = commands["customer"]
+    assert customer[:3] == ["EVALSHA", store._customer.sha, "2"]
+    assert customer[3:5] == ["kestrel:{c:cust-1}:tx", "kestrel:{c:cust-1}:amt"]
+    assert customer[5:9] == ["preview", "ref-__rand_int__", "1767225600000", "4250"]
+    terminal = commands["terminal"]
+    assert terminal[:3] == ["EVALSHA", store._terminal.sha, "3"]
+    assert terminal[6:8] == ["preview", "ref-__rand_int__"]
+    assert all(isinstance(arg, str) for arg in customer + terminal)
