@@ -13,6 +13,7 @@ import redis
 from bench.chaos_input import Poison
 from bench.chaos_report import ChaosReport
 from kestrel.adapters.redis_features import RedisFeatureStore
+from kestrel.adapters.redis_telemetry import NON_STATE_PREFIXES
 from kestrel.events import Transaction
 
 if TYPE_CHECKING:
@@ -42,10 +43,14 @@ def drained(kinesis: KinesisClient, stream: str, checkpoints: dict[str, int]) ->
 
 
 def feature_state(client: redis.Redis) -> dict[bytes, Any]:
-    """Every feature key's content (decisions and TTLs left out), comparable."""
+    """Every feature key's content (decisions and TTLs left out), comparable.
+
+    Telemetry and the drift status are left out too: they count attempts, not events.
+    """
+    skipped = (b"kestrel:{d:", *(p.encode() for p in NON_STATE_PREFIXES))
     dump: dict[bytes, Any] = {}
     for key in client.scan_iter(count=1000):
-        if key.startswith(b"kestrel:{d:"):
+        if key.startswith(skipped):
             continue
         kind = client.type(key)
         if kind == b"zset":

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from functools import cache
 
+from aws_lambda_powertools import Logger
 from chalice.app import Chalice, Request, Response
 from chalicelib import web
+from chalicelib.logs import share_handler
 from chalicelib.openapi import SPEC
 from chalicelib.telemetry import ApiMetrics
 
 from kestrel import clients
 from kestrel.serving import ScoringService
+from kestrel.telemetry import TelemetryService
 
 app = Chalice(app_name="kestrel-api")
 metrics = ApiMetrics()
+# JSON logs; the domain's loggers (kestrel.*) share its handler, so their lines carry the
+# correlation id (the transaction id on /v1/score).
+logger = Logger(service="kestrel-scoring-api")  # not "kestrel-api": Chalice logs there
+share_handler(logger)
 
 
 @cache
@@ -24,10 +31,21 @@ def service() -> ScoringService:
     return scoring
 
 
+@cache
+def telemetry() -> TelemetryService:
+    """The container's telemetry snapshots, also exported at /metrics."""
+    snapshots = clients.telemetry_service()
+    metrics.track_stream(snapshots.snapshot)
+    return snapshots
+
+
 @app.middleware("http")
 def guard(request: Request, get_response: web.Handler) -> Response:
     """API key, Server-Timing and request metrics around every route."""
-    return web.guarded(request, get_response, clients.settings().api_key, metrics.observe)
+    try:
+        return web.guarded(request, get_response, clients.settings().api_key, metrics.observe)
+    finally:
+        logger.set_correlation_id(None)
 
 
 @app.route("/v1/score", methods=["POST"])
@@ -37,6 +55,7 @@ def score() -> Response:
         tx = web.transaction(web.json_body(web.current(app)))
     except web.HttpError as exc:
         return exc.response()
+    logger.set_correlation_id(tx.transaction_id)
     records = service().score([tx])
     metrics.decided(records)
     return web.json_response(web.decision_body(records[0]))
@@ -81,6 +100,12 @@ def decision(transaction_id: str) -> Response:
     )
 
 
+@app.route("/v1/telemetry", methods=["GET"])
+def stream_telemetry() -> Response:
+    """The stream's live figures over the last `window` seconds (default 60)."""
+    return web.telemetry(lambda window: telemetry().snapshot(window), web.current(app))
+
+
 @app.route("/health", methods=["GET"])
 def health() -> Response:
     """The feature store, model and schema registry checks."""
@@ -89,8 +114,9 @@ def health() -> Response:
 
 @app.route("/metrics", methods=["GET"])
 def prometheus() -> Response:
-    """Prometheus text of this process."""
+    """Prometheus text of this process, and the stream's figures."""
     service()
+    telemetry()
     return Response(body=metrics.render().decode(), headers={"Content-Type": metrics.content_type})
 
 
@@ -98,3 +124,19 @@ def prometheus() -> Response:
 def openapi() -> Response:
     """The OpenAPI document."""
     return web.json_response(SPEC)
+
+
+@app.route("/dashboard", methods=["GET"])
+def dashboard_page() -> Response:
+    """The live dashboard page (open: it asks for the key in the browser, never holds one)."""
+    from chalicelib import dashboard
+
+    return dashboard.page(web.current(app))
+
+
+@app.route("/dashboard/{asset}", methods=["GET"])
+def dashboard_asset(asset: str) -> Response:
+    """One of the dashboard page's files (its script, styles and the vendored uPlot)."""
+    from chalicelib import dashboard
+
+    return dashboard.asset(asset, web.current(app))

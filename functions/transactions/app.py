@@ -9,7 +9,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from kestrel import clients
-from kestrel.stream_batch import kinesis_processor, record_metrics, respond
+from kestrel.stream_batch import kinesis_processor, log_outcome, record_metrics, respond
 from kestrel.streaming import TransactionPath
 
 logger = Logger()
@@ -25,4 +25,5 @@ def lambda_handler(
     """Process a Kinesis batch of transactions (features, decisions) and report retries."""
     outcome = (path or clients.transaction_path()).run(event["Records"])
     record_metrics(metrics, "Transactions", outcome)
+    log_outcome(logger, outcome)
     return respond(event, context, outcome, processor)

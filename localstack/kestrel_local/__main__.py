@@ -4,7 +4,7 @@ python -m kestrel_local up|down [--timeout S]
 python -m kestrel_local status [--template template.yaml]
 python -m kestrel_local provision --template template.yaml
 python -m kestrel_local invoke --template template.yaml TransactionsFunction --event events/x.json
-python -m kestrel_local run --template template.yaml [--function F ...]
+python -m kestrel_local run --template template.yaml [--function F ...] [--metrics-port 9464]
 python -m kestrel_local register-schemas --stack-name kestrel
 python -m kestrel_local serve --template template.yaml [--host 127.0.0.1] [--port 8000]
 """
@@ -26,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from kestrel.adapters.glue_registry import GlueSchemaRegistry, register_all
 from kestrel.schema_compat import SchemaIncompatible
 from kestrel.settings import LocalSettings, SettingsError
+from kestrel_local import metrics_server
 from kestrel_local.api_server import (
     ServeError,
     api_key,
@@ -115,8 +116,17 @@ def _cmd_run(args: argparse.Namespace, settings: LocalSettings) -> int:
     print(f"local Lambda runtime on {settings.endpoint}; Ctrl-C stops it", file=sys.stderr)
     for line in lines:
         print(f"  {line}", file=sys.stderr)
+    metrics = None
+    if args.metrics_port:
+        metrics = metrics_server.start(
+            app, clients, settings.redis, args.metrics_port, args.metrics_host
+        )
+    if metrics is not None:
+        print(f"  stream metrics (Prometheus): {metrics.url}", file=sys.stderr)
     stop.wait()
     print("stopping: finishing in-flight batches and flushing checkpoints", file=sys.stderr)
+    if metrics is not None:
+        metrics.stop()
     runtime.stop()
     return 0
 
@@ -136,6 +146,7 @@ def _cmd_serve(args: argparse.Namespace, settings: LocalSettings) -> int:
     print(f"scoring API ({spec.logical_id}) on {url}; Ctrl-C stops it", file=sys.stderr)
     print(f"  API key (x-api-key header): {environment['KESTREL_API_KEY']}", file=sys.stderr)
     print(f"  spec: {url}/openapi.json   health: {url}/health", file=sys.stderr)
+    print(f"  dashboard: {url}/dashboard#key={environment['KESTREL_API_KEY']}", file=sys.stderr)
     serve(server, stop, environment["KESTREL_API_KEY"])
     return 0
 
@@ -310,6 +321,13 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             cmd.add_argument(
                 "--function", "-f", action="append", help="run only this function (repeatable)"
+            )
+            cmd.add_argument(
+                "--metrics-port", type=int, default=metrics_server.DEFAULT_PORT,
+                help="serve the stream's Prometheus /metrics on this port (0: off)",
+            )  # fmt: skip
+            cmd.add_argument(
+                "--metrics-host", default="127.0.0.1", help="loopback address for /metrics"
             )
     return parser
 

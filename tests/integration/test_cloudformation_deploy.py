@@ -9,7 +9,7 @@ What moto 5.2.5's CloudFormation cannot create is left out on purpose, with ever
 refers to it, and the exact list is asserted below (`EXPECTED_REMOVED`), so nothing is
 dropped silently and a change in the template or in moto shows up here:
 
-- AWS::CloudWatch::Alarm (the four dead-letter alarms), AWS::CodeBuild::Project
+- AWS::CloudWatch::Alarm (the four dead-letter alarms, DriftAlarm), AWS::CodeBuild::Project
   (RetrainProject), AWS::SNS::Subscription (AlarmEmailSubscription, off by default anyway),
   AWS::ApiGateway::Stage, ::UsagePlan, ::ApiKey, ::UsagePlanKey: moto has no CloudFormation
   model for these types. It skips them with a log warning, and CreateStack then fails on
@@ -50,6 +50,7 @@ EXPECTED_REMOVED = {
     "OnFailureQueueDepthAlarm",
     "PoisonDLQAgeAlarm",
     "OnFailureQueueAgeAlarm",
+    "DriftAlarm",
     "AlarmEmailSubscription",
     "RetrainProject",
     "RetrainScheduleRole",
@@ -68,6 +69,8 @@ STREAM_FUNCTIONS = {
     "LabelsFunction": ("LabelsStream", 1, 86400),
 }
 LAYERS = ("CoreLayer", "ModelLayer", "DepsLayer")
+# DriftFunction's layers: scipy instead of onnxruntime (both would not fit Lambda's 250 MB).
+DRIFT_LAYERS = ("CoreLayer", "ModelLayer", "DriftDepsLayer")
 
 
 deployed = pytest.fixture(scope="module", name="deployed")(deployed_stack)
@@ -158,6 +161,7 @@ def test_functions_have_the_template_settings(
         "TransactionsFunction": ("app.lambda_handler", 30),
         "LabelsFunction": ("app.lambda_handler", 30),
         "ApiFunction": ("app.app", 10),
+        "DriftFunction": ("app.lambda_handler", 300),
     }
     for function, (handler, timeout) in handlers.items():
         config = lam.get_function(FunctionName=deployed.physical(function))["Configuration"]
@@ -183,7 +187,9 @@ def _published_layers(deployed: Deployed) -> dict[str, dict[str, Any]]:
     """The stack's layers by SAM logical id, found by their template description."""
     lam = deployed.client("lambda")
     sam = load_template(TEMPLATE)["Resources"]
-    by_description = {sam[layer]["Properties"]["Description"]: layer for layer in LAYERS}
+    by_description = {
+        sam[layer]["Properties"]["Description"]: layer for layer in {*LAYERS, *DRIFT_LAYERS}
+    }
     found: dict[str, dict[str, Any]] = {}
     for layer in lam.list_layers()["Layers"]:
         latest = layer["LatestMatchingVersion"]
@@ -199,7 +205,7 @@ def test_layers_are_published_from_the_uploaded_zips(
     lam = deployed.client("lambda")
     manifest = json.loads((lambda_build.parent / "lambda" / "manifest.json").read_text())
     layers = _published_layers(deployed)
-    assert set(layers) == set(LAYERS)
+    assert set(layers) == {*LAYERS, *DRIFT_LAYERS}
     sizes = {}
     for logical_id, layer in layers.items():
         assert layer["CompatibleRuntimes"] == ["python3.12"], logical_id
@@ -209,7 +215,7 @@ def test_layers_are_published_from_the_uploaded_zips(
         )
         sizes[logical_id] = version["Content"]["CodeSize"]
     # Each layer is the build's zip, byte for byte in size (the deps layer: ~45 MB of wheels).
-    assert sizes == {name: manifest["artifacts"][name]["zipped_bytes"] for name in LAYERS}
+    assert sizes == {name: manifest["artifacts"][name]["zipped_bytes"] for name in layers}
     assert sizes["DepsLayer"] > 10_000_000
 
 
@@ -248,6 +254,24 @@ def test_translated_functions_reference_the_three_layers(deployed: Deployed) -> 
         refs = [layer["Ref"] for layer in resources[function]["Properties"]["Layers"]]
         assert [ref.rstrip("0123456789abcdef") for ref in refs] == list(LAYERS)
         assert all(resources[ref]["Type"] == "AWS::Lambda::LayerVersion" for ref in refs)
+    refs = [layer["Ref"] for layer in resources["DriftFunction"]["Properties"]["Layers"]]
+    assert [ref.rstrip("0123456789abcdef") for ref in refs] == list(DRIFT_LAYERS)
+
+
+def test_drift_function_runs_on_its_schedule(deployed: Deployed) -> None:
+    events = deployed.client("events")
+    function_arn = deployed.client("lambda").get_function(
+        FunctionName=deployed.physical("DriftFunction")
+    )["Configuration"]["FunctionArn"]
+    (rule,) = [
+        r
+        for r in events.list_rules()["Rules"]
+        if r["Name"] == deployed.physical("DriftFunctionDriftSchedule")
+    ]
+    assert rule["ScheduleExpression"] == "rate(15 minutes)"
+    assert rule["State"] == "ENABLED"
+    targets = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+    assert [t["Arn"] for t in targets] == [function_arn]
 
 
 def test_queues_are_encrypted_and_keep_messages_14_days(deployed: Deployed) -> None:

@@ -56,6 +56,7 @@ API_PATHS = {
     "/v1/customers/{customer_id}/features",
     "/v1/terminals/{terminal_id}/features",
     "/v1/decisions/{transaction_id}",
+    "/v1/telemetry",
     "/health",
     "/metrics",
     "/openapi.json",
@@ -243,6 +244,11 @@ def test_api_answers_every_route_over_one_keep_alive_connection(
     assert stored.json()["source"] == "stream" and stored.json()["transaction_id"] == "H-C-000"
     missing = client.request("GET", "/v1/decisions/never-streamed")
     assert missing.status == 404 and missing.json()["field"] == "transaction_id"
+
+    telemetry = client.request("GET", "/v1/telemetry?window=600")
+    assert telemetry.status == 200, telemetry.body
+    assert telemetry.json()["totals"]["applied"] == len(stack.streamed)  # the history
+    assert telemetry.json()["model_version"] == decided["model_version"]
 
     health = client.request("GET", "/health", key=None)
     assert health.status == 200, health.body

@@ -19,6 +19,7 @@ import pytest
 from chalice.test import Client, HTTPResponse
 from openapi_schema_validator import OAS30Validator
 from stream_doubles import MemoryDecisions, shipped_scorer
+from telemetry_doubles import FixedDepths, MemoryDrift, MemoryTelemetry
 
 from kestrel import clients
 from kestrel.decisions import DecisionRecord, Rules
@@ -32,6 +33,7 @@ from kestrel.features import (
 )
 from kestrel.serving import ScoringService
 from kestrel.settings import Settings
+from kestrel.telemetry import TelemetryService
 
 REPO = Path(__file__).resolve().parents[2]
 API_DIR = REPO / "functions" / "api"
@@ -129,6 +131,9 @@ class Api:
     reader: MemoryReader
     decisions: StoreDecisions
     service: ScoringService
+    stream: MemoryTelemetry
+    depths: FixedDepths
+    drift: MemoryDrift
 
     def post(self, path: str, body: Any, headers: Mapping[str, str] = JSON_AUTH) -> HTTPResponse:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -151,11 +156,14 @@ def serve_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
         registry_check=lambda: None,
     )
     settings = Settings.from_env({"KESTREL_API_KEY": KEY})
+    stream, depths, drift = MemoryTelemetry(), FixedDepths({"poison": 0}), MemoryDrift()
+    telemetry = TelemetryService(stream, depths, drift)
     monkeypatch.setattr(clients, "settings", lambda: settings)
     monkeypatch.setattr(clients, "scoring_service", lambda: service)
+    monkeypatch.setattr(clients, "telemetry_service", lambda: telemetry)
     module = load_app()
     with Client(module.app, project_dir=str(API_DIR)) as client:
-        yield Api(module, client, reader, decisions, service)
+        yield Api(module, client, reader, decisions, service, stream, depths, drift)
 
 
 def transaction(**overrides: Any) -> dict[str, Any]:

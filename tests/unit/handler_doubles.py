@@ -33,13 +33,17 @@ TRANSACTIONS_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/kestrel-transa
 LABELS_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/kestrel-labels"
 # The handlers' clock: ten seconds after the first sample transaction arrived.
 NOW_S = 1_795_857_312.173
-FRESHNESS = tuple(f"Freshness{a}{b}" for a in ("Arrival", "EventTime") for b in ("P50", "Max"))
-UNITS = dict.fromkeys(FRESHNESS, "Milliseconds") | {
+FRESHNESS = tuple(
+    f"Freshness{a}{b}" for a in ("Arrival", "EventTime") for b in ("P50", "P99", "Max")
+)
+UNITS = dict.fromkeys((*FRESHNESS, "ScoringLatency"), "Milliseconds") | {
     f"{prefix}{kind}": "Count"
     for prefix in ("Transactions", "Labels")
     for kind in ("Applied", "Duplicates", "Failed")
 }
-UNITS["PoisonRecords"] = "Count"
+UNITS |= dict.fromkeys(
+    ("PoisonRecords", "TransactionsProcessed", "LabelsReceived", "LabelsFrauds"), "Count"
+)
 UNITS |= {f"Decisions{d}": "Count" for d in ("Approve", "Review", "Decline")}
 
 

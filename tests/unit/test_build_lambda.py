@@ -262,10 +262,11 @@ def test_build_lambda_reads_functions_and_layers_of_repo_template() -> None:
     assert plan.runtime.startswith("python3")
     assert plan.architectures in (("x86_64",), ("arm64",))
     deps = [layer for layer in plan.layers.values() if layer.requirements is not None]
-    assert [layer.logical_id for layer in deps] == ["DepsLayer"]
+    assert [layer.logical_id for layer in deps] == ["DepsLayer", "DriftDepsLayer"]
     for name in plan.functions:
         assert len(plan.function_layers[name]) <= la.MAX_LAYERS
     assert plan.function_layers["TransactionsFunction"] == ("CoreLayer", "ModelLayer", "DepsLayer")
+    assert plan.function_layers["DriftFunction"] == ("CoreLayer", "ModelLayer", "DriftDepsLayer")
 
 
 def test_build_lambda_builds_layout_and_manifest_reproducibly(

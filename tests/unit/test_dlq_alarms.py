@@ -21,6 +21,7 @@ TEMPLATE = load_template(REPO / "template.yaml")
 RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
 QUEUES = sorted(name for name, r in RESOURCES.items() if r["Type"] == "AWS::SQS::Queue")
 ALARMS = {name: r for name, r in RESOURCES.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+QUEUE_ALARMS = {n: r for n, r in ALARMS.items() if r["Properties"]["Namespace"] == "AWS/SQS"}
 DEPTH, AGE = "ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"
 
 
@@ -33,7 +34,7 @@ def _bound(**overrides: str) -> Stack:
 def _alarm_for(queue: str, metric: str) -> dict[str, Any]:
     found: list[dict[str, Any]] = [
         props
-        for props in (a["Properties"] for a in ALARMS.values())
+        for props in (a["Properties"] for a in QUEUE_ALARMS.values())
         if props["MetricName"] == metric
         and props["Dimensions"]
         == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}]
@@ -81,10 +82,10 @@ def test_dlq_alarms_notify_the_alarm_topic_when_firing_and_clearing(alarm: str) 
     assert props["AlarmName"]["Fn::Sub"].startswith("${AWS::StackName}-")
 
 
-@pytest.mark.parametrize("alarm", sorted(ALARMS))
+@pytest.mark.parametrize("alarm", sorted(QUEUE_ALARMS))
 def test_dlq_alarms_dimension_resolves_to_the_queue_the_stack_creates(alarm: str) -> None:
     stack = _bound()
-    props = stack.resolve(ALARMS[alarm]["Properties"], alarm)
+    props = stack.resolve(QUEUE_ALARMS[alarm]["Properties"], alarm)
     ((dimension,),) = [props["Dimensions"]]
     queue_names = {stack.physical[q].attributes["QueueName"] for q in QUEUES}
     assert dimension["Value"] in queue_names
@@ -92,6 +93,20 @@ def test_dlq_alarms_dimension_resolves_to_the_queue_the_stack_creates(alarm: str
     assert props["AlarmActions"][0].endswith(
         ":sns:us-east-1:" + stack.account_id + ":kestrel-alarms"
     )
+
+
+def test_dlq_alarms_drift_alarm_watches_the_drift_functions_metric() -> None:
+    assert set(ALARMS) - set(QUEUE_ALARMS) == {"DriftAlarm"}
+    props = ALARMS["DriftAlarm"]["Properties"]
+    # The EMF metric DriftFunction emits (Powertools: namespace, then the service dimension).
+    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    assert props["Namespace"] == variables["POWERTOOLS_METRICS_NAMESPACE"]
+    assert props["MetricName"] == "DriftedFeatures"
+    assert props["Dimensions"] == [
+        {"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}
+    ]
+    assert (props["ComparisonOperator"], props["Threshold"]) == ("GreaterThanThreshold", 0)
+    assert props["TreatMissingData"] == "ignore"  # no data between two scheduled checks
 
 
 def test_dlq_alarms_email_subscription_only_with_an_address() -> None:

@@ -168,7 +168,7 @@ def test_iam_least_privilege_every_function_has_its_own_role(translated: dict[st
     }
     assert functions == {
         name: {"Fn::GetAtt": [f"{name}Role", "Arn"]}
-        for name in ("TransactionsFunction", "LabelsFunction", "ApiFunction")
+        for name in ("TransactionsFunction", "LabelsFunction", "ApiFunction", "DriftFunction")
     }
 
 
@@ -209,8 +209,41 @@ def test_iam_least_privilege_stream_roles_read_only_their_stream(
     assert writes == expected
 
 
+def test_iam_least_privilege_drift_role_reads_logged_transactions_and_writes_reports(
+    translated: dict[str, Any],
+) -> None:
+    grants = _role_grants(translated["Resources"], "DriftFunctionRole")
+    plain = {a: r for a, r in grants.items() if not a.startswith(("ec2:", "logs:"))}
+    bucket = {"Fn::GetAtt": ["EventLogBucket", "Arn"]}
+    assert plain == {
+        "s3:GetObject": [
+            {"Fn::Sub": "${EventLogBucket.Arn}/events/transactions/*"},
+            {"Fn::Sub": "${EventLogBucket.Arn}/models/*"},
+        ],
+        "s3:ListBucket": [bucket],
+        "s3:PutObject": [{"Fn::Sub": "${EventLogBucket.Arn}/drift/*"}],
+        "sqs:GetQueueAttributes": [
+            {"Fn::GetAtt": ["OnFailureQueue", "Arn"]},
+            {"Fn::GetAtt": ["PoisonDLQ", "Arn"]},
+        ],
+    }
+    (listing,) = [
+        s
+        for _, s in statements({"r": translated["Resources"]["DriftFunctionRole"]})
+        if s.get("Action") == ["s3:ListBucket"]
+    ]
+    assert listing["Condition"] == {
+        "StringLike": {"s3:prefix": ["events/transactions/*", "models/*"]}
+    }
+
+
 def test_iam_least_privilege_eni_permissions_only_in_a_vpc(translated: dict[str, Any]) -> None:
-    for role in ("TransactionsFunctionRole", "LabelsFunctionRole", "ApiFunctionRole"):
+    for role in (
+        "TransactionsFunctionRole",
+        "LabelsFunctionRole",
+        "ApiFunctionRole",
+        "DriftFunctionRole",
+    ):
         (policy,) = translated["Resources"][role]["Properties"]["Policies"]
         plain = [s for s in policy["PolicyDocument"]["Statement"] if "Fn::If" not in s]
         conditional = [s for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s]

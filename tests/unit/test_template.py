@@ -61,6 +61,28 @@ def test_template_layers_point_at_existing_folders() -> None:
     layers = [
         r for r in TEMPLATE["Resources"].values() if r["Type"] == "AWS::Serverless::LayerVersion"
     ]
-    assert len(layers) == 3
+    assert len(layers) == 4
     for layer in layers:
         assert (ROOT / layer["Properties"]["ContentUri"]).is_dir()
+
+
+def test_template_drift_function_has_scipy_but_not_onnxruntime() -> None:
+    core, model = {"Ref": "CoreLayer"}, {"Ref": "ModelLayer"}
+    assert "Layers" not in (TEMPLATE["Globals"]["Function"]), "SAM would append them"
+    for name in ("TransactionsFunction", "LabelsFunction", "ApiFunction"):
+        assert FUNCTIONS[name]["Properties"]["Layers"] == [core, model, {"Ref": "DepsLayer"}]
+    drift = FUNCTIONS["DriftFunction"]["Properties"]
+    assert drift["Layers"] == [core, model, {"Ref": "DriftDepsLayer"}]
+    lines = (ROOT / "layers/drift-deps/requirements.txt").read_text().splitlines()
+    names = {line.split("==")[0] for line in lines if line and not line.startswith("#")}
+    assert {"numpy", "scipy"} <= names and "onnxruntime" not in names
+    (event,) = drift["Events"].values()
+    assert event == {
+        "Type": "Schedule",
+        "Properties": {
+            "Schedule": {"Ref": "DriftSchedule"},
+            "Description": event["Properties"]["Description"],
+            "Enabled": True,
+        },
+    }
+    assert TEMPLATE["Parameters"]["DriftSchedule"]["Default"] == "rate(15 minutes)"

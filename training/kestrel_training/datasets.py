@@ -106,16 +106,17 @@ def build_dataset(
     history = transactions[(times >= start_ms - TERMINAL_LOOKBACK_MS) & (times < end_ms)]
     history = history.drop_duplicates("transaction_id", keep="first").reset_index(drop=True)
     usable = labels[labels["label_time"] < end_ms]  # later labels cannot change these features
-    features = offline_features(history, usable)
-    table = history[["transaction_id", "customer_id", "terminal_id", "event_time"]].copy()
+    in_range = history["event_time"].to_numpy(dtype=np.int64) >= start_ms
+    features = offline_features(history, usable, keep=in_range)
+    columns = ["transaction_id", "customer_id", "terminal_id", "event_time"]
+    table = history.loc[in_range, columns].reset_index(drop=True)
     table["day"] = table["event_time"].to_numpy(dtype=np.int64) // DAY_MS
     for name in FEATURE_NAMES:
         table[name] = features[name].to_numpy(dtype=np.float64)
     known = labels if labels_as_of_ms is None else labels[labels["label_time"] <= labels_as_of_ms]
     frauds = set(known.loc[known["is_fraud"].astype(bool), "transaction_id"])
     table[TARGET] = table["transaction_id"].isin(frauds).astype(np.int8)
-    in_range = table["event_time"].to_numpy(dtype=np.int64) >= start_ms
-    return table[in_range].reset_index(drop=True)
+    return table
 
 
 def build_from_simulation(folder: str | Path, first_day: str, last_day: str) -> pd.DataFrame:

@@ -10,11 +10,16 @@ the chosen candidate, never the test week):
   When a quantile falls on a run of equal scores, the alert rate can be lower; the rates
   actually met on validation are stored beside the thresholds.
 
-Reference distributions, for drift checks, are computed on the training rows: per feature
-the cut points are the distinct 10%..90% quantiles, taken as observed values (so at most
-10 bins, fewer for discrete features); bin i holds the values x with
+Reference distributions, for drift checks (`kestrel.drift`), are computed on the training
+rows: per feature the cut points are the distinct 10%..90% quantiles, taken as observed
+values (so at most 10 bins, fewer for discrete features); bin i holds the values x with
 ``searchsorted(cuts, x, side="right") == i`` (bin 0 is below the first cut, the last bin
-at or above the last cut), and ``proportions[i]`` is the share of training rows in bin i.
+at or above the last cut), and ``proportions[i]`` is the share of training rows in bin i
+(what PSI compares). ``quantiles`` is a percentile grid for the KS test: the observed
+values at the levels (i + 0.5) / 100, i = 0..99, rounded to 7 significant digits; its
+empirical CDF is within 0.005 of the training rows' (plus the rounding). The model's score
+gets the same three, computed on its scores of the held-out test week (the training rows'
+own scores are overfit), under ``reference_distributions["score"]`` with its ``rows``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ BIN_RULE = (
     "bin = searchsorted(cuts, value, side='right'); cuts = distinct training quantiles "
     "(observed values) at 10%..90%; proportions = share of training rows per bin"
 )
+GRID_SIZE = 100
+GRID_RULE = (
+    f"quantiles = observed values at levels (i + 0.5) / {GRID_SIZE}, i = 0..{GRID_SIZE - 1} "
+    "(inverted CDF), 7 significant digits: the KS reference"
+)
+SCORE_SOURCE = "the model's scores of the held-out test week"
 
 
 def decision_thresholds(validation_scores: np.ndarray) -> dict[str, Any]:
@@ -57,21 +68,41 @@ def decision_thresholds(validation_scores: np.ndarray) -> dict[str, Any]:
     }
 
 
-def reference_distributions(
-    frame: pd.DataFrame, names: Sequence[str], n_bins: int = N_BINS
-) -> dict[str, Any]:
-    """Per feature: quantile cut points and the training share of each bin."""
+def distribution(values: np.ndarray, n_bins: int = N_BINS) -> dict[str, Any]:
+    """Decile cuts, bin shares and the percentile grid of one column (rules above)."""
+    values = np.asarray(values, dtype=np.float64)
     levels = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
-    out: dict[str, Any] = {"rule": BIN_RULE, "rows": len(frame), "features": {}}
-    for name in names:
-        values = frame[name].to_numpy(dtype=np.float64)
-        cuts = (
-            np.unique(np.quantile(values, levels, method="lower")) if len(values) else np.zeros(0)
-        )
-        bins = np.searchsorted(cuts, values, side="right")
-        counts = np.bincount(bins, minlength=len(cuts) + 1)
-        out["features"][name] = {
-            "cuts": [float(c) for c in cuts],
-            "proportions": [float(c) / max(len(values), 1) for c in counts],
+    grid_levels = (np.arange(GRID_SIZE) + 0.5) / GRID_SIZE
+    if len(values):
+        cuts = np.unique(np.quantile(values, levels, method="lower"))
+        grid = np.quantile(values, grid_levels, method="inverted_cdf")
+    else:
+        cuts, grid = np.zeros(0), np.zeros(0)
+    counts = np.bincount(np.searchsorted(cuts, values, side="right"), minlength=len(cuts) + 1)
+    return {
+        "cuts": [float(c) for c in cuts],
+        "proportions": [float(c) / max(len(values), 1) for c in counts],
+        "quantiles": [float(f"{q:.7g}") for q in grid],
+    }
+
+
+def reference_distributions(
+    frame: pd.DataFrame,
+    names: Sequence[str],
+    n_bins: int = N_BINS,
+    scores: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Per feature (and for `scores`, when given): cuts, bin shares and percentile grid."""
+    out: dict[str, Any] = {
+        "rule": BIN_RULE,
+        "grid_rule": GRID_RULE,
+        "rows": len(frame),
+        "features": {name: distribution(frame[name].to_numpy(), n_bins) for name in names},
+    }
+    if scores is not None:
+        out["score"] = {
+            **distribution(np.asarray(scores), n_bins),
+            "rows": len(scores),
+            "source": SCORE_SOURCE,
         }
     return out

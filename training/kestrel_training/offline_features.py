@@ -96,24 +96,30 @@ def terminal_aggregates(tx: pd.DataFrame, labels: pd.DataFrame) -> tuple[np.ndar
     return counts, frauds
 
 
-def offline_features(transactions: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
-    """The feature table (FEATURE_NAMES columns) for every transaction, in input order."""
+def offline_features(
+    transactions: pd.DataFrame, labels: pd.DataFrame, keep: np.ndarray | None = None
+) -> pd.DataFrame:
+    """The feature table (FEATURE_NAMES columns) for every transaction, in input order.
+
+    Every transaction counts in the aggregates; `keep` (a boolean mask over `transactions`)
+    limits the rows returned, so history rows cost no feature vector.
+    """
     tx = transactions[TRANSACTION_COLUMNS].reset_index(drop=True)
     c_counts, c_sums, previous = customer_aggregates(tx)
     t_counts, t_frauds = terminal_aggregates(tx, labels)
+    wanted = np.arange(len(tx)) if keep is None else np.flatnonzero(keep)
+    amounts, times = tx["amount"].to_numpy(), tx["event_time"].to_numpy()
     rows = [
         feature_vector(
-            float(amount),
-            int(time),
+            float(amounts[i]),
+            int(times[i]),
             CustomerAggregates(
                 tuple(c_counts[i]), tuple(c_sums[i]), int(previous[i]) if previous[i] >= 0 else None
             ),
             TerminalAggregates(tuple(t_counts[i]), tuple(t_frauds[i])),
         )
-        for i, (amount, time) in enumerate(
-            zip(tx["amount"].to_numpy(), tx["event_time"].to_numpy(), strict=True)
-        )
+        for i in wanted
     ]
     table = pd.DataFrame(rows, columns=list(FEATURE_NAMES))
-    table.insert(0, "transaction_id", tx["transaction_id"].to_numpy())
+    table.insert(0, "transaction_id", tx["transaction_id"].to_numpy()[wanted])
     return table

@@ -176,7 +176,11 @@ def _figures(m: Metrics) -> str:
 
 
 def training_summary(
-    result: TrainResult, options: TrainOptions, train: Any, test: Any
+    result: TrainResult,
+    options: TrainOptions,
+    train: Any,
+    test: Any,
+    test_scores: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The JSON stored beside model.onnx (the base of the exported manifest)."""
     chosen = next(r for r in result.selection if r.candidate == result.chosen)
@@ -195,7 +199,9 @@ def training_summary(
             m: chosen.mean(m) for m in ("auc_roc", "average_precision", "card_precision_100")
         },
         "decision_thresholds": decision_thresholds(np.concatenate(chosen.validation_scores)),
-        "reference_distributions": reference_distributions(train, FEATURE_NAMES),
+        "reference_distributions": reference_distributions(
+            train, FEATURE_NAMES, scores=test_scores
+        ),
         "dataset": {
             "all": result.fingerprint,
             "train": fingerprint(train),
@@ -217,7 +223,7 @@ def _log(
     progress: Progress,
 ) -> None:
     """Log to MLflow, register with alias challenger when asked."""
-    summary = training_summary(result, options, train, test)
+    summary = training_summary(result, options, train, test, test_scores)
     store = tracking.configure(options.tracking_dir)
     params: dict[str, Any] = {
         "model_family": result.chosen.family,

@@ -10,6 +10,7 @@ from typing import Any
 
 from kestrel.events import MAX_AMOUNT
 from kestrel.serving import CUSTOMER_FEATURES, TERMINAL_FEATURES
+from kestrel.telemetry import COUNTERS, DECISION_TYPES, MAX_WINDOW_S
 
 # The id rule of `kestrel.events` (valid_identifier), as a JSON-schema pattern.
 # (?![\s\S]) ends the string in ECMA-262 and Python alike ($ admits a trailing \n in Python).
@@ -66,6 +67,67 @@ def _entity(kind: str, names: tuple[str, ...]) -> dict[str, Any]:
             },
         }
     }
+
+
+_COUNT = {"type": "integer", "minimum": 0}
+_MS = {"type": "number", "minimum": 0, "nullable": True}
+_DECISIONS = {"type": "object", "required": list(DECISION_TYPES),
+              "properties": dict.fromkeys(DECISION_TYPES, _COUNT)}  # fmt: skip
+_COUNTS = {
+    "type": "object",
+    "description": "Per attempt (a retried batch counts again); events = applied + duplicates.",
+    "required": ["events", *COUNTERS, "decisions"],
+    "properties": {"events": _COUNT, **dict.fromkeys(COUNTERS, _COUNT), "decisions": _DECISIONS},
+}
+_DEPTH = {"type": "integer", "minimum": 0, "nullable": True}
+TELEMETRY = {
+    "type": "object",
+    "required": ["window_s", "generated_at", "events_per_s", "freshness_ms", "decisions",
+                 "fraud_rate", "labels", "score_histogram", "counts", "totals", "dlq",
+                 "model_version", "last_batch_at", "drift"],
+    "properties": {
+        "window_s": {"type": "integer", "minimum": 1, "maximum": MAX_WINDOW_S},
+        "generated_at": {"type": "string", "format": "date-time"},
+        "events_per_s": {
+            "type": "object",
+            "description": "series[i]: transactions processed in second start_s + i (the "
+            "last one still running); current: mean of the last 5 complete seconds.",
+            "required": ["current", "mean", "start_s", "series"],
+            "properties": {"current": {"type": "number", "minimum": 0},
+                           "mean": {"type": "number", "minimum": 0},
+                           "start_s": {"type": "integer"},
+                           "series": {"type": "array", "items": _COUNT}},
+        },
+        "freshness_ms": {
+            "type": "object",
+            "description": "Handler time minus Kinesis arrival; percentiles estimated from a "
+            "log histogram (19% bins); null when no event in the window.",
+            "required": ["p50", "p99", "max", "count"],
+            "properties": {"p50": _MS, "p99": _MS, "max": _MS, "count": _COUNT},
+        },
+        "decisions": _DECISIONS,
+        "fraud_rate": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
+        "labels": _COUNT,
+        "score_histogram": {
+            "type": "object",
+            "required": ["edges", "counts"],
+            "properties": {"edges": {"type": "array", "items": {"type": "number"}},
+                           "counts": {"type": "array", "items": _COUNT}},
+        },
+        "counts": _COUNTS,
+        "totals": _COUNTS,
+        "dlq": {"type": "object", "required": ["poison", "on_failure"],
+                "properties": {"poison": _DEPTH, "on_failure": _DEPTH}},
+        "model_version": {"type": "string", "nullable": True},
+        "last_batch_at": {"type": "string", "format": "date-time", "nullable": True},
+        "drift": {
+            "type": "object",
+            "description": "The drift job's latest status as it wrote it; unknown without one.",
+            "required": ["status"],
+            "properties": {"status": {"type": "string"}},
+        },
+    },
+}  # fmt: skip
 
 
 def build_spec(
@@ -151,6 +213,7 @@ def build_spec(
                         "source": {"type": "string", "enum": ["api", "stream"]},
                     },
                 },
+                "Telemetry": TELEMETRY,
                 "Error": {
                     "type": "object",
                     "required": ["error", "field", "problem"],
@@ -222,6 +285,24 @@ def build_spec(
                         "404": _json(_ref("Error"), "No decision for this transaction."),
                         **_ERRORS,
                         **_STORE_DOWN,
+                    },
+                }
+            },
+            "/v1/telemetry": {
+                "get": {
+                    "operationId": "telemetry",
+                    "summary": "The stream's live figures over the last window seconds.",
+                    "security": _KEY,
+                    "parameters": [{
+                        "name": "window", "in": "query", "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_WINDOW_S,
+                                   "default": 60},
+                    }],
+                    "responses": {
+                        "200": _json(_ref("Telemetry"), "Rates, freshness, decisions, fraud "
+                                     "rate, scores, dead letters, model and drift."),
+                        **_ERRORS,
+                        "503": _json(_ref("Error"), "The telemetry store is unavailable."),
                     },
                 }
             },

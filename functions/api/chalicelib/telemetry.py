@@ -1,7 +1,9 @@
 """Prometheus metrics of the scoring API, served as text at ``GET /metrics``.
 
-Metrics are per process (per Lambda container on AWS; CloudWatch gets the stream's EMF
-metrics). Route labels are the route templates, so the label set stays small.
+The API's own metrics are per process (per Lambda container on AWS; CloudWatch gets the
+stream's EMF metrics). Route labels are the route templates, so the label set stays small.
+The stream's figures (`kestrel.adapters.prometheus_telemetry`) come from Redis at each
+scrape, so they are the whole stream's, whichever process answers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from kestrel.adapters.prometheus_telemetry import StreamCollector
 from kestrel.decisions import DecisionRecord
+from kestrel.telemetry import TelemetrySnapshot
 
 LATENCY_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
@@ -66,6 +70,10 @@ class ApiMetrics:
         """Read the breaker and the model state at each scrape."""
         self._breaker_open.set_function(lambda: 0.0 if breaker_state() == "closed" else 1.0)
         self._model.set_function(lambda: 1.0 if model_loaded() else 0.0)
+
+    def track_stream(self, snapshot: Callable[[int], TelemetrySnapshot]) -> None:
+        """Export the stream's telemetry at each scrape (call once)."""
+        self.registry.register(StreamCollector(snapshot))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

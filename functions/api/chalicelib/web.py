@@ -20,14 +20,16 @@ from chalice.app import Chalice, Request, Response
 from kestrel.decisions import DecisionRecord
 from kestrel.events import PoisonRecord, Transaction, transaction_from_mapping, valid_identifier
 from kestrel.serving import EntityFeatures, StoreUnavailable
+from kestrel.telemetry import MAX_WINDOW_S, TelemetrySnapshot, TelemetryUnavailable
 
 Handler = Callable[[Request], Response]
 T = TypeVar("T")
 
 MAX_BATCH = 100
 JSON = "application/json"
-# Paths open without an API key: liveness probes and the spec.
-OPEN_PATHS = frozenset({"/health", "/openapi.json"})
+# Paths open without an API key: liveness probes, the spec, and the dashboard page and its
+# files (the page asks for the key in the browser and sends it on its /v1 calls).
+OPEN_PATHS = frozenset({"/health", "/openapi.json", "/dashboard", "/dashboard/{asset}"})
 
 
 class HttpError(Exception):
@@ -159,6 +161,33 @@ def _read(fetch: Callable[[], T]) -> T | Response:
 def _unavailable(exc: StoreUnavailable) -> Response:
     body = {"error": "feature_store_unavailable", "field": "", "problem": str(exc)}
     return json_response(body, 503, {"Retry-After": "1"})
+
+
+def window(request: Request, default: int = 60) -> int:
+    """The ``window`` query parameter: whole seconds 1..MAX_WINDOW_S, else a 400."""
+    params = request.query_params
+    if params is None or "window" not in params:
+        return default
+    values = params.getlist("window")
+    raw = values[0] if len(values) == 1 else ""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= MAX_WINDOW_S):
+        raise HttpError(
+            400, "validation_error", "window", f"must be one whole number of seconds "
+            f"from 1 to {MAX_WINDOW_S}"
+        )  # fmt: skip
+    return int(raw)
+
+
+def telemetry(fetch: Callable[[int], TelemetrySnapshot], request: Request) -> Response:
+    """200 with the stream telemetry, 400 for a bad window, 503 when it cannot be read."""
+    try:
+        snapshot = fetch(window(request))
+    except HttpError as exc:
+        return exc.response()
+    except TelemetryUnavailable as exc:
+        body = {"error": "telemetry_unavailable", "field": "", "problem": str(exc)}
+        return json_response(body, 503, {"Retry-After": "1"})
+    return json_response(snapshot.to_dict())
 
 
 def key_is_valid(headers: Mapping[str, str], expected: str) -> bool:

@@ -9,77 +9,51 @@ code talks to AWS, LocalStack or the embedded emulator.
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
-import boto3
 import redis
-from botocore.config import Config
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from kestrel import connections
 from kestrel.adapters.glue_registry import GlueSchemaApi, GlueSchemaRegistry
 from kestrel.adapters.kinesis_decisions import KinesisDecisionStream
 from kestrel.adapters.onnx_model import build_scorer
 from kestrel.adapters.redis_decisions import RedisDecisions
 from kestrel.adapters.redis_features import RedisFeatureStore
+from kestrel.adapters.redis_telemetry import RedisDriftStatus, RedisTelemetry
 from kestrel.adapters.s3_event_log import S3EventLog
 from kestrel.adapters.sqs_dead_letters import SqsDeadLetterSink
+from kestrel.adapters.sqs_queue_depths import SqsQueueDepths
 from kestrel.codec import label_decoder, transaction_decoder
+from kestrel.connections import (
+    _BOTO_CONFIG,
+    _session,
+)
+from kestrel.connections import (
+    kinesis_client as kinesis_client,
+)
+from kestrel.connections import (
+    redis_client as redis_client,
+)
+from kestrel.connections import (
+    redis_security as redis_security,
+)
+from kestrel.connections import (
+    s3_client as s3_client,
+)
+from kestrel.connections import (
+    settings as settings,
+)
+from kestrel.connections import (
+    sqs_client as sqs_client,
+)
 from kestrel.decisions import Rules
 from kestrel.ports import DeadLetterSink, DecisionSink, EventLog, FeatureStore
 from kestrel.scoring import Scorer
 from kestrel.serving import ScoringService, make_breaker
-from kestrel.settings import Settings
 from kestrel.streaming import LabelPath, TransactionPath
-
-if TYPE_CHECKING:
-    from mypy_boto3_kinesis import KinesisClient
-    from mypy_boto3_s3 import S3Client
-    from mypy_boto3_sqs import SQSClient
-
-_BOTO_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 3},
-    connect_timeout=2,
-    read_timeout=10,
-)
-
-
-@cache
-def settings() -> Settings:
-    """The function settings, read from the environment once."""
-    return Settings.from_env()
-
-
-@cache
-def _session() -> boto3.session.Session:
-    return boto3.session.Session(region_name=settings().region)
-
-
-def redis_security(config: Settings) -> dict[str, str]:
-    """Redis AUTH and TLS options beyond the URL: REDIS_PASSWORD, REDIS_TLS_CA_CERTS.
-
-    TLS itself comes from a ``rediss://`` URL (the server certificate is verified against the
-    system's CA bundle, or against REDIS_TLS_CA_CERTS when set); AUTH from the URL's
-    ``user:password@`` part, which redis-py prefers over ``password``.
-    """
-    options: dict[str, str] = {}
-    if config.redis_password:
-        options["password"] = config.redis_password
-    if config.redis_tls_ca_certs:
-        options["ssl_ca_certs"] = config.redis_tls_ca_certs
-    return options
-
-
-@cache
-def redis_client() -> redis.Redis:
-    """The Redis client for `Settings.redis_url` (a connection pool shared by the container)."""
-    return redis.Redis.from_url(
-        settings().redis_url,
-        **redis_security(settings()),
-        socket_connect_timeout=2,
-        socket_timeout=2,
-        health_check_interval=30,
-    )
+from kestrel.telemetry import CachedDepths, TelemetryService
 
 
 @cache
@@ -97,24 +71,6 @@ def api_redis_client() -> redis.Redis:
         socket_timeout=budget_s,
         retry=Retry(NoBackoff(), 0),
     )
-
-
-@cache
-def sqs_client() -> SQSClient:
-    """The boto3 SQS client."""
-    return _session().client("sqs", config=_BOTO_CONFIG)
-
-
-@cache
-def kinesis_client() -> KinesisClient:
-    """The boto3 Kinesis client."""
-    return _session().client("kinesis", config=_BOTO_CONFIG)
-
-
-@cache
-def s3_client() -> S3Client:
-    """The boto3 S3 client."""
-    return _session().client("s3", config=_BOTO_CONFIG)
 
 
 @cache
@@ -160,6 +116,24 @@ def decision_stream() -> DecisionSink:
 
 
 @cache
+def telemetry() -> RedisTelemetry:
+    """The stream's `TelemetrySink` (and `TelemetrySource`) on the container's Redis."""
+    return RedisTelemetry(redis_client())
+
+
+@cache
+def telemetry_service() -> TelemetryService:
+    """Telemetry snapshots for the API: Redis, the dead-letter queues, the drift status."""
+    config = settings()
+    urls = {"poison": config.poison_dlq_url, "on_failure": config.on_failure_queue_url}
+    return TelemetryService(
+        telemetry(),
+        CachedDepths(SqsQueueDepths(sqs_client(), urls)),
+        RedisDriftStatus(redis_client()),
+    )
+
+
+@cache
 def transaction_path() -> TransactionPath:
     """The transaction stream path with every adapter wired."""
     return TransactionPath(
@@ -170,6 +144,7 @@ def transaction_path() -> TransactionPath:
         scorer(),
         (decision_store(), decision_stream()),
         max_future_s=settings().max_future_s,
+        telemetry=telemetry(),
     )
 
 
@@ -182,6 +157,7 @@ def label_path() -> LabelPath:
         dead_letter_sink(),
         event_log(),
         max_future_s=settings().max_future_s,
+        telemetry=telemetry(),
     )
 
 
@@ -212,14 +188,9 @@ def scorer() -> Scorer:
 
 def reset() -> None:
     """Forget every cached client and setting (tests, or after changing the environment)."""
+    connections.reset()
     for factory in (
-        settings,
-        _session,
-        redis_client,
         api_redis_client,
-        sqs_client,
-        kinesis_client,
-        s3_client,
         glue_client,
         feature_store,
         event_log,
@@ -227,6 +198,8 @@ def reset() -> None:
         schema_registry,
         decision_store,
         decision_stream,
+        telemetry,
+        telemetry_service,
         transaction_path,
         label_path,
         scorer,

@@ -152,6 +152,11 @@ class Settings:
     rule_decline_amount: float = 220.0
     decision_ttl_s: int = 30 * 24 * 3600
     max_future_s: float = DEFAULT_MAX_FUTURE_S
+    on_failure_queue_url: str = ""
+    drift_window_s: int = 24 * 3600
+    drift_max_objects: int = 400
+    drift_min_rows: int = 500
+    drift_status_ttl_s: int = 3 * 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -201,6 +206,11 @@ class Settings:
             max_future_s=_parse(
                 env, "MAX_FUTURE_S", f"{DEFAULT_MAX_FUTURE_S:g}", _non_negative_float
             ),
+            on_failure_queue_url=_read(env, "ON_FAILURE_QUEUE_URL", ""),
+            drift_window_s=_parse(env, "DRIFT_WINDOW_S", "86400", _positive_int),
+            drift_max_objects=_parse(env, "DRIFT_MAX_OBJECTS", "400", _positive_int),
+            drift_min_rows=_parse(env, "DRIFT_MIN_ROWS", "500", _positive_int),
+            drift_status_ttl_s=_parse(env, "DRIFT_STATUS_TTL_S", "10800", _positive_int),
         )
 
 

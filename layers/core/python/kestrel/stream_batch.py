@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from statistics import median
 from typing import Any
 
-from aws_lambda_powertools import Metrics
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
@@ -44,18 +46,65 @@ def respond(
     )
 
 
+def _quantile(ordered: list[float], q: float) -> float:
+    """Nearest-rank q-quantile of a sorted, non-empty list."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
 def record_metrics(metrics: Metrics, prefix: str, outcome: BatchOutcome) -> None:
-    """Counts and freshness of one batch as EMF metrics."""
-    metrics.add_metric(name=f"{prefix}Applied", unit=MetricUnit.Count, value=outcome.applied)
-    metrics.add_metric(name=f"{prefix}Duplicates", unit=MetricUnit.Count, value=outcome.duplicates)
-    metrics.add_metric(name="PoisonRecords", unit=MetricUnit.Count, value=outcome.poisoned)
-    metrics.add_metric(name=f"{prefix}Failed", unit=MetricUnit.Count, value=len(outcome.failures))
-    for decision, count in sorted(outcome.decisions.items()):
-        metrics.add_metric(name=f"Decisions{decision.title()}", unit=MetricUnit.Count, value=count)
+    """Counts, freshness, scoring time and model version of one batch as EMF metrics."""
+    count = MetricUnit.Count
+    metrics.add_metric(name=f"{prefix}Applied", unit=count, value=outcome.applied)
+    metrics.add_metric(name=f"{prefix}Duplicates", unit=count, value=outcome.duplicates)
+    metrics.add_metric(name="PoisonRecords", unit=count, value=outcome.poisoned)
+    metrics.add_metric(name=f"{prefix}Failed", unit=count, value=len(outcome.failures))
+    if prefix == "Transactions":
+        processed = outcome.applied + outcome.duplicates
+        metrics.add_metric(name=f"{prefix}Processed", unit=count, value=processed)
+    else:
+        metrics.add_metric(name=f"{prefix}Received", unit=count, value=outcome.labels)
+        metrics.add_metric(name=f"{prefix}Frauds", unit=count, value=outcome.frauds)
+    for decision, n in sorted(outcome.decisions.items()):
+        metrics.add_metric(name=f"Decisions{decision.title()}", unit=count, value=n)
     for name, lags in (
         ("FreshnessArrival", outcome.arrival_lag_ms),
         ("FreshnessEventTime", outcome.event_lag_ms),
     ):
         if lags:
-            metrics.add_metric(name=f"{name}P50", unit=MetricUnit.Milliseconds, value=median(lags))
-            metrics.add_metric(name=f"{name}Max", unit=MetricUnit.Milliseconds, value=max(lags))
+            ordered = sorted(lags)
+            ms = MetricUnit.Milliseconds
+            metrics.add_metric(name=f"{name}P50", unit=ms, value=median(ordered))
+            metrics.add_metric(name=f"{name}P99", unit=ms, value=_quantile(ordered, 0.99))
+            metrics.add_metric(name=f"{name}Max", unit=ms, value=ordered[-1])
+    if outcome.scoring_ms is not None:
+        metrics.add_metric(
+            name="ScoringLatency", unit=MetricUnit.Milliseconds, value=outcome.scoring_ms
+        )
+    if outcome.model_version is not None:
+        metrics.add_metadata(key="model_version", value=outcome.model_version)
+
+
+DLQ_METRICS = {"poison": "PoisonDLQDepth", "on_failure": "OnFailureQueueDepth"}
+
+
+def dlq_depth_metrics(metrics: Metrics, depths: Mapping[str, int | None]) -> None:
+    """Dead-letter queue depths as EMF metrics (PoisonDLQDepth, OnFailureQueueDepth).
+
+    `depths` is what `kestrel.monitoring_ports.QueueDepths.depths` returns; unknown depths
+    (None) and roles other than ``poison`` and ``on_failure`` are left out.
+    """
+    for role, name in DLQ_METRICS.items():
+        depth = depths.get(role)
+        if depth is not None:
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=depth)
+
+
+def log_outcome(logger: Logger, outcome: BatchOutcome) -> None:
+    """One WARNING when records of the batch must be retried (nothing when all went well)."""
+    if outcome.failures:
+        reasons = sorted(set(outcome.failures.values()))
+        logger.warning(
+            "records to retry",
+            extra={"failed": len(outcome.failures), "reasons": reasons[:5],
+                   "sequence_numbers": sorted(outcome.failures)[:10]},
+        )  # fmt: skip

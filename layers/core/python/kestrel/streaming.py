@@ -10,10 +10,16 @@ adapters.
 
 The stream never falls back to rules: without a model (`NoModelError`) or when a decision
 cannot be stored, `run` raises, so the whole batch is retried (features are idempotent).
+
+With a `TelemetrySink`, each attempt also adds its figures (`kestrel.telemetry`) to the
+telemetry, best effort: a telemetry error is logged and never fails the batch. With DEBUG
+logging on (e.g. Powertools' sampled debug), each decided transaction is logged with its id
+as ``correlation_id``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +35,12 @@ from kestrel.events import (
     decode_base64,
 )
 from kestrel.features import FEATURE_SET_HASH, cold_start, feature_vector
+from kestrel.monitoring_ports import TelemetrySink
 from kestrel.ports import DeadLetter, DeadLetterSink, DecisionSink, EventLog, FeatureStore
 from kestrel.scoring import Scorer
+from kestrel.telemetry import BatchFigures, error_figures, label_figures, transaction_figures
+
+log = logging.getLogger(__name__)
 
 
 class RecordFailed(Exception):
@@ -49,6 +59,11 @@ class BatchOutcome:
     decisions: dict[str, int] = field(default_factory=dict)
     arrival_lag_ms: list[float] = field(default_factory=list)
     event_lag_ms: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    model_version: str | None = None
+    scoring_ms: float | None = None
+    labels: int = 0
+    frauds: int = 0
 
     def check(self, sequence_number: str) -> None:
         """Raise `RecordFailed` if the record with this sequence number must be retried."""
@@ -62,6 +77,30 @@ def batch_id(records: Sequence[Mapping[str, Any]]) -> str:
     shard = str(records[0]["eventID"]).split(":", 1)[0]
     first, last = records[0]["kinesis"]["sequenceNumber"], records[-1]["kinesis"]["sequenceNumber"]
     return f"{shard}-{first}-{last}"
+
+
+def _record(sink: TelemetrySink | None, figures: Callable[[], BatchFigures]) -> None:
+    """Add a batch's figures to the telemetry; log (never raise) when that fails."""
+    if sink is None:
+        return
+    try:
+        sink.record(figures())
+    except Exception as exc:  # noqa: BLE001 - telemetry never fails a batch
+        log.warning("telemetry not recorded: %s: %s", type(exc).__name__, exc)
+
+
+def _debug_decided(logged: Sequence[Mapping[str, Any]]) -> None:
+    """One DEBUG line per decided transaction, its id as correlation id (only if enabled)."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    for row in logged:
+        tid = row["transaction_id"]
+        log.debug(
+            "transaction decided",
+            extra={"transaction_id": tid, "correlation_id": tid, "decision": row["decision"],
+                   "score": row["score"], "model_version": row["model_version"],
+                   "event_id": row["event_id"]},
+        )  # fmt: skip
 
 
 def _decode_all(
@@ -106,17 +145,28 @@ class TransactionPath:
         decisions: Sequence[DecisionSink],
         clock: Callable[[], float] = time.time,
         max_future_s: float = DEFAULT_MAX_FUTURE_S,
+        telemetry: TelemetrySink | None = None,
     ) -> None:
         self._decode, self._store, self._dead_letters = decode, store, dead_letters
         self._event_log, self._clock = event_log, clock
         self._scorer, self._decisions = scorer, tuple(decisions)
-        self._max_future_s = max_future_s
+        self._max_future_s, self._telemetry = max_future_s, telemetry
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """Process one Kinesis batch (the event's Records list)."""
-        outcome = BatchOutcome()
         if not records:
-            return outcome
+            return BatchOutcome()
+        try:
+            outcome = self._run(records)
+        except Exception:
+            _record(self._telemetry, lambda: error_figures(self._clock()))
+            raise
+        _record(self._telemetry, lambda: transaction_figures(outcome, self._clock()))
+        return outcome
+
+    def _run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
+        """`run` without the telemetry."""
+        outcome = BatchOutcome()
         decoded = _decode_all(
             records, self._decode, self._dead_letters, outcome, self._max_future_s
         )
@@ -140,9 +190,13 @@ class TransactionPath:
             vectors.append(vector)
             cold.append(cold_start(result.customer_known, result.terminal_known))
         # No model, or a decision not stored: raise, so the whole batch is retried.
+        started = time.perf_counter()
         decisions = decide_with_model(
             self._scorer, [tx for _, tx in scored], vectors, "stream", cold
         )
+        if decisions:
+            outcome.scoring_ms = (time.perf_counter() - started) * 1000.0
+            outcome.model_version = decisions[0].model_version
         for sink in self._decisions:
             sink.publish(decisions)
         logged = []
@@ -150,6 +204,8 @@ class TransactionPath:
             outcome.decisions[decision.decision.value] = (
                 outcome.decisions.get(decision.decision.value, 0) + 1
             )
+            if decision.score is not None:
+                outcome.scores.append(decision.score)
             logged.append(
                 {
                     "transaction_id": tx.transaction_id,
@@ -170,6 +226,7 @@ class TransactionPath:
         if logged:
             # A failure here fails the whole batch: it is retried, and the store is idempotent.
             self._event_log.write_batch("transactions", batch_id(records), logged, "event_time")
+            _debug_decided(logged)
         return outcome
 
 
@@ -183,15 +240,28 @@ class LabelPath:
         dead_letters: DeadLetterSink,
         event_log: EventLog,
         max_future_s: float = DEFAULT_MAX_FUTURE_S,
+        telemetry: TelemetrySink | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._decode, self._store, self._dead_letters = decode, store, dead_letters
         self._event_log, self._max_future_s = event_log, max_future_s
+        self._telemetry, self._clock = telemetry, clock
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """Process one Kinesis batch of labels (labels that are not fraud change no feature)."""
-        outcome = BatchOutcome()
         if not records:
-            return outcome
+            return BatchOutcome()
+        try:
+            outcome = self._run(records)
+        except Exception:
+            _record(self._telemetry, lambda: error_figures(self._clock()))
+            raise
+        _record(self._telemetry, lambda: label_figures(outcome, self._clock()))
+        return outcome
+
+    def _run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
+        """`run` without the telemetry."""
+        outcome = BatchOutcome()
         decoded = _decode_all(
             records, self._decode, self._dead_letters, outcome, self._max_future_s
         )
@@ -221,4 +291,6 @@ class LabelPath:
         ]
         if logged:
             self._event_log.write_batch("labels", batch_id(records), logged, "label_time")
+        outcome.labels = len(logged)
+        outcome.frauds = sum(1 for row in logged if row["is_fraud"])
         return outcome
