@@ -27,9 +27,9 @@ $(error EVENT file not found: $(EVENT))
 endif
 endif
 
-.PHONY: help setup up down status deploy-local invoke run serve demo test test-unit test-integration \
+.PHONY: help setup up down status deploy-local invoke run serve demo test test-unit test-integration test-e2e \
 	lint parity train promote model-layer retrain-scheduled mlflow-ui bench-emulator bench-engine \
-	bench-api bench redrive chaos build deploy-localstack clean
+	bench-api bench bench-e2e bench-compare drift redrive chaos build deploy-localstack clean
 
 help: ## List every target with what it does
 	@echo "Kestrel: make <target> [VAR=value]"
@@ -91,13 +91,11 @@ serve: deploy-local ## Serve the scoring API (chalice local) on 127.0.0.1:8000 a
 	$(PY) -m kestrel_local serve --template $(TEMPLATE) --stack-name $(STACK_NAME) \
 		$(if $(PARAMS),--parameter-overrides "$(PARAMS)") --port $(or $(PORT),8000)
 
-demo: setup up deploy-local ## Set up, start services, provision, then run the local runtime in the foreground (Ctrl-C stops; no simulator or dashboard yet)
-	@echo "AWS endpoint: $$($(PY) -c 'from kestrel.settings import LocalSettings as S; print(S.from_env().endpoint)')"
-	@echo "Redis:        $$($(PY) -c 'from kestrel.settings import LocalSettings as S; print(S.from_env().redis)')"
-	@echo "Logs:         .run/emulator.log, .run/redis.log; stop services with: make down"
-	@echo "Starting the local Lambda runtime; Ctrl-C stops it."
-	$(PY) -m kestrel_local run --template $(TEMPLATE) --stack-name $(STACK_NAME) \
-		$(if $(PARAMS),--parameter-overrides "$(PARAMS)")
+demo: setup up deploy-local ## Stream the simulator through the whole stack, print a summary, serve the API + dashboard (RATE=2000 DURATION=120 TRAIN=1)
+	@if [ -n "$(TRAIN)" ]; then $(MAKE) --no-print-directory train && \
+		$(PY) -m kestrel_training.registry export --dest layers/model --alias challenger; fi
+	$(PY) -m kestrel_local.demo --template $(TEMPLATE) --stack-name $(STACK_NAME) \
+		--rate $(or $(RATE),2000) --duration $(or $(DURATION),120) $(ARGS)
 
 # Runs pytest on the tiers that exist. pytest exits 5 when it collects no test: say so plainly.
 define run_pytest
@@ -109,14 +107,17 @@ define run_pytest
 	exit $$rc
 endef
 
-test: $(SETUP_STAMP) ## Run unit and integration tests (fixtures start their own emulator and redis-server)
-	$(call run_pytest,tests/unit tests/integration)
+test: $(SETUP_STAMP) ## Run unit, integration and e2e tests (fixtures start their own emulator, redis-server; e2e needs chromium)
+	$(call run_pytest,tests/unit tests/integration tests/e2e)
 
 test-unit: $(SETUP_STAMP) ## Run unit tests only (no network)
 	$(call run_pytest,tests/unit)
 
 test-integration: $(SETUP_STAMP) ## Run integration tests only (real redis-server + emulator)
 	$(call run_pytest,tests/integration)
+
+test-e2e: $(SETUP_STAMP) ## Run the end-to-end tests only (live stack + headless Chromium; screenshot in test-artifacts/)
+	$(call run_pytest,tests/e2e)
 
 lint: $(SETUP_STAMP) ## ruff check, ruff format --check, mypy, cfn-lint and sam validate --lint
 	$(VENV)/bin/ruff check .
@@ -171,6 +172,9 @@ deploy-localstack: build ## Deploy build/template.json to LocalStack at LOCALSTA
 		"are not registered: this LocalStack has no Glue schema registry (see README," \
 		"Deploying to LocalStack)" >&2; exit 1; }
 
+drift: $(SETUP_STAMP) ## Drift check: last 24 h of the event log vs the model's reference (PSI, KS); table, report, Redis status (ARGS='--end now --fail-on-drift')
+	$(PY) -m kestrel_ops drift --stack-name $(STACK_NAME) --template $(TEMPLATE) $(ARGS)
+
 redrive: $(SETUP_STAMP) ## Replay dead-lettered records: make redrive ARGS="--queue on-failure --dry-run"
 	$(PY) -m kestrel_ops redrive --stack-name $(STACK_NAME) $(ARGS)
 
@@ -186,9 +190,16 @@ bench-engine: $(SETUP_STAMP) ## Engine throughput: TransactionsFunction on Kines
 bench-api: $(SETUP_STAMP) ## Scoring API latency over HTTP: open loop, 500 req/s for 60 s, keep-alive (bench/results/)
 	$(PY) bench/api.py
 
-bench: bench-emulator bench-engine bench-api ## Run every benchmark (emulator, engine, api)
+bench: $(SETUP_STAMP) ## Run every benchmark, each time-bounded (~16 min on 2 cores; SIZE=medium|tiny for shorter): bench/results/bench-<UTC>.json + .md
+	$(PY) bench/suite.py $(if $(SIZE),--size $(SIZE))
+
+bench-e2e: $(SETUP_STAMP) ## End to end only: sustained events/s (step test + 5-min hold) and freshness, own emulator + redis-server (bench/results/)
+	$(PY) bench/e2e.py $(if $(SIZE),--size $(SIZE))
+
+bench-compare: $(SETUP_STAMP) ## Compare the newest bench run with bench/results/baseline-<machine class>.json; exit 1 on a regression of a ratio to its ceiling
+	$(PY) bench/compare.py $(ARGS)
 
 clean: ## Stop services, remove .run, caches and build output
 	@if [ -x $(PY) ]; then $(PY) -m kestrel_local down || true; fi
-	rm -rf .run build .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .run build .aws-sam .pytest_cache .mypy_cache .ruff_cache test-artifacts
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,311 @@
+"""`make demo`: the whole platform on one machine, fed by the simulator, with a closing summary.
+
+    python -m kestrel_local.demo [--rate 2000] [--duration 120] [--seed 7] [--port 8000]
+
+On a stack that `make up` and `make deploy-local` prepared, the demo:
+
+1. starts from an empty embedded Redis (an external `REDIS_URL` needs `--reset-redis`);
+2. simulates `rate x duration` transactions of the book's card network (Avro, schema registry);
+3. starts the local Lambda runtime and the scoring API (`python -m kestrel_local run` and
+   `serve`, as child processes logging to `<run dir>/demo-*.log`);
+4. streams the transactions at `rate` events/s, feeds each chargeback label back once the
+   stream's clock passes its date, scores live transactions through the API at `--api-rate`,
+   and injects `--poison` broken records half-way;
+5. prints a progress line from the API's `/v1/telemetry` every 2 s, waits until every
+   transaction has its decision, redrives both dead-letter queues, and prints the summary
+   (also written to `<run dir>/demo-summary.json`);
+6. keeps serving the API and the dashboard until Ctrl-C (`--exit` stops at once).
+
+Ctrl-C stops everything it started at any point; `make down` stops the emulator and Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+from botocore.exceptions import BotoCoreError, ClientError
+from kestrel_training.avro_encoding import avro_encoders
+from kestrel_training.producer import DeliveryError, produce, rate_pacer
+
+from kestrel.adapters.glue_registry import GlueSchemaRegistry
+from kestrel.settings import LocalSettings
+from kestrel_local.aws import AwsClients
+from kestrel_local.demo_input import (
+    label_records,
+    poison_entries,
+    simulated_input,
+    transaction_records,
+)
+from kestrel_local.demo_report import DemoSummary, summary_table
+from kestrel_local.demo_runner import (
+    ApiLoad,
+    DemoError,
+    Progress,
+    collect_results,
+    drift_check,
+    redrive_all,
+    reset_stack,
+    wait_decided,
+)
+from kestrel_local.processes import stop_child
+from kestrel_local.provision import bind
+from kestrel_local.services import status
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def say(line: str) -> None:
+    """One line of the demo's own output."""
+    print(f"demo: {line}", flush=True)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command line of `python -m kestrel_local.demo`."""
+    parser = argparse.ArgumentParser(prog="python -m kestrel_local.demo", description=__doc__)
+    parser.add_argument("--rate", type=float, default=2000.0, help="transactions per second")
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of streaming")
+    parser.add_argument("--seed", type=int, default=7, help="simulator seed")
+    parser.add_argument("--port", type=int, default=8000, help="API and dashboard port")
+    parser.add_argument("--api-rate", type=float, default=50.0, help="API scores per second")
+    parser.add_argument("--poison", type=int, default=6, help="broken records to inject")
+    parser.add_argument("--template", default=str(ROOT / "template.yaml"))
+    parser.add_argument("--stack-name", default=os.environ.get("KESTREL_STACK_NAME", "kestrel"))
+    parser.add_argument("--reset-redis", action="store_true", help="flush an external REDIS_URL")
+    parser.add_argument("--exit", action="store_true", help="stop after the summary")
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.duration <= 0 or args.api_rate < 0 or args.poison < 0:
+        parser.error("--rate and --duration must be positive, --api-rate and --poison >= 0")
+    return args
+
+
+class Children:
+    """The runtime and API processes the demo started, stopped together."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, args: Sequence[str]) -> Path:
+        """Start `python -m kestrel_local <args>` in its own process group; its log file."""
+        log = self.log_dir / f"demo-{name}.log"
+        with log.open("wb") as out:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "kestrel_local", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return log
+
+    def check(self) -> None:
+        """DemoError when a child has exited."""
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise DemoError(
+                    f"the {name} process exited ({process.returncode}): see "
+                    f"{self.log_dir / f'demo-{name}.log'}"
+                )
+
+    def stop(self) -> None:
+        """SIGTERM each child (SIGKILL after 20 s) and reap it."""
+        for process in self.processes.values():
+            stop_child(process, 20.0)
+
+
+def wait_http(port: int, path: str, timeout_s: float, children: Children) -> dict[str, Any]:
+    """GET `path` until it answers 200; its JSON body."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        children.check()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+            conn.close()
+            if response.status == 200:
+                loaded: dict[str, Any] = json.loads(body)
+                return loaded
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise DemoError(f"127.0.0.1:{port}{path} did not answer in {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def _until(stop: threading.Event, records: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for record in records:
+        if stop.is_set():
+            return
+        yield record
+
+
+def run(args: argparse.Namespace, settings: LocalSettings) -> DemoSummary:
+    """The demo up to its summary (children stopped by the caller)."""
+    down = [s.name for s in status(settings) if not s.healthy]
+    if down:
+        raise DemoError(f"{' and '.join(down)} not running: run `make up` (make demo does)")
+    clients = AwsClients(settings.endpoint)
+    app, _ = bind(args.template, clients, args.stack_name, {}, create=False)
+    checkpoints = Path(settings.run_dir) / "checkpoints" / f"{args.stack_name}.db"
+    reset_stack(clients, app.stack.physical, checkpoints)
+    app, _ = bind(args.template, clients, args.stack_name, {}, create=True)
+    physical = app.stack.physical
+    say(f"stack {args.stack_name}: streams re-created empty, dead-letter queues purged")
+    store = redis.Redis.from_url(settings.redis)
+    if not settings.embedded_redis and not args.reset_redis:
+        raise DemoError(f"REDIS_URL={settings.redis} is yours: pass --reset-redis to flush it")
+    store.flushdb()
+    say(f"flushed Redis {settings.redis}: the demo starts with no history")
+
+    events = int(args.rate * args.duration)
+    say(f"simulating {events:,} transactions (seed {args.seed})")
+    data = simulated_input(events, args.rate, args.seed)
+    tx = transaction_records(data.transactions)
+    labels = label_records(data.labels)
+    say(f"{len(tx):,} transactions over {data.days:.1f} simulated days, {len(labels):,} labels")
+
+    run_dir = Path(settings.run_dir)
+    children = Children(run_dir)
+    summary = DemoSummary(events_sent=len(tx), poison_injected=args.poison)
+    stop = threading.Event()
+    try:
+        stack_args = ["-t", args.template, "--stack-name", args.stack_name]
+        stack_args += ["--parameter-overrides", f"RedisUrl={settings.redis}"]
+        log = children.start("runtime", ["run", *stack_args])
+        say(f"local Lambda runtime started (log: {log})")
+        log = children.start("api", ["serve", *stack_args, "--port", str(args.port)])
+        health = wait_http(args.port, "/health", 120.0, children)
+        summary.model_version = str(health.get("checks", {}).get("model", {}).get("version") or "")
+        key = (run_dir / "api-key").read_text().strip()
+        say(f"API on http://127.0.0.1:{args.port} (log: {log}), model {summary.model_version}")
+
+        encoders = avro_encoders(GlueSchemaRegistry(clients.client("glue"), args.stack_name))
+        kinesis = clients.client("kinesis")
+        tx_stream = str(physical["TransactionsStream"].ref)
+        label_stream = str(physical["LabelsStream"].ref)
+        due = data.label_due_s
+
+        def label_pacer(index: int, _record: dict[str, Any]) -> float:
+            return float(due[index])
+
+        errors: list[Exception] = []  # a streaming thread's failure, raised by the main thread
+
+        def stream(records: Sequence[dict[str, Any]], name: str, **kwargs: Any) -> None:
+            try:
+                produce(_until(stop, records), name, client=kinesis, **kwargs)
+            except (DeliveryError, BotoCoreError, ClientError, ValueError) as exc:
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(
+                target=stream,
+                args=(tx, tx_stream),
+                kwargs={
+                    "encoder": encoders["transactions"],
+                    "pacer": rate_pacer(args.rate),
+                    "max_records_per_batch": max(1, min(500, int(args.rate * 0.1))),
+                },
+                daemon=True,
+            ),
+            threading.Thread(
+                target=stream,
+                args=(labels, label_stream),
+                kwargs={"encoder": encoders["labels"], "pacer": label_pacer},
+                daemon=True,
+            ),
+        ]
+        api = ApiLoad(args.port, key, tx, args.api_rate)
+        progress = Progress(args.port, key, args.duration, len(tx))
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        api.start()
+        progress.start()
+        poisoned = False
+        while any(t.is_alive() for t in threads):
+            children.check()
+            if errors:
+                raise DemoError(f"streaming failed: {errors[0]}")
+            if not poisoned and time.monotonic() - started >= args.duration / 2:
+                entries = poison_entries(args.poison, tx[0])
+                if entries:
+                    kinesis.put_records(
+                        StreamName=tx_stream,
+                        Records=[{"Data": d, "PartitionKey": k} for _, d, k in entries],
+                    )
+                    kinds = ", ".join(kind for kind, _, _ in entries)
+                    say(f"injected {len(entries)} poison records ({kinds})")
+                poisoned = True
+            time.sleep(0.2)
+        if errors:
+            raise DemoError(f"streaming failed: {errors[0]}")
+        summary.labels_sent = len(labels)
+        say("all records sent; waiting for every transaction's decision")
+        wait_decided(store, [r["transaction_id"] for r in tx], children.check, 600.0)
+        summary.seconds = time.monotonic() - started
+        api.stop()
+        progress.stop()
+        collect_results(summary, data, store, api, args.port, key)
+        summary.redrive, summary.poison_parked = redrive_all(clients, physical, args.stack_name)
+        say("drift check: the last 24 h of the event log against the model's reference")
+        drift = drift_check(
+            args.template, args.stack_name, settings.redis, run_dir / "demo-drift.json"
+        )
+        drifted = ", ".join(drift.get("drifted", [])) or "nothing drifted"
+        summary.drift = f"{drift['status']} ({drifted}; {drift['window']['rows']:,} rows)"
+        return summary
+    except BaseException:
+        stop.set()
+        children.stop()
+        raise
+    finally:
+        stop.set()
+        ACTIVE.append(children)
+
+
+ACTIVE: list[Children] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; serve until Ctrl-C unless --exit; 1 with a message on failure."""
+    args = parse_args(argv)
+    settings = LocalSettings.from_env()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        summary = run(args, settings)
+        print(summary_table(summary), flush=True)
+        out = Path(settings.run_dir) / "demo-summary.json"
+        out.write_text(summary.as_json() + "\n")
+        say(f"summary written to {out}")
+        if not args.exit:
+            key = (Path(settings.run_dir) / "api-key").read_text().strip()
+            say(f"dashboard: http://127.0.0.1:{args.port}/dashboard#key={key}")
+            say("serving the API and the dashboard; Ctrl-C stops them, `make down` the rest")
+            threading.Event().wait()
+        return 0
+    except KeyboardInterrupt:
+        say("stopping")
+        return 130
+    except DemoError as exc:
+        say(f"error: {exc}")
+        return 1
+    finally:
+        for children in ACTIVE:
+            children.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

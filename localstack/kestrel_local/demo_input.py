@@ -1,0 +1,111 @@
+"""What `make demo` streams: simulated transactions, their delayed labels, a few poison records."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from kestrel_training.producer import LABEL_FIELDS, TRANSACTION_FIELDS
+from kestrel_training.simulator import SimulatorConfig, expected_transactions_per_day, simulate
+
+DAY_MS = 86_400_000
+# The poison records the demo injects: payload maker and the reason the poison DLQ will give.
+POISON_KINDS: dict[str, str] = {
+    "garbage_bytes": "undecodable",
+    "broken_json": "invalid_json",
+    "negative_amount": "invalid_field",
+    "bad_customer_id": "invalid_field",
+    "missing_amount": "missing_field",
+    "unregistered_schema": "unknown_schema",
+}
+
+
+@dataclass(frozen=True)
+class DemoInput:
+    """The transactions to stream (event-time order) and the labels, each with its due time."""
+
+    transactions: pd.DataFrame
+    labels: pd.DataFrame
+    label_due_s: np.ndarray[Any, np.dtype[np.float64]]
+    start_ms: int
+
+    @property
+    def days(self) -> float:
+        """Simulated days the transactions span."""
+        first, last = self.transactions["event_time"].iloc[[0, -1]]
+        return float(last - first) / DAY_MS
+
+
+def simulated_input(events: int, rate: float, seed: int) -> DemoInput:
+    """`events` transactions of the book's simulator (5,000 customers), and their labels.
+
+    A label is due once the transaction stream, paced at `rate`, reaches its `label_time`
+    (the simulator dates each chargeback 7 days after its transaction), so feedback arrives
+    in the stream's own clock; labels dated after the last transaction are not sent.
+    """
+    config = SimulatorConfig(seed=seed)
+    days = max(2, math.ceil(events * 1.1 / expected_transactions_per_day(config)) + 1)
+    sim = simulate(dataclasses.replace(config, n_days=days))
+    tx = sim.transactions.head(events).reset_index(drop=True)
+    if len(tx) < events:
+        raise RuntimeError(f"the simulation made {len(tx)} transactions, not {events}")
+    last_time = int(tx["event_time"].iloc[-1])
+    sent_ids = set(tx["transaction_id"])
+    labels = sim.labels[
+        sim.labels["transaction_id"].isin(sent_ids) & (sim.labels["label_time"] <= last_time)
+    ].reset_index(drop=True)
+    position = np.searchsorted(tx["event_time"].to_numpy(), labels["label_time"].to_numpy())
+    return DemoInput(tx, labels, position.astype(np.float64) / rate, config.start_ms)
+
+
+def transaction_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Producer records (the stream's fields only) of a transactions frame."""
+    records: list[dict[str, Any]] = frame[list(TRANSACTION_FIELDS)].to_dict("records")
+    for record in records:
+        record["amount"], record["event_time"] = float(record["amount"]), int(record["event_time"])
+    return records
+
+
+def label_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Producer records of a labels frame."""
+    records: list[dict[str, Any]] = frame[list(LABEL_FIELDS)].to_dict("records")
+    for record in records:
+        record["is_fraud"], record["label_time"] = (
+            int(record["is_fraud"]),
+            int(record["label_time"]),
+        )
+    return records
+
+
+def poison_payload(kind: str, index: int, template: dict[str, Any]) -> bytes:
+    """A poison record of `kind`, otherwise shaped like the transaction `template`."""
+    doc = {**template, "transaction_id": f"DEMO-POISON-{index:03d}"}
+    builders: dict[str, Callable[[], bytes]] = {
+        "garbage_bytes": lambda: b"\xff\xfe\x00" + doc["transaction_id"].encode(),
+        "broken_json": lambda: json.dumps(doc).encode()[:-1] + b',"x":',
+        "negative_amount": lambda: json.dumps({**doc, "amount": -12.5}).encode(),
+        "bad_customer_id": lambda: json.dumps({**doc, "customer_id": "not an id!"}).encode(),
+        "missing_amount": lambda: json.dumps(
+            {k: v for k, v in doc.items() if k != "amount"}
+        ).encode(),
+        # Glue's wire format (version 3, no compression) naming a schema version nobody
+        # registered: the record cannot be read until that schema exists.
+        "unregistered_schema": lambda: bytes([3, 0]) + uuid.UUID(int=index + 1).bytes + b"\x00",
+    }
+    return builders[kind]()
+
+
+def poison_entries(count: int, template: dict[str, Any]) -> list[tuple[str, bytes, str]]:
+    """`count` poison records cycling through the kinds: (kind, payload, partition key)."""
+    kinds = list(POISON_KINDS)
+    return [
+        (kinds[i % len(kinds)], poison_payload(kinds[i % len(kinds)], i, template), f"poison-{i}")
+        for i in range(count)
+    ]

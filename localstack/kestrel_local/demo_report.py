@@ -1,0 +1,136 @@
+"""`make demo`'s figures: fraud caught against the simulator's labels, and the summary table."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from kestrel_training.protocol import card_precision_at_k
+from sklearn.metrics import average_precision_score
+
+DAY_MS = 86_400_000
+
+
+@dataclass
+class DemoSummary:
+    """Everything the demo's closing table shows."""
+
+    events_sent: int = 0
+    events_decided: int = 0
+    labels_sent: int = 0
+    seconds: float = 0.0
+    freshness_p50_ms: float = math.nan
+    freshness_p99_ms: float = math.nan
+    api_requests: int = 0
+    api_errors: int = 0
+    api_p50_ms: float = math.nan
+    api_p99_ms: float = math.nan
+    decisions: dict[str, int] = field(default_factory=dict)
+    frauds: int = 0
+    average_precision: float = math.nan
+    card_precision_100: float = math.nan
+    poison_injected: int = 0
+    poison_parked: int = 0
+    redrive: dict[str, dict[str, int]] = field(default_factory=dict)
+    model_version: str = ""
+    drift: str = "not checked"
+
+    @property
+    def events_per_s(self) -> float:
+        """Decided events over the run's wall time."""
+        return self.events_decided / self.seconds if self.seconds > 0 else math.nan
+
+    def as_json(self) -> str:
+        """The summary as JSON (written to the run folder)."""
+        return json.dumps({**asdict(self), "events_per_s": self.events_per_s}, indent=2)
+
+
+def fraud_caught(
+    transactions: pd.DataFrame, scores: Sequence[float | None], start_ms: int
+) -> tuple[float, float]:
+    """AP and CP@100 of the stream's scores against the simulator's `is_fraud` labels."""
+    frame = pd.DataFrame(
+        {
+            "customer_id": transactions["customer_id"].to_numpy(),
+            "is_fraud": transactions["is_fraud"].to_numpy(),
+            "day": (transactions["event_time"].to_numpy() - start_ms) // DAY_MS,
+        }
+    )
+    score = np.array([np.nan if s is None else s for s in scores], dtype=np.float64)
+    keep = ~np.isnan(score)
+    frame, score = frame[keep], score[keep]
+    labels = frame["is_fraud"].to_numpy()
+    ap = (
+        float(average_precision_score(labels, score))
+        if 0 < labels.sum() < len(labels)
+        else math.nan
+    )
+    cp, _ = card_precision_at_k(frame, score)
+    return ap, cp
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile, NaN for no values."""
+    return float(np.percentile(values, q)) if len(values) else math.nan
+
+
+def decision_counts(decisions: Iterable[dict[str, Any] | None]) -> dict[str, int]:
+    """How many transactions got each decision (degraded ones counted apart too)."""
+    counts: Counter[str] = Counter()
+    for decision in decisions:
+        if decision is not None:
+            counts[str(decision["decision"]).lower()] += 1
+            counts["degraded"] += bool(decision.get("degraded"))
+    return {k: counts[k] for k in ("approve", "review", "decline", "degraded")}
+
+
+def _fmt(value: float, spec: str = ",.0f", unit: str = "") -> str:
+    return "n/a" if math.isnan(value) else f"{value:{spec}}{unit}"
+
+
+def summary_table(s: DemoSummary) -> str:
+    """The closing table, aligned text."""
+    d = s.decisions
+    redrive = "; ".join(
+        f"{queue}: {', '.join(f'{k} {v}' for k, v in counts.items())}"
+        for queue, counts in s.redrive.items()
+    )
+    rows = [
+        ("Events streamed / decided", f"{s.events_sent:,} / {s.events_decided:,}"),
+        ("Labels fed back", f"{s.labels_sent:,}"),
+        ("Throughput", f"{_fmt(s.events_per_s)} events/s over {s.seconds:.0f} s"),
+        (
+            "Freshness p50 / p99",
+            f"{_fmt(s.freshness_p50_ms, ',.0f', ' ms')} / "
+            f"{_fmt(s.freshness_p99_ms, ',.0f', ' ms')}",
+        ),
+        (
+            "API p50 / p99 (/v1/score)",
+            f"{_fmt(s.api_p50_ms, '.2f', ' ms')} / {_fmt(s.api_p99_ms, '.2f', ' ms')}"
+            f" over {s.api_requests:,} requests, {s.api_errors} errors",
+        ),
+        (
+            "Decisions",
+            f"approve {d.get('approve', 0):,}, review {d.get('review', 0):,}, "
+            f"decline {d.get('decline', 0):,} (degraded {d.get('degraded', 0):,})",
+        ),
+        (
+            "Fraud caught (window)",
+            f"AP {_fmt(s.average_precision, '.3f')}, CP@100 {_fmt(s.card_precision_100, '.3f')}"
+            f" ({s.frauds:,} frauds)",
+        ),
+        ("Model", s.model_version or "none"),
+        ("Drift (last 24 h of event time)", s.drift),
+        ("Poison injected / parked", f"{s.poison_injected} / {s.poison_parked}"),
+        ("Redrive", redrive or "nothing to redrive"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    line = "-" * (width + 3 + max(len(value) for _, value in rows))
+    body = "\n".join(f"{name:<{width}} | {value}" for name, value in rows)
+    return f"{line}\nKestrel demo summary\n{line}\n{body}\n{line}"

@@ -1,0 +1,261 @@
+"""The demo's moving parts: API load, the progress line, the drain, the redrive and the results."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from kestrel.adapters.glue_registry import GlueSchemaRegistry
+from kestrel.adapters.redis_scripts import decision_key
+from kestrel_local.aws import AwsClients
+from kestrel_local.demo_input import DemoInput
+from kestrel_local.demo_report import DemoSummary, decision_counts, fraud_caught, percentile
+from kestrel_local.template import PhysicalResource
+from kestrel_ops.redrive import QueueKind, redrive
+
+CHUNK = 5_000
+
+
+class DemoError(RuntimeError):
+    """The demo cannot go on; the message says why and what to do."""
+
+
+def _request(
+    conn: http.client.HTTPConnection, method: str, path: str, key: str, body: bytes | None = None
+) -> tuple[int, bytes]:
+    headers = {"x-api-key": key}
+    if body is not None:
+        headers["content-type"] = "application/json"
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def telemetry(port: int, key: str, window_s: float) -> dict[str, Any]:
+    """The API's `/v1/telemetry` snapshot over the last `window_s` seconds."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        code, body = _request(conn, "GET", f"/v1/telemetry?window={max(1, int(window_s))}", key)
+    finally:
+        conn.close()
+    if code != 200:
+        raise DemoError(f"/v1/telemetry answered {code}: {body[:200]!r}")
+    loaded: dict[str, Any] = json.loads(body)
+    return loaded
+
+
+class ApiLoad(threading.Thread):
+    """Scores streamed transactions through `POST /v1/score` at a steady rate, keep-alive."""
+
+    def __init__(self, port: int, key: str, records: Sequence[dict[str, Any]], rate: float):
+        super().__init__(daemon=True, name="demo-api-load")
+        self.port, self.key, self.records, self.rate = port, key, records, rate
+        self.latencies_ms: list[float] = []
+        self.errors = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        """Send one request every 1/rate seconds until stopped."""
+        if self.rate <= 0:
+            return
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        start = time.monotonic()
+        for i in range(10**9):
+            if self._stop_event.wait(max(0.0, start + i / self.rate - time.monotonic())):
+                break
+            body = json.dumps(self.records[(i * 7919) % len(self.records)]).encode()
+            sent = time.perf_counter()
+            try:
+                code, _ = _request(conn, "POST", "/v1/score", self.key, body)
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                continue
+            self.latencies_ms.append((time.perf_counter() - sent) * 1000.0)
+            self.errors += code != 200
+        conn.close()
+
+    def stop(self) -> None:
+        """Stop sending and wait for the thread."""
+        self._stop_event.set()
+        self.join(10)
+
+
+class Progress(threading.Thread):
+    """Prints one live line every 2 s from the API's telemetry."""
+
+    def __init__(self, port: int, key: str, duration_s: float, total: int) -> None:
+        super().__init__(daemon=True, name="demo-progress")
+        self.port, self.key, self.duration_s, self.total = port, key, duration_s, total
+        self._stop_event = threading.Event()
+        self.tty = sys.stdout.isatty()
+
+    def run(self) -> None:
+        """Print until stopped."""
+        start = time.monotonic()
+        while not self._stop_event.wait(2.0):
+            try:
+                line = self.line(telemetry(self.port, self.key, 10), time.monotonic() - start)
+            except (OSError, http.client.HTTPException, DemoError, ValueError) as exc:
+                line = f"(telemetry unavailable: {exc})"
+            end = "\r" if self.tty else "\n"
+            print(f"{line:<140}", end=end, flush=True)
+        if self.tty:
+            print()
+
+    def line(self, snap: Mapping[str, Any], elapsed: float) -> str:
+        """The progress line for one telemetry snapshot."""
+        fresh = snap.get("freshness_ms") or {}
+        decisions = snap.get("decisions") or {}
+        dlq = snap.get("dlq") or {}
+        rate = snap.get("events_per_s") or {}
+        current = rate.get("current") if isinstance(rate, Mapping) else rate
+        return (
+            f"[{elapsed:5.0f} s / {self.duration_s:.0f} s] {_num(current)} events/s | "
+            f"freshness p50 {_num(fresh.get('p50'))} ms p99 {_num(fresh.get('p99'))} ms | "
+            f"approve {_num(decisions.get('approve'))} review {_num(decisions.get('review'))} "
+            f"decline {_num(decisions.get('decline'))} (last 10 s) | "
+            f"DLQ poison {_num(dlq.get('poison'))} on-failure {_num(dlq.get('on_failure'))} | "
+            f"drift {(snap.get('drift') or {}).get('status', 'unknown')}"
+        )
+
+    def stop(self) -> None:
+        """Stop printing."""
+        self._stop_event.set()
+        self.join(10)
+
+
+def _num(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{float(value):,.0f}"
+
+
+def _decisions(store: redis.Redis, ids: Sequence[str]) -> list[bytes | None]:
+    out: list[bytes | None] = []
+    for i in range(0, len(ids), CHUNK):
+        pipe = store.pipeline(transaction=False)
+        for transaction_id in ids[i : i + CHUNK]:
+            pipe.get(decision_key(transaction_id))
+        out.extend(pipe.execute())
+    return out
+
+
+def wait_decided(
+    store: redis.Redis, ids: Sequence[str], check: Callable[[], None], timeout_s: float
+) -> None:
+    """Wait until every transaction id has its decision in Redis (DemoError on timeout)."""
+    pending = list(ids)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        check()
+        pending = [i for i, d in zip(pending, _decisions(store, pending), strict=True) if d is None]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise DemoError(f"{len(pending):,} transactions still have no decision after the wait")
+        time.sleep(1.0)
+
+
+def collect_results(
+    summary: DemoSummary,
+    data: DemoInput,
+    store: redis.Redis,
+    api: ApiLoad,
+    port: int,
+    key: str,
+) -> None:
+    """Fill the summary: decisions and fraud caught (from Redis), freshness, API latency."""
+    ids = data.transactions["transaction_id"].astype(str).tolist()
+    decisions = [json.loads(raw) if raw else None for raw in _decisions(store, ids)]
+    summary.events_decided = sum(d is not None for d in decisions)
+    summary.decisions = decision_counts(decisions)
+    summary.frauds = int(data.transactions["is_fraud"].sum())
+    summary.average_precision, summary.card_precision_100 = fraud_caught(
+        data.transactions, [d["score"] if d else None for d in decisions], data.start_ms
+    )
+    snap = telemetry(port, key, summary.seconds + 5)
+    fresh = snap.get("freshness_ms") or {}
+    summary.freshness_p50_ms = float(fresh.get("p50", math.nan) or math.nan)
+    summary.freshness_p99_ms = float(fresh.get("p99", math.nan) or math.nan)
+    summary.api_requests = len(api.latencies_ms) + api.errors
+    summary.api_errors = api.errors
+    summary.api_p50_ms = percentile(api.latencies_ms, 50)
+    summary.api_p99_ms = percentile(api.latencies_ms, 99)
+
+
+def reset_stack(
+    clients: AwsClients, physical: Mapping[str, PhysicalResource], checkpoints: Path
+) -> None:
+    """Empty the stack for a fresh run: streams deleted (then re-created), queues purged."""
+    kinesis, sqs = clients.client("kinesis"), clients.client("sqs")
+    for logical_id in ("TransactionsStream", "LabelsStream", "DecisionsStream"):
+        name = str(physical[logical_id].ref)
+        try:
+            kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
+        except kinesis.exceptions.ResourceNotFoundException:
+            continue
+        kinesis.get_waiter("stream_not_exists").wait(
+            StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 150}
+        )
+    for logical_id in ("OnFailureQueue", "PoisonDLQ"):
+        sqs.purge_queue(QueueUrl=str(physical[logical_id].ref))
+    checkpoints.unlink(missing_ok=True)  # the runtime's positions in the deleted streams
+
+
+def drift_check(template: str, stack_name: str, redis_url: str, report: Path) -> dict[str, Any]:
+    """`python -m kestrel_ops drift` over the last 24 h of the demo's event log; its report."""
+    command = ["drift", "--template", template, "--stack-name", stack_name]
+    done = subprocess.run(
+        [sys.executable, "-m", "kestrel_ops", *command, "--report", str(report)],
+        env={**os.environ, "REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0 or not report.is_file():
+        raise DemoError(f"the drift check failed ({done.returncode}): {done.stderr[-1000:]}")
+    loaded: dict[str, Any] = json.loads(report.read_text())
+    return loaded
+
+
+def redrive_all(
+    clients: AwsClients, physical: Mapping[str, PhysicalResource], stack_name: str
+) -> tuple[dict[str, dict[str, int]], int]:
+    """Redrive the on-failure queue and the poison queue; their figures and the poison left."""
+    registry = GlueSchemaRegistry(clients.client("glue"), stack_name)
+    sqs, kinesis = clients.client("sqs"), clients.client("kinesis")
+    figures: dict[str, dict[str, int]] = {}
+    queues: tuple[tuple[QueueKind, str], ...] = (
+        ("on-failure", "OnFailureQueue"),
+        ("poison", "PoisonDLQ"),
+    )
+    for queue, logical_id in queues:
+        report = redrive(sqs, kinesis, registry, str(physical[logical_id].ref), queue)
+        figures[queue] = {
+            "read": report.messages_read,
+            "re-put": report.redriven,
+            "still poison": report.still_poison,
+            "errors": report.errors,
+        }
+    depth = sqs.get_queue_attributes(
+        QueueUrl=str(physical["PoisonDLQ"].ref),
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    parked = int(depth["ApproximateNumberOfMessages"]) + int(
+        depth["ApproximateNumberOfMessagesNotVisible"]
+    )
+    return figures, parked
