@@ -283,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; serve until Ctrl-C unless --exit; 1 with a message on failure."""
     args = parse_args(argv)
     settings = LocalSettings.from_env()
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM both stop the demo and what it started (even if started in the
+    # background, where a shell leaves SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = run(args, settings)
         print(summary_table(summary), flush=True)

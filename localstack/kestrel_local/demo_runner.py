@@ -211,7 +211,10 @@ def reset_stack(
             StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 150}
         )
     for logical_id in ("OnFailureQueue", "PoisonDLQ"):
-        sqs.purge_queue(QueueUrl=str(physical[logical_id].ref))
+        try:
+            sqs.purge_queue(QueueUrl=str(physical[logical_id].ref))
+        except sqs.exceptions.QueueDoesNotExist:
+            continue  # not provisioned yet: the demo creates it next
     checkpoints.unlink(missing_ok=True)  # the runtime's positions in the deleted streams
 
 
