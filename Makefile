@@ -33,7 +33,7 @@ endif
 
 help: ## List every target with what it does
 	@echo "Kestrel: make <target> [VAR=value]"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' \
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 
 setup: $(SETUP_STAMP) ## Create .venv, install pinned deps and redis-server (idempotent)

@@ -89,6 +89,25 @@ def _record(sink: TelemetrySink | None, figures: Callable[[], BatchFigures]) -> 
         log.warning("telemetry not recorded: %s: %s", type(exc).__name__, exc)
 
 
+def _observed(
+    run: Callable[[Sequence[Mapping[str, Any]]], BatchOutcome],
+    records: Sequence[Mapping[str, Any]],
+    sink: TelemetrySink | None,
+    clock: Callable[[], float],
+    figures_of: Callable[[BatchOutcome, float], BatchFigures],
+) -> BatchOutcome:
+    """`run(records)`, with its figures (or a failed batch's) added to the telemetry."""
+    if not records:
+        return BatchOutcome()
+    try:
+        outcome = run(records)
+    except Exception:
+        _record(sink, lambda: error_figures(clock()))
+        raise
+    _record(sink, lambda: figures_of(outcome, clock()))
+    return outcome
+
+
 def _debug_decided(logged: Sequence[Mapping[str, Any]]) -> None:
     """One DEBUG line per decided transaction, its id as correlation id (only if enabled)."""
     if not log.isEnabledFor(logging.DEBUG):
@@ -154,15 +173,7 @@ class TransactionPath:
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """Process one Kinesis batch (the event's Records list)."""
-        if not records:
-            return BatchOutcome()
-        try:
-            outcome = self._run(records)
-        except Exception:
-            _record(self._telemetry, lambda: error_figures(self._clock()))
-            raise
-        _record(self._telemetry, lambda: transaction_figures(outcome, self._clock()))
-        return outcome
+        return _observed(self._run, records, self._telemetry, self._clock, transaction_figures)
 
     def _run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """`run` without the telemetry."""
@@ -249,15 +260,7 @@ class LabelPath:
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """Process one Kinesis batch of labels (labels that are not fraud change no feature)."""
-        if not records:
-            return BatchOutcome()
-        try:
-            outcome = self._run(records)
-        except Exception:
-            _record(self._telemetry, lambda: error_figures(self._clock()))
-            raise
-        _record(self._telemetry, lambda: label_figures(outcome, self._clock()))
-        return outcome
+        return _observed(self._run, records, self._telemetry, self._clock, label_figures)
 
     def _run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """`run` without the telemetry."""
