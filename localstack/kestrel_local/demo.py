@@ -152,11 +152,13 @@ def _until(stop: threading.Event, records: Sequence[dict[str, Any]]) -> Iterator
         yield record
 
 
-def run(args: argparse.Namespace, settings: LocalSettings) -> DemoSummary:
-    """The demo up to its summary (children stopped by the caller)."""
+def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -> DemoSummary:
+    """The demo up to its summary; the runtime and API it starts stay in `children`."""
     down = [s.name for s in status(settings) if not s.healthy]
     if down:
         raise DemoError(f"{' and '.join(down)} not running: run `make up` (make demo does)")
+    if not settings.embedded_redis and not args.reset_redis:
+        raise DemoError(f"REDIS_URL={settings.redis} is yours: pass --reset-redis to flush it")
     clients = AwsClients(settings.endpoint)
     app, _ = bind(args.template, clients, args.stack_name, {}, create=False)
     checkpoints = Path(settings.run_dir) / "checkpoints" / f"{args.stack_name}.db"
@@ -165,8 +167,6 @@ def run(args: argparse.Namespace, settings: LocalSettings) -> DemoSummary:
     physical = app.stack.physical
     say(f"stack {args.stack_name}: streams re-created empty, dead-letter queues purged")
     store = redis.Redis.from_url(settings.redis)
-    if not settings.embedded_redis and not args.reset_redis:
-        raise DemoError(f"REDIS_URL={settings.redis} is yours: pass --reset-redis to flush it")
     store.flushdb()
     say(f"flushed Redis {settings.redis}: the demo starts with no history")
 
@@ -178,7 +178,6 @@ def run(args: argparse.Namespace, settings: LocalSettings) -> DemoSummary:
     say(f"{len(tx):,} transactions over {data.days:.1f} simulated days, {len(labels):,} labels")
 
     run_dir = Path(settings.run_dir)
-    children = Children(run_dir)
     summary = DemoSummary(events_sent=len(tx), poison_injected=args.poison)
     stop = threading.Event()
     try:
@@ -267,16 +266,8 @@ def run(args: argparse.Namespace, settings: LocalSettings) -> DemoSummary:
         drifted = ", ".join(drift.get("drifted", [])) or "nothing drifted"
         summary.drift = f"{drift['status']} ({drifted}; {drift['window']['rows']:,} rows)"
         return summary
-    except BaseException:
-        stop.set()
-        children.stop()
-        raise
     finally:
-        stop.set()
-        ACTIVE.append(children)
-
-
-ACTIVE: list[Children] = []
+        stop.set()  # the streaming threads stop sending
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -287,8 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # background, where a shell leaves SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    children = Children(Path(settings.run_dir))
     try:
-        summary = run(args, settings)
+        summary = run(args, settings, children)
         print(summary_table(summary), flush=True)
         out = Path(settings.run_dir) / "demo-summary.json"
         out.write_text(summary.as_json() + "\n")
@@ -306,8 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"error: {exc}")
         return 1
     finally:
-        for children in ACTIVE:
-            children.stop()
+        children.stop()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from kestrel_training.producer import LABEL_FIELDS, TRANSACTION_FIELDS
+from kestrel_training.producer import LABEL_FIELDS, TRANSACTION_FIELDS, frame_records
 from kestrel_training.simulator import SimulatorConfig, expected_transactions_per_day, simulate
 
 DAY_MS = 86_400_000
@@ -67,21 +67,12 @@ def simulated_input(events: int, rate: float, seed: int) -> DemoInput:
 
 def transaction_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Producer records (the stream's fields only) of a transactions frame."""
-    records: list[dict[str, Any]] = frame[list(TRANSACTION_FIELDS)].to_dict("records")
-    for record in records:
-        record["amount"], record["event_time"] = float(record["amount"]), int(record["event_time"])
-    return records
+    return list(frame_records(frame[list(TRANSACTION_FIELDS)]))
 
 
 def label_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Producer records of a labels frame."""
-    records: list[dict[str, Any]] = frame[list(LABEL_FIELDS)].to_dict("records")
-    for record in records:
-        record["is_fraud"], record["label_time"] = (
-            int(record["is_fraud"]),
-            int(record["label_time"]),
-        )
-    return records
+    return list(frame_records(frame[list(LABEL_FIELDS)]))
 
 
 def poison_payload(kind: str, index: int, template: dict[str, Any]) -> bytes:

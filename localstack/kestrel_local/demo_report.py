@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from kestrel_training.protocol import card_precision_at_k
-from sklearn.metrics import average_precision_score
+from kestrel_training.protocol import evaluate
 
 DAY_MS = 86_400_000
 
@@ -64,15 +63,8 @@ def fraud_caught(
     )
     score = np.array([np.nan if s is None else s for s in scores], dtype=np.float64)
     keep = ~np.isnan(score)
-    frame, score = frame[keep], score[keep]
-    labels = frame["is_fraud"].to_numpy()
-    ap = (
-        float(average_precision_score(labels, score))
-        if 0 < labels.sum() < len(labels)
-        else math.nan
-    )
-    cp, _ = card_precision_at_k(frame, score)
-    return ap, cp
+    metrics = evaluate(frame[keep], score[keep])
+    return metrics.average_precision, metrics.card_precision_100
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -153,6 +153,16 @@ def _decisions(store: redis.Redis, ids: Sequence[str]) -> list[bytes | None]:
     return out
 
 
+def _exist(store: redis.Redis, ids: Sequence[str]) -> list[bool]:
+    out: list[bool] = []
+    for i in range(0, len(ids), CHUNK):
+        pipe = store.pipeline(transaction=False)
+        for transaction_id in ids[i : i + CHUNK]:
+            pipe.exists(decision_key(transaction_id))
+        out.extend(bool(n) for n in pipe.execute())
+    return out
+
+
 def wait_decided(
     store: redis.Redis, ids: Sequence[str], check: Callable[[], None], timeout_s: float
 ) -> None:
@@ -161,7 +171,7 @@ def wait_decided(
     deadline = time.monotonic() + timeout_s
     while pending:
         check()
-        pending = [i for i, d in zip(pending, _decisions(store, pending), strict=True) if d is None]
+        pending = [i for i, found in zip(pending, _exist(store, pending), strict=True) if not found]
         if not pending:
             return
         if time.monotonic() > deadline:
