@@ -9,7 +9,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from kestrel import clients
-from kestrel.stream_batch import kinesis_processor, log_outcome, record_metrics, respond
+from kestrel.stream_batch import kinesis_processor, label_metrics, log_outcome, respond
 from kestrel.streaming import LabelPath
 
 logger = Logger()
@@ -24,6 +24,6 @@ def lambda_handler(
 ) -> PartialItemFailureResponse:
     """Process a Kinesis batch of fraud labels and report the records to retry."""
     outcome = (path or clients.label_path()).run(event["Records"])
-    record_metrics(metrics, "Labels", outcome)
+    label_metrics(metrics, outcome)
     log_outcome(logger, outcome)
     return respond(event, context, outcome, processor)

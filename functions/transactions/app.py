@@ -9,7 +9,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from kestrel import clients
-from kestrel.stream_batch import kinesis_processor, log_outcome, record_metrics, respond
+from kestrel.stream_batch import kinesis_processor, log_outcome, respond, transaction_metrics
 from kestrel.streaming import TransactionPath
 
 logger = Logger()
@@ -24,6 +24,6 @@ def lambda_handler(
 ) -> PartialItemFailureResponse:
     """Process a Kinesis batch of transactions (features, decisions) and report retries."""
     outcome = (path or clients.transaction_path()).run(event["Records"])
-    record_metrics(metrics, "Transactions", outcome)
+    transaction_metrics(metrics, outcome)
     log_outcome(logger, outcome)
     return respond(event, context, outcome, processor)

@@ -27,8 +27,8 @@ from kestrel.adapters.sqs_dead_letters import SqsDeadLetterSink
 from kestrel.adapters.sqs_queue_depths import SqsQueueDepths
 from kestrel.codec import label_decoder, transaction_decoder
 from kestrel.connections import (
-    _BOTO_CONFIG,
-    _session,
+    BOTO_CONFIG,
+    boto_session,
 )
 from kestrel.connections import (
     kinesis_client as kinesis_client,
@@ -76,7 +76,7 @@ def api_redis_client() -> redis.Redis:
 @cache
 def glue_client() -> GlueSchemaApi:
     """The boto3 Glue client (schema registry operations)."""
-    return cast("GlueSchemaApi", _session().client("glue", config=_BOTO_CONFIG))
+    return cast("GlueSchemaApi", boto_session().client("glue", config=BOTO_CONFIG))
 
 
 @cache
@@ -124,11 +124,9 @@ def telemetry() -> RedisTelemetry:
 @cache
 def telemetry_service() -> TelemetryService:
     """Telemetry snapshots for the API: Redis, the dead-letter queues, the drift status."""
-    config = settings()
-    urls = {"poison": config.poison_dlq_url, "on_failure": config.on_failure_queue_url}
     return TelemetryService(
         telemetry(),
-        CachedDepths(SqsQueueDepths(sqs_client(), urls)),
+        CachedDepths(SqsQueueDepths(sqs_client(), settings().dlq_urls)),
         RedisDriftStatus(redis_client()),
     )
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
 
-_BOTO_CONFIG = Config(
+BOTO_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 3},
     connect_timeout=2,
     read_timeout=10,
@@ -37,7 +37,7 @@ def settings() -> Settings:
 
 
 @cache
-def _session() -> boto3.session.Session:
+def boto_session() -> boto3.session.Session:
     return boto3.session.Session(region_name=settings().region)
 
 
@@ -71,22 +71,22 @@ def redis_client() -> redis.Redis:
 @cache
 def sqs_client() -> SQSClient:
     """The boto3 SQS client."""
-    return _session().client("sqs", config=_BOTO_CONFIG)
+    return boto_session().client("sqs", config=BOTO_CONFIG)
 
 
 @cache
 def kinesis_client() -> KinesisClient:
     """The boto3 Kinesis client."""
-    return _session().client("kinesis", config=_BOTO_CONFIG)
+    return boto_session().client("kinesis", config=BOTO_CONFIG)
 
 
 @cache
 def s3_client() -> S3Client:
     """The boto3 S3 client."""
-    return _session().client("s3", config=_BOTO_CONFIG)
+    return boto_session().client("s3", config=BOTO_CONFIG)
 
 
 def reset() -> None:
     """Forget the cached settings and connections."""
-    for factory in (settings, _session, redis_client, sqs_client, kinesis_client, s3_client):
+    for factory in (settings, boto_session, redis_client, sqs_client, kinesis_client, s3_client):
         factory.cache_clear()

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from kestrel.events import iso_ms
 from kestrel.features import DAY_MS, FEATURE_NAMES
 
 SCORE = "score"
@@ -257,11 +257,6 @@ def compare(
     return Comparison(judge(psi, ks_stat, ks_p, limits), rows, psi, ks_stat, ks_p, note)
 
 
-def _iso(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @dataclass(frozen=True)
 class DriftReport:
     """The result of one drift check (`as_dict` is the JSON the status key and reports hold)."""
@@ -298,10 +293,10 @@ class DriftReport:
         window = self.window
         return {
             "status": self.status.value,
-            "checked_at": _iso(self.checked_at_ms),
+            "checked_at": iso_ms(self.checked_at_ms),
             "window": {
-                "from": _iso(window.start_ms),
-                "to": _iso(window.end_ms),
+                "from": iso_ms(window.start_ms),
+                "to": iso_ms(window.end_ms),
                 "rows": window.rows,
                 "score_rows": len(window.scores),
                 "skipped_rows": window.skipped,

@@ -50,9 +50,7 @@ def drift_job() -> DriftJob:
 def queue_depths() -> SqsQueueDepths:
     """Depths of the poison and on-failure dead-letter queues."""
     config = settings()
-    return SqsQueueDepths(
-        sqs_client(), {"poison": config.poison_dlq_url, "on_failure": config.on_failure_queue_url}
-    )
+    return SqsQueueDepths(sqs_client(), config.dlq_urls)
 
 
 def reset() -> None:

@@ -147,7 +147,7 @@ def check_not_ahead_of_arrival(
         raise PoisonRecord(
             PoisonReason.INVALID_FIELD,
             f"{name}: {_duration(ahead_s)} after the record reached the stream "
-            f"(limit {_duration(max_future_s)}; got {_iso_ms(millis)})",
+            f"(limit {_duration(max_future_s)}; got {iso_ms(millis)})",
         )
 
 
@@ -163,7 +163,8 @@ def _duration(seconds: float) -> str:
     return f"{shown} {unit}" if shown == "1" else f"{shown} {unit}s"
 
 
-def _iso_ms(millis: int) -> str:
+def iso_ms(millis: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC with milliseconds (``...T09:15:02.000Z``)."""
     moment = _EPOCH + timedelta(milliseconds=millis)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

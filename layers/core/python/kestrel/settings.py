@@ -158,6 +158,11 @@ class Settings:
     drift_min_rows: int = 500
     drift_status_ttl_s: int = 3 * 3600
 
+    @property
+    def dlq_urls(self) -> dict[str, str]:
+        """The dead-letter queue URLs by role (``poison``, ``on_failure``)."""
+        return {"poison": self.poison_dlq_url, "on_failure": self.on_failure_queue_url}
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read and validate the function settings from `env` (default: the process environment)."""

@@ -51,19 +51,13 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def record_metrics(metrics: Metrics, prefix: str, outcome: BatchOutcome) -> None:
+def _batch_metrics(metrics: Metrics, prefix: str, outcome: BatchOutcome) -> None:
     """Counts, freshness, scoring time and model version of one batch as EMF metrics."""
     count = MetricUnit.Count
     metrics.add_metric(name=f"{prefix}Applied", unit=count, value=outcome.applied)
     metrics.add_metric(name=f"{prefix}Duplicates", unit=count, value=outcome.duplicates)
     metrics.add_metric(name="PoisonRecords", unit=count, value=outcome.poisoned)
     metrics.add_metric(name=f"{prefix}Failed", unit=count, value=len(outcome.failures))
-    if prefix == "Transactions":
-        processed = outcome.applied + outcome.duplicates
-        metrics.add_metric(name=f"{prefix}Processed", unit=count, value=processed)
-    else:
-        metrics.add_metric(name=f"{prefix}Received", unit=count, value=outcome.labels)
-        metrics.add_metric(name=f"{prefix}Frauds", unit=count, value=outcome.frauds)
     for decision, n in sorted(outcome.decisions.items()):
         metrics.add_metric(name=f"Decisions{decision.title()}", unit=count, value=n)
     for name, lags in (
@@ -82,6 +76,20 @@ def record_metrics(metrics: Metrics, prefix: str, outcome: BatchOutcome) -> None
         )
     if outcome.model_version is not None:
         metrics.add_metadata(key="model_version", value=outcome.model_version)
+
+
+def transaction_metrics(metrics: Metrics, outcome: BatchOutcome) -> None:
+    """A transaction batch's EMF metrics: the shared ones and TransactionsProcessed."""
+    _batch_metrics(metrics, "Transactions", outcome)
+    processed = outcome.applied + outcome.duplicates
+    metrics.add_metric(name="TransactionsProcessed", unit=MetricUnit.Count, value=processed)
+
+
+def label_metrics(metrics: Metrics, outcome: BatchOutcome) -> None:
+    """A label batch's EMF metrics: the shared ones, LabelsReceived and LabelsFrauds."""
+    _batch_metrics(metrics, "Labels", outcome)
+    metrics.add_metric(name="LabelsReceived", unit=MetricUnit.Count, value=outcome.labels)
+    metrics.add_metric(name="LabelsFrauds", unit=MetricUnit.Count, value=outcome.frauds)
 
 
 DLQ_METRICS = {"poison": "PoisonDLQDepth", "on_failure": "OnFailureQueueDepth"}

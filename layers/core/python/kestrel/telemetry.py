@@ -20,11 +20,11 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kestrel.events import iso_ms
 from kestrel.monitoring_ports import DriftStatusReader, QueueDepths, TelemetrySource
 
 if TYPE_CHECKING:
@@ -58,6 +58,10 @@ def freshness_edges() -> list[float]:
 def score_edges() -> list[float]:
     """Bin edges of the score histogram (`SCORE_BINS` equal bins on [0, 1])."""
     return [round(i / SCORE_BINS, 6) for i in range(SCORE_BINS + 1)]
+
+
+_FRESHNESS_EDGES = tuple(freshness_edges())  # fixed: computed once, read per snapshot
+_SCORE_EDGES = tuple(score_edges())
 
 
 def freshness_bins(lags_ms: Sequence[float]) -> dict[int, int]:
@@ -192,12 +196,12 @@ class TelemetrySnapshot:
 
     def freshness_ms(self, q: float) -> float | None:
         """The q-quantile of freshness over the window (None: no event)."""
-        return histogram_quantile(self.freshness, freshness_edges(), q, self.freshness_max_ms)
+        return histogram_quantile(self.freshness, _FRESHNESS_EDGES, q, self.freshness_max_ms)
 
     @property
     def decisions(self) -> dict[str, int]:
         """Decisions made in the window, by type."""
-        return {d: self.counts.get(decision_field(d), 0) for d in DECISION_TYPES}
+        return _decisions(self.counts)
 
     @property
     def fraud_rate(self) -> float | None:
@@ -209,7 +213,7 @@ class TelemetrySnapshot:
         """The JSON body of ``GET /v1/telemetry`` (see the OpenAPI document)."""
         return {
             "window_s": self.window_s,
-            "generated_at": _iso(self.generated_at_ms),
+            "generated_at": iso_ms(self.generated_at_ms),
             "events_per_s": {
                 "current": round(self.events_per_s, 3),
                 "mean": round(self.mean_events_per_s, 3),
@@ -225,26 +229,26 @@ class TelemetrySnapshot:
             "decisions": self.decisions,
             "fraud_rate": _round(self.fraud_rate, 6),
             "labels": self.counts.get("labels", 0),
-            "score_histogram": {"edges": score_edges(), "counts": list(self.scores)},
+            "score_histogram": {"edges": list(_SCORE_EDGES), "counts": list(self.scores)},
             "counts": _counts(self.counts),
             "totals": _counts(self.totals),
             "dlq": dict(self.dlq),
             "model_version": self.model_version,
-            "last_batch_at": None if self.last_batch_ms is None else _iso(self.last_batch_ms),
+            "last_batch_at": None if self.last_batch_ms is None else iso_ms(self.last_batch_ms),
             "drift": dict(self.drift),
         }
+
+
+def _decisions(values: Mapping[str, int]) -> dict[str, int]:
+    return {d: values.get(decision_field(d), 0) for d in DECISION_TYPES}
 
 
 def _counts(values: Mapping[str, int]) -> dict[str, Any]:
     """Counters as the API shows them: events (applied + duplicates), each counter, decisions."""
     shown: dict[str, Any] = {"events": values.get("applied", 0) + values.get("duplicates", 0)}
     shown |= {name: values.get(name, 0) for name in COUNTERS}
-    shown["decisions"] = {d: values.get(decision_field(d), 0) for d in DECISION_TYPES}
+    shown["decisions"] = _decisions(values)
     return shown
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
