@@ -156,7 +156,8 @@ def stream_name(stream_arn: str) -> str:
     return stream_arn.rsplit("/", 1)[-1] if "/" in stream_arn else stream_arn
 
 
-def _code(exc: ClientError) -> str:
+def error_code(exc: ClientError) -> str:
+    """The AWS error code of a ClientError ("" when it has none)."""
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
@@ -206,8 +207,8 @@ def read_range(
             StartingSequenceNumber=batch.start,
         )["ShardIterator"]
     except ClientError as exc:
-        if _code(exc) in EXPIRED_CODES:
-            raise _expired(kinesis, batch, f"{_code(exc)}: {exc}") from None
+        if error_code(exc) in EXPIRED_CODES:
+            raise _expired(kinesis, batch, f"{error_code(exc)}: {exc}") from None
         raise
     entries: list[PutEntry] = []
     empty = 0
@@ -343,9 +344,9 @@ def put_in_order(
                     Records=[{"Data": e.data, "PartitionKey": e.partition_key} for e in chunk],
                 )
             except ClientError as exc:
-                codes.add(_code(exc))
+                codes.add(error_code(exc))
                 status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-                if _code(exc) not in RETRYABLE_PUT_CODES and status < 500:
+                if error_code(exc) not in RETRYABLE_PUT_CODES and status < 500:
                     fatal = True
                     break
                 continue

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from kestrel_ops.redrive_kinesis import Pacer
+from kestrel_ops.redrive_kinesis import Pacer, error_code
 from kestrel_ops.redrive_report import ERROR, REDRIVEN, RedriveReport
 
 if TYPE_CHECKING:
@@ -144,14 +144,10 @@ def dead_letter_sources(sqs: SQSClient | SqsApi, queue_url: str) -> list[str]:
     return [str(url) for url in answer.get("queueUrls", [])]
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 def _unsupported(exc: ClientError) -> bool:
     """True when the endpoint does not implement the call (moto answers a bare HTTP 500)."""
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-    code = _code(exc)
+    code = error_code(exc)
     # A purely numeric code means the answer was not an AWS error document at all.
     return code in UNSUPPORTED_CODES or code.isdigit() or status in {404, 501}
 
