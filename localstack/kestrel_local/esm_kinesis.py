@@ -41,11 +41,13 @@ class KinesisMapping:
         stopping: threading.Event,
         backoff_s: float = 0.2,
         poll_interval_s: float = 0.05,
+        short_read_pause_s: float = 0.2,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.source, self.spec, self.pool = source, spec, pool
         self.clients, self.checkpoints, self.stopping = clients, checkpoints, stopping
         self.backoff_s, self.poll_interval_s, self.clock = backoff_s, poll_interval_s, clock
+        self.short_read_pause_s = short_read_pause_s
         self.stats = MappingStats()
         self.mapping_id = source.mapping_id
         # Stream names, not ARNs, in shard-iterator calls: moto loses the ARN in its iterators.

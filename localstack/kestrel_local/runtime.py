@@ -56,6 +56,7 @@ class LocalRuntime:
                 self.stopping,
                 settings.retry_backoff_s,
                 settings.poll_interval_s,
+                short_read_pause_s=settings.short_read_pause_s,
             )
             for spec in specs
             for source in spec.kinesis

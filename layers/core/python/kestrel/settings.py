@@ -233,6 +233,7 @@ class LocalSettings:
     max_concurrency: int
     retry_backoff_s: float
     poll_interval_s: float
+    short_read_pause_s: float = 0.2
 
     @property
     def endpoint(self) -> str:
@@ -275,6 +276,9 @@ class LocalSettings:
             max_concurrency=_parse(env, "KESTREL_MAX_CONCURRENCY", "4", _positive_int),
             retry_backoff_s=_parse(env, "KESTREL_RETRY_BACKOFF_S", "0.2", _non_negative_float),
             poll_interval_s=_parse(env, "KESTREL_POLL_INTERVAL_S", "0.05", _non_negative_float),
+            short_read_pause_s=_parse(
+                env, "KESTREL_SHORT_READ_PAUSE_S", "0.2", _non_negative_float
+            ),
         )
 
 
