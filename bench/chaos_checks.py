@@ -13,6 +13,7 @@ import redis
 from bench.chaos_input import Poison
 from bench.chaos_report import ChaosReport
 from kestrel.adapters.redis_features import RedisFeatureStore
+from kestrel.adapters.redis_scripts import customer_keys, decision_key, terminal_keys
 from kestrel.adapters.redis_telemetry import NON_STATE_PREFIXES
 from kestrel.events import Transaction
 
@@ -91,9 +92,9 @@ def present(client: redis.Redis, good: list[dict[str, Any]]) -> tuple[int, int]:
         pipe = client.pipeline(transaction=False)
         for r in chunk:
             tx = str(r["transaction_id"])
-            pipe.zscore(f"kestrel:{{c:{r['customer_id']}}}:tx", tx)
-            pipe.zscore(f"kestrel:{{t:{r['terminal_id']}}}:tx", tx)
-            pipe.exists(f"kestrel:{{d:{tx}}}")
+            pipe.zscore(customer_keys(str(r["customer_id"]))[0], tx)
+            pipe.zscore(terminal_keys(str(r["terminal_id"]))[0], tx)
+            pipe.exists(decision_key(tx))
         replies = pipe.execute()
         for i in range(len(chunk)):
             c, t, d = replies[3 * i : 3 * i + 3]

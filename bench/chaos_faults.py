@@ -13,10 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
-
 from kestrel_local.processes import LOOPBACK, free_port, stop_child
-from kestrel_local.services import redis_command
+from kestrel_local.services import redis_command, redis_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "tests" / "fixtures" / "chaos" / "template.yaml"
@@ -71,13 +69,7 @@ class PersistentRedis:
 
     def answers(self) -> bool:
         """True when PING succeeds."""
-        client = redis.Redis.from_url(self.url(), socket_connect_timeout=0.2, socket_timeout=1)
-        try:
-            return bool(client.ping())
-        except (redis.RedisError, OSError):
-            return False
-        finally:
-            client.close()
+        return redis_healthy(self.url(), timeout_s=1.0)
 
     def stop(self) -> None:
         """Stop it if it runs (SIGTERM, then SIGKILL)."""

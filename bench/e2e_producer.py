@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bench.e2e_logic import Population
+from kestrel.features import DAY_MS
 
 PRODUCERS = 2
 
@@ -79,8 +80,7 @@ class _Rows:
         self.terminals: list[str] = t["terminal_id"].tolist()
         self.amounts: list[float] = [float(a) for a in t["amount"].tolist()]
         self.times: list[int] = [int(v) for v in t["event_time"].tolist()]
-        day = 86_400_000
-        self.span = (self.times[-1] // day - self.times[0] // day + 1) * day
+        self.span = (self.times[-1] // DAY_MS - self.times[0] // DAY_MS + 1) * DAY_MS
         self.lane = [hash(c) for c in self.customers]
 
     def __len__(self) -> int:

@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: python bench/refs.py
 from bench.results_io import write_result  # noqa: E402
 from kestrel.adapters.redis_features import RedisFeatureStore  # noqa: E402
 from kestrel.events import Label, Transaction  # noqa: E402
-from kestrel.features import DAY_MS  # noqa: E402
+from kestrel.features import DAY_MS, FEATURE_NAMES  # noqa: E402
 from kestrel.settings import default_model_dir  # noqa: E402
 
 CLIENTS = 50
@@ -236,7 +236,7 @@ def onnx_refs(size: Size) -> tuple[dict[str, tuple[float, str]], dict[str, Any]]
     model = Path(default_model_dir()) / "model.onnx"
     onnx_bytes = model.read_bytes()
     rng = np.random.default_rng(7)
-    n_features = 21
+    n_features = len(FEATURE_NAMES)
     x = np.abs(rng.normal(loc=5.0, scale=20.0, size=(4096, n_features)))
     x[:, 1:3] = rng.integers(0, 2, size=(4096, 2))
     runs = [measure_latency(onnx_bytes, x, calls=size.onnx_calls) for _ in range(size.repeats)]

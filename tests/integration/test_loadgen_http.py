@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
-    sys.path.insert(0, str(REPO))
-
-from bench.loadgen import run_open_loop, schedule_ns  # noqa: E402
-from bench.loadgen_http import prepare_requests  # noqa: E402
-from bench.loadgen_stats import summary  # noqa: E402
+from bench.loadgen import run_open_loop, schedule_ns
+from bench.loadgen_http import prepare_requests
+from bench.loadgen_stats import summary
 
 STALL_AT, STALL_S = 20, 0.2  # the server sleeps before answering this request (0-based)
 

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
-    sys.path.insert(0, str(REPO))
-
-from bench.e2e_logic import (  # noqa: E402
+from bench.e2e_logic import (
     SIZES,
     Ladder,
     StepOutcome,

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import redis
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.refs import evalsha_args, parse_csv  # noqa: E402
-from kestrel.adapters.redis_features import RedisFeatureStore  # noqa: E402
-from kestrel.events import Transaction  # noqa: E402
+from bench.refs import evalsha_args, parse_csv
+from kestrel.adapters.redis_features import RedisFeatureStore
+from kestrel.events import Transaction
 
 REDIS7 = (
     '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'

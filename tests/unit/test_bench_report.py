@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.results_io import RESULTS_DIR_ENV, cpu_vendor, machine_class, write_result  # noqa: E402
-from bench.suite_env import derived_figures  # noqa: E402
-from bench.suite_report import fmt, markdown, ratios, rows  # noqa: E402
+from bench.results_io import RESULTS_DIR_ENV, cpu_vendor, machine_class, write_result
+from bench.suite_env import derived_figures
+from bench.suite_report import fmt, markdown, ratios, rows
 
 
 def figures(**values: float) -> dict[str, dict[str, Any]]:

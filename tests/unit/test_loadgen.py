@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
-from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
 import h11
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off the path
-    sys.path.insert(0, str(REPO))
-
-from bench.loadgen import Dispatcher, OpenLoopClient, schedule_ns  # noqa: E402
-from bench.loadgen_http import PreparedRequest, _Connection, prepare_requests  # noqa: E402
-from bench.loadgen_stats import (  # noqa: E402
+from bench.loadgen import Dispatcher, OpenLoopClient, schedule_ns
+from bench.loadgen_http import PreparedRequest, _Connection, prepare_requests
+from bench.loadgen_stats import (
     CONNECTION_ERROR,
     PENDING,
     RESPONSE,

@@ -15,6 +15,7 @@ from kestrel.codec import AvroEncoder, schema_definition, transaction_decoder
 from kestrel.events import Label, Transaction, parse_label, parse_transaction
 from kestrel.features import (
     CUSTOMER_WINDOWS,
+    DAY_MS,
     FEATURE_SET_HASH,
     TERMINAL_WINDOWS,
     AppliedTransaction,
@@ -269,9 +270,6 @@ def test_transaction_path_fails_the_batch_when_a_decision_cannot_be_stored() -> 
     with pytest.raises(ConnectionError, match="decisions stream unreachable"):
         path.run(_one_json_transaction())
     assert log.writes == []  # retried whole: the event log is written after the decisions
-
-
-DAY_MS = 86_400_000
 
 
 def _json_transaction(transaction_id: str, event_time_ms: int) -> bytes:
