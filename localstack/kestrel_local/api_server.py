@@ -28,12 +28,22 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from chalice.app import Chalice
 from chalice.config import Config
-from chalice.local import ChaliceRequestHandler, CustomLocalChalice, LocalChalice, LocalDevServer
+from chalice.local import (
+    ChaliceRequestHandler,
+    CustomLocalChalice,
+    LambdaEventConverter,
+    LocalChalice,
+    LocalDevServer,
+    LocalGateway,
+    RouteMatcher,
+)
 
 from kestrel_local.functions import FunctionSpec
 
@@ -49,10 +59,40 @@ class ServeError(RuntimeError):
     """The API cannot be served (bad host, not a Chalice app, port in use)."""
 
 
+class DecodedPathEvents(LambdaEventConverter):
+    """Lambda events with decoded path parameters, as API Gateway sends them.
+
+    chalice local passes them still percent-encoded; the app validates the decoded value.
+    """
+
+    def create_lambda_event(self, *args: Any, **kwargs: Any) -> Any:
+        """Chalice's event, its path parameters percent-decoded."""
+        event = super().create_lambda_event(*args, **kwargs)
+        params = event.get("pathParameters")
+        if params:
+            event["pathParameters"] = {name: unquote(value) for name, value in params.items()}
+        return event
+
+
 class NoDelayRequestHandler(ChaliceRequestHandler):
-    """Chalice's local request handler with TCP_NODELAY and request logs at debug level."""
+    """Chalice's local request handler: TCP_NODELAY, decoded path parameters, debug logs."""
 
     disable_nagle_algorithm = True
+
+    def __init__(
+        self,
+        request: Any,
+        client_address: Any,
+        server: Any,
+        app_object: Chalice,
+        config: Config,
+    ) -> None:
+        """Chalice's handler with `DecodedPathEvents` in its gateway."""
+        self.local_gateway = LocalGateway(app_object, config)
+        self.local_gateway.event_converter = DecodedPathEvents(
+            RouteMatcher(list(app_object.routes)), app_object.api.binary_types
+        )
+        BaseHTTPRequestHandler.__init__(self, request, client_address, server)
 
     def __getattr__(self, name: str) -> Any:
         """Send every HTTP method to Chalice (405 where undeclared), never http.server's 501."""

@@ -397,3 +397,11 @@ def test_api_score_of_an_unstorable_amount_does_not_open_the_breaker(
     assert after["degraded"] is False, after
     assert features.status == 200, features.body
     assert health["checks"]["redis"]["breaker"] == "closed", health
+
+
+def test_api_decodes_path_parameters_once_as_api_gateway_does(client: ApiClient) -> None:
+    # The local server hands the app decoded path parameters (API Gateway does), once only.
+    encoded = client.request("GET", "/v1/customers/C%2DEQ/features")
+    assert encoded.status == 200 and encoded.json()["known"] is True
+    twice = client.request("GET", "/v1/customers/C%252DEQ/features")  # decodes to "C%2DEQ"
+    assert twice.status == 400 and twice.json()["field"] == "customer_id"

@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import unquote
 
 from chalice.app import Chalice, Request, Response
 
@@ -108,9 +107,6 @@ def transactions(doc: Any) -> list[Transaction]:
 
 def identifier(value: str, field: str) -> str:
     """A path parameter that must be a valid id, or a 400."""
-    # chalice local passes path parameters still percent-encoded (API Gateway decodes
-    # them); a valid id never holds '%', so decoding changes nothing on AWS.
-    value = unquote(value)
     if not valid_identifier(value):
         raise HttpError(400, "validation_error", field, "must be 1-128 characters of "
                         "A-Z a-z 0-9 _ . : - starting with a letter or digit")  # fmt: skip
