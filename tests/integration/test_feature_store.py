@@ -177,4 +177,6 @@ def test_feature_store_records_fraud_labels_once_on_terminal_and_card(
     assert store.apply_labels([fraud]) == [False]
     client = store._client
     assert client.hgetall("kestrel:{c:C7}:frauds") == {b"Y1": str(START_MS).encode()}
-    assert client.hgetall("kestrel:{t:TERM7}:labels") == {b"Y1": str(START_MS).encode()}
+    assert client.zrange("kestrel:{t:TERM7}:labels", 0, -1, withscores=True) == [
+        (b"Y1", float(START_MS))
+    ]

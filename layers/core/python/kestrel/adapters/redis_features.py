@@ -1,15 +1,17 @@
 """The online feature store on Redis: one atomic, idempotent script per entity and event.
 
-Keys and scripts are in `kestrel.adapters.redis_scripts`. `apply_transactions` runs, per
-transaction, the customer script and the terminal script in ``apply`` mode; each adds the
-transaction to its entity with `ZADD NX` (the dedupe mark and the update are one atomic
-step: a replayed event changes nothing) and returns the aggregates of `kestrel.features`
-as of the event time. Because the windows are exact and end at the event time, a replay
-returns the same aggregates as the first pass, unless an older event of the same entity
-arrived in between (then it returns what a first pass would return now).
-`preview_transactions` runs the same scripts in ``preview`` mode: the aggregates ``apply``
-would return, writing nothing (the scoring API). All scripts of a batch go in one
-pipeline: one round trip per batch (per node on a cluster).
+Keys and the script are in `kestrel.adapters.redis_scripts`: every customer and terminal is
+an entity log with running totals and window pointers, so applying an in-order event and
+reading any window costs a constant number of Redis operations, whatever the history.
+`apply_transactions` runs, per transaction, the entity script on its customer and on its
+terminal in ``apply`` mode; each stores the transaction once (a replayed event changes
+nothing) and returns the aggregates of `kestrel.features` as of the event time. Because
+the windows are exact and end at the event time, a replay returns the same aggregates as
+the first pass, unless an older event of the same entity arrived in between (then it
+returns what a first pass would return now). `preview_transactions` runs the same script
+in ``preview`` mode: the aggregates ``apply`` would return, writing nothing (the scoring
+API). All scripts of a batch go in one pipeline: one round trip per batch (per node on a
+cluster).
 
 Scripts are loaded once (SCRIPT LOAD, on every primary of a cluster) and then only
 EVALSHA is sent: redis-py's own pipeline script support would add a SCRIPT EXISTS round
@@ -18,12 +20,12 @@ NOSCRIPT (restarted, failed over, flushed), the store loads the scripts again an
 only those calls: NOSCRIPT means the script did not run. On Redis Cluster every script
 touches one entity, so one slot.
 
-`apply_labels` records fraud labels on the terminal (`HSETNX`, so a label counts once) and
-links them to the transaction whichever of the two arrives first.
+`apply_labels` records fraud labels on the terminal (once per transaction) and links them
+to the transaction whichever of the two arrives first.
 
-Memory: customers keep 31 days and terminals 38 days of transactions (trimmed on write,
-and keys expire when an entity goes quiet). Measured with Redis 7.0's compact encodings:
-about 51 bytes per transaction in its customer's keys and 33 in its terminal's.
+Memory: customers keep 33 days and terminals 40 days of transactions (the lookback plus
+three days for late events), dropped in chunks on write; keys expire when an entity goes
+quiet.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from kestrel.adapters.redis_scripts import (
     LABEL_LUA,
     PEEK_ID,
     TERMINAL_LUA,
+    TERMINAL_POINTERS,
     TERMINAL_RETENTION_MS,
     customer_fraud_key,
     customer_keys,
@@ -47,9 +50,7 @@ from kestrel.adapters.redis_scripts import (
 )
 from kestrel.events import Label, Transaction
 from kestrel.features import (
-    CUSTOMER_LOOKBACK_MS,
     CUSTOMER_WINDOWS,
-    TERMINAL_DELAY_MS,
     TERMINAL_WINDOWS,
     AppliedTransaction,
     CustomerAggregates,
@@ -87,8 +88,8 @@ class RedisFeatureStore:
         self._terminal = client.register_script(TERMINAL_LUA)
         self._label = client.register_script(LABEL_LUA)
         self._customer_label = client.register_script(CUSTOMER_LABEL_LUA)
-        self._customer_windows = [w for _, w in CUSTOMER_WINDOWS]
-        self._terminal_windows = [w for _, w in TERMINAL_WINDOWS]
+        self._nc = len(CUSTOMER_WINDOWS)
+        self._nt = len(TERMINAL_WINDOWS)
         self._scripts_loaded = False
 
     def apply_transactions(
@@ -112,7 +113,7 @@ class RedisFeatureStore:
         reply = self._run([self._customer_call("peek", PEEK_ID, customer_id, as_of_ms, 0)])[0]
         if isinstance(reply, Exception):
             raise reply
-        return self._customer_aggregates(reply), int(reply[-1]) > 0
+        return self._customer_aggregates(reply), reply[4] > 0
 
     def terminal_aggregates(
         self, terminal_id: str, as_of_ms: int
@@ -121,7 +122,7 @@ class RedisFeatureStore:
         reply = self._run([self._terminal_call("peek", PEEK_ID, terminal_id, as_of_ms)])[0]
         if isinstance(reply, Exception):
             raise reply
-        return self._terminal_aggregates(reply), int(reply[-1]) > 0
+        return self._terminal_aggregates(reply), reply[4] > 0
 
     def ping(self) -> None:
         """Raise unless the store answers."""
@@ -146,9 +147,8 @@ class RedisFeatureStore:
         return (
             self._customer,
             customer_keys(customer_id),
-            [mode, transaction_id, time_ms, amount_cents,
-             CUSTOMER_RETENTION_MS, CUSTOMER_LOOKBACK_MS, *self._customer_windows],
-        )  # fmt: skip
+            [mode, transaction_id, time_ms, amount_cents],
+        )
 
     def _terminal_call(
         self, mode: str, transaction_id: str, terminal_id: str, time_ms: int
@@ -156,9 +156,8 @@ class RedisFeatureStore:
         return (
             self._terminal,
             terminal_keys(terminal_id),
-            [mode, transaction_id, time_ms, day_start_ms(time_ms),
-             TERMINAL_DELAY_MS, TERMINAL_RETENTION_MS, *self._terminal_windows],
-        )  # fmt: skip
+            [mode, transaction_id, time_ms, 0, day_start_ms(time_ms)],
+        )
 
     def apply_labels(self, labels: Sequence[Label]) -> list[bool | Exception]:
         """Record fraud labels once each, on terminal and card; True where this call did."""
@@ -169,7 +168,12 @@ class RedisFeatureStore:
                 (
                     self._label,
                     terminal_keys(label.terminal_id),
-                    [label.transaction_id, label.label_time_ms, TERMINAL_RETENTION_MS],
+                    [
+                        label.transaction_id,
+                        label.label_time_ms,
+                        TERMINAL_RETENTION_MS,
+                        TERMINAL_POINTERS,
+                    ],
                 )
             )
             calls.append(
@@ -228,8 +232,8 @@ class RedisFeatureStore:
             customer=self._customer_aggregates(customer),
             terminal=self._terminal_aggregates(terminal),
             applied=bool(customer[0]) or bool(terminal[0]),
-            customer_known=int(customer[-1]) > 0,
-            terminal_known=int(terminal[-1]) > 0,
+            customer_known=customer[4] > 0,
+            terminal_known=terminal[4] > 0,
         )
 
     def _preview(self, customer: Any, terminal: Any) -> TransactionPreview | Exception:
@@ -240,24 +244,25 @@ class RedisFeatureStore:
         return TransactionPreview(
             customer=self._customer_aggregates(customer),
             terminal=self._terminal_aggregates(terminal),
-            customer_known=int(customer[-1]) > 0,
-            terminal_known=int(terminal[-1]) > 0,
+            customer_known=customer[4] > 0,
+            terminal_known=terminal[4] > 0,
         )
 
     def _customer_aggregates(self, reply: Any) -> CustomerAggregates:
-        # added, (count, cents) per window, previous time, others
-        n = 2 * len(self._customer_windows)
-        previous = int(reply[1 + n])
+        # added, k, running total at k, previous time, others, (pointer, total) per window
+        k, total, previous = reply[1], reply[2], reply[3]
+        pointers = reply[5 : 5 + 2 * self._nc]
         return CustomerAggregates(
-            counts=tuple(map(int, reply[1 : 1 + n : 2])),
-            sums_cents=tuple(map(int, reply[2 : 2 + n : 2])),
+            counts=tuple(k - b for b in pointers[0::2]),
+            sums_cents=tuple(total - c for c in pointers[1::2]),
             previous_time_ms=previous if previous >= 0 else None,
         )
 
     def _terminal_aggregates(self, reply: Any) -> TerminalAggregates:
-        # added, counts per window, frauds per window, others
-        m = len(self._terminal_windows)
+        # added, k, total, previous, others, (pointer, total) at t - D and per window, frauds
+        upper = reply[5]
+        heads = reply[7 : 7 + 2 * self._nt : 2]
         return TerminalAggregates(
-            counts=tuple(map(int, reply[1 : 1 + m])),
-            frauds=tuple(map(int, reply[1 + m : 1 + 2 * m])),
+            counts=tuple(upper - b for b in heads),
+            frauds=tuple(reply[5 + 2 * (self._nt + 1) :]),
         )
