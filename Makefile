@@ -36,9 +36,17 @@ help: ## List every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 
-setup: $(SETUP_STAMP) ## Create .venv, install pinned deps and redis-server (idempotent)
+# What make test and make demo need outside the venv (Debian package names; chromium is the
+# headless browser of tests/e2e), checked in one place: setup installs them (apt-get, as root)
+# and every test target checks its own in its first second, naming the command that fixes it.
+SYSTEM_PREREQS := redis-server chromium
+CHECK_PREREQS := tools/check_prereqs.sh --venv $(VENV)
+
+setup: $(SETUP_STAMP) ## Create .venv, install pinned deps, redis-server and chromium (idempotent)
+	@$(CHECK_PREREQS) --for "make setup" --install $(SYSTEM_PREREQS) venv
 
 $(PY):
+	@$(CHECK_PREREQS) --for "make setup" --install $(SYSTEM_PREREQS)
 	@py="$(PYTHON)"; \
 	if [ -z "$$py" ]; then \
 		if command -v python3.11 >/dev/null 2>&1; then py=python3.11; \
@@ -49,21 +57,13 @@ $(PY):
 	echo "creating $(VENV) with $$py ($$($$py --version))"; \
 	"$$py" -m venv $(VENV)
 
-$(SETUP_STAMP): pyproject.toml constraints.txt | $(PY)
+# The system packages come first (here and in $(PY)): without root, setup stops at once with
+# the command to run. A new prerequisite in the script reruns setup, which installs it.
+$(SETUP_STAMP): pyproject.toml constraints.txt tools/check_prereqs.sh | $(PY)
+	@$(CHECK_PREREQS) --for "make setup" --install $(SYSTEM_PREREQS)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	@if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ] \
-		&& [ ! -x /usr/sbin/redis-server ]; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing redis-server with apt-get"; \
-			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-		else \
-			echo "error: redis-server is missing. Install it: sudo apt-get install -y redis-server (Debian/Ubuntu) or brew install redis (macOS), then run make setup again" >&2; \
-			exit 1; \
-		fi; \
-	fi
 	@mkdir -p $(STAMPS) && touch $@
-	@echo "setup done: $(VENV) ready, redis-server at $$(command -v redis-server || echo /usr/bin/redis-server)"
+	@echo "setup done: $(VENV) ready, $(SYSTEM_PREREQS) installed"
 
 up: $(SETUP_STAMP) ## Start the embedded AWS emulator and redis-server in the background (.run/)
 	$(PY) -m kestrel_local up
@@ -108,15 +108,19 @@ define run_pytest
 endef
 
 test: $(SETUP_STAMP) ## Run unit, integration and e2e tests (fixtures start their own emulator, redis-server; e2e needs chromium)
+	@$(CHECK_PREREQS) --for "make $@" $(SYSTEM_PREREQS) venv
 	$(call run_pytest,tests/unit tests/integration tests/e2e)
 
 test-unit: $(SETUP_STAMP) ## Run unit tests only (no network)
+	@$(CHECK_PREREQS) --for "make $@" venv
 	$(call run_pytest,tests/unit)
 
 test-integration: $(SETUP_STAMP) ## Run integration tests only (real redis-server + emulator)
+	@$(CHECK_PREREQS) --for "make $@" redis-server venv
 	$(call run_pytest,tests/integration)
 
 test-e2e: $(SETUP_STAMP) ## Run the end-to-end tests only (live stack + headless Chromium; screenshot in test-artifacts/)
+	@$(CHECK_PREREQS) --for "make $@" redis-server chromium venv
 	$(call run_pytest,tests/e2e)
 
 lint: $(SETUP_STAMP) ## ruff check, ruff format --check, mypy, cfn-lint and sam validate --lint

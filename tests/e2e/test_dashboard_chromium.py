@@ -12,6 +12,7 @@ and the drift status, with uPlot's canvases drawn. A screenshot is kept in
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -224,6 +225,13 @@ def test_dashboard_in_chromium_shows_the_live_telemetry_it_polled(
     assert int(dom["chart-events"].attrs["data-points"]) == WINDOW_S - 1
     assert int(dom["chart-scores"].attrs["data-points"]) == len(t["score_histogram"]["counts"])
     assert int(dom["chart-freshness"].attrs["data-points"]) >= 1
+    # Both time axes read like a clock: HH:MM:SS, a different time on every tick (the freshness
+    # chart once labelled all its ticks with the same second). app.js keeps the drawn labels.
+    for chart in ("chart-events", "chart-freshness"):
+        ticks = json.loads(dom[chart].attrs["data-x-ticks"])
+        assert len(ticks) >= 3, f"{chart}: {ticks}"
+        assert all(re.fullmatch(r"\d\d:\d\d:\d\d", tick) for tick in ticks), f"{chart}: {ticks}"
+        assert len(set(ticks)) == len(ticks), f"{chart} repeats tick labels: {ticks}"
 
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ byte for byte the npm release that VENDORED.md names.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -223,6 +224,20 @@ def test_dashboard_script_polls_the_relative_telemetry_url_with_the_key_header()
     assert 'new URL("v1/telemetry?window=" + windowS, document.baseURI)' in script
     assert '"x-api-key": key' in script and 'credentials: "omit"' in script
     assert "POLL_MS = 2000" in script
+
+
+def test_dashboard_time_axes_tick_in_whole_seconds_and_keep_their_labels() -> None:
+    # The labels read HH:mm:ss: a sub-second tick step labelled every tick of the freshness chart
+    # with the same time. tests/e2e reads the drawn labels back from data-x-ticks.
+    script = (ASSET_DIR / "app.js").read_text(encoding="utf-8")
+    found = re.search(r"const TIME_INCRS = (\[[^\]]*\]);", script)
+    assert found is not None
+    incrs = json.loads(found.group(1))
+    assert incrs == sorted(set(incrs)) and all(isinstance(i, int) and i >= 1 for i in incrs)
+    assert 'uPlot.fmtDate("{HH}:{mm}:{ss}")' in script and "incrs: TIME_INCRS" in script
+    assert script.count("axes: [timeAxis,") == 2  # the events and the freshness charts
+    assert "dataset.xTicks = JSON.stringify(labels)" in script
+    assert re.search(r"FRESHNESS_SPAN_S = (\d+);", script)  # a minute at least, not one poll
 
 
 @pytest.mark.parametrize(("file", "sha256"), sorted(VENDORED.items()))

@@ -71,6 +71,10 @@
 
   // --- charts -------------------------------------------------------------------------
   const CHART_H = 220;
+  // Time-axis tick steps, in seconds: whole seconds only, since the labels read HH:mm:ss. With
+  // uPlot's sub-second steps a span of a few seconds was labelled with the same time on every tick.
+  const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200];
+  const FRESHNESS_SPAN_S = 60; // the freshness chart shows at least the last minute of polls
   const charts = {};
   const freshness = [[], [], []]; // poll time (s), p50, p99
   function chart(id, options, data) {
@@ -87,7 +91,15 @@
   function makeCharts() {
     const axis = { stroke: "#475569", grid: { stroke: "#e2e8f0" }, ticks: { stroke: "#cbd5e1" } };
     const clock = uPlot.fmtDate("{HH}:{mm}:{ss}");
-    const timeAxis = Object.assign({ values: (u, ticks) => ticks.map((s) => clock(new Date(s * 1000))) }, axis);
+    // The labels drawn last are kept on the chart's element (data-x-ticks): the canvas hides them.
+    const timeAxis = Object.assign({
+      incrs: TIME_INCRS,
+      values: (u, ticks) => {
+        const labels = ticks.map((s) => clock(new Date(s * 1000)));
+        u.root.parentElement.dataset.xTicks = JSON.stringify(labels);
+        return labels;
+      },
+    }, axis);
     const timeSeries = { label: "time", value: (u, s) => (s == null ? dash : clock(new Date(s * 1000))) };
     chart("chart-events", {
       series: [timeSeries, { label: "events/s", stroke: "#2563eb", fill: "rgba(37,99,235,0.12)", width: 1.5 }],
@@ -99,7 +111,12 @@
         { label: "p50 ms", stroke: "#16a34a", width: 1.5, spanGaps: true },
         { label: "p99 ms", stroke: "#dc2626", width: 1.5, spanGaps: true }],
       axes: [timeAxis, Object.assign({ size: 56 }, axis)],
-      scales: { y: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.1)] } },
+      scales: {
+        // Polls come every 2 s: a minute at least, ending at the last poll, like the events chart.
+        x: { time: true, range: (u, min, max) => (max == null ? [min, max]
+          : [Math.min(min, max - FRESHNESS_SPAN_S), max]) },
+        y: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.1)] },
+      },
     }, freshness);
     chart("chart-scores", {
       scales: { x: { time: false, range: [0, 1] }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
