@@ -92,8 +92,8 @@ def present(client: redis.Redis, good: list[dict[str, Any]]) -> tuple[int, int]:
         pipe = client.pipeline(transaction=False)
         for r in chunk:
             tx = str(r["transaction_id"])
-            pipe.zscore(customer_keys(str(r["customer_id"]))[0], tx)
-            pipe.zscore(terminal_keys(str(r["terminal_id"]))[0], tx)
+            pipe.hget(customer_keys(str(r["customer_id"]))[0], tx)
+            pipe.hget(terminal_keys(str(r["terminal_id"]))[0], tx)
             pipe.exists(decision_key(tx))
         replies = pipe.execute()
         for i in range(len(chunk)):

@@ -4,6 +4,7 @@ python -m kestrel_ops redrive --stack-name kestrel --dry-run
 python -m kestrel_ops redrive --queue poison --park-queue-url URL --since 2026-11-29T00:00:00Z
 python -m kestrel_ops redrive --queue-url URL --max 100 --rate 500
 python -m kestrel_ops drift [--end latest|now|ISO] [--window-hours 24] [--no-publish]
+python -m kestrel_ops migrate-store [--redis-url URL]
 
 Exit codes: 0 when everything that could be redriven was, 1 when an error or an expired
 range left messages in a queue, 2 on a usage or configuration error. drift: 0, or 1 with
@@ -27,7 +28,7 @@ from kestrel.settings import LocalSettings, SettingsError
 from kestrel_local.aws import AwsClients
 from kestrel_local.provision import bind
 from kestrel_local.template import TemplateError
-from kestrel_ops import drift
+from kestrel_ops import drift, migrate_store
 from kestrel_ops.redrive import (
     QueueKind,
     RedriveReport,
@@ -131,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
         "messages left are released at the end of a run)",
     )
     drift.add_parser(sub)
+    migrate_store.add_parser(sub)
     return top
 
 
@@ -263,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "drift":
             return drift.run_drift(args, sys.stdout, sys.stderr)
+        if args.command == "migrate-store":
+            redis_url = LocalSettings.from_env().redis
+            return migrate_store.run_migrate(args, redis_url, sys.stdout, sys.stderr)
         return run_redrive(args, sys.stdout, sys.stderr)
     except (ConfigError, SettingsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -96,7 +96,7 @@ class Reference:
 def arrivals(seed: int) -> tuple[list[Transaction], list[tuple[int, Label]]]:
     """Events in arrival order: late by up to 3 days, ties at one millisecond, duplicates."""
     rng = random.Random(seed)
-    events = []
+    events: list[Transaction] = []
     for n in range(900):
         time = START_MS + rng.randrange(0, 40 * DAY_MS, 60_000)
         if n % 7 == 0 and events:

@@ -256,10 +256,10 @@ def test_redis_outage_degrades_the_api_without_errors_and_the_stream_loses_nothi
     )
     assert not on_failure.get("Messages"), on_failure
     for t in txs:
-        member = store.zscore(f"kestrel:{{c:{t['customer_id']}}}:tx", str(t["transaction_id"]))
-        assert member == t["event_time"], t
-    per_customer = sum(store.zcard(f"kestrel:{{c:C-{c}}}:tx") for c in range(CUSTOMERS))
-    per_terminal = sum(store.zcard(f"kestrel:{{t:TERM-{t}}}:tx") for t in range(TERMINALS))
+        stored = store.hget(f"kestrel:{{c:{t['customer_id']}}}:ids", str(t["transaction_id"]))
+        assert stored is not None and int(stored) == t["event_time"], t
+    per_customer = sum(store.hlen(f"kestrel:{{c:C-{c}}}:ids") for c in range(CUSTOMERS))
+    per_terminal = sum(store.hlen(f"kestrel:{{t:TERM-{t}}}:ids") for t in range(TERMINALS))
     assert per_customer == per_terminal == N
     decisions = list(store.scan_iter(match="kestrel:{d:*", count=1000))
     assert len(decisions) == N

@@ -262,7 +262,7 @@ def test_redrive_twice_applies_nothing_twice(
     store = redis.Redis.from_url(redis_url)
 
     def applied() -> int:
-        return sum(int(store.zcard(f"kestrel:{{c:C-{c}}}:tx")) for c in range(3))
+        return sum(int(store.hlen(f"kestrel:{{c:C-{c}}}:ids")) for c in range(3))
 
     runtime.start()
     try:

@@ -159,6 +159,36 @@ class RedisFeatureStore:
             [mode, transaction_id, time_ms, 0, day_start_ms(time_ms)],
         )
 
+    def load_history(self, kind: str, entity_id: str, rows: Sequence[tuple[str, int, int]]) -> int:
+        """Apply one entity's past transactions, (id, time ms, cents) each; return how many
+        were new. `kind` is ``customer`` or ``terminal``; used to rebuild a store (migration).
+        """
+        calls: list[_Call] = []
+        for transaction_id, time_ms, amount_cents in sorted(rows, key=lambda r: (r[1], r[0])):
+            if kind == "customer":
+                calls.append(
+                    self._customer_call("apply", transaction_id, entity_id, time_ms, amount_cents)
+                )
+            else:
+                calls.append(self._terminal_call("apply", transaction_id, entity_id, time_ms))
+        added = 0
+        for reply in self._run(calls):
+            if isinstance(reply, Exception):
+                raise reply
+            added += int(reply[0])
+        return added
+
+    def link_terminal_labels(self, terminal_id: str, labels: Sequence[tuple[str, int]]) -> None:
+        """Record fraud labels, (transaction id, label time ms) each, on one terminal only."""
+        calls: list[_Call] = [
+            (self._label, terminal_keys(terminal_id),
+             [tid, at, TERMINAL_RETENTION_MS, TERMINAL_POINTERS])
+            for tid, at in labels
+        ]  # fmt: skip
+        for reply in self._run(calls):
+            if isinstance(reply, Exception):
+                raise reply
+
     def apply_labels(self, labels: Sequence[Label]) -> list[bool | Exception]:
         """Record fraud labels once each, on terminal and card; True where this call did."""
         frauds = [label for label in labels if label.is_fraud]
