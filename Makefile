@@ -29,7 +29,7 @@ endif
 
 .PHONY: help setup up down status deploy-local invoke run serve demo test test-unit test-integration test-e2e \
 	lint parity train promote model-layer retrain-scheduled mlflow-ui bench-emulator bench-engine \
-	bench-api bench bench-e2e bench-compare drift redrive chaos build deploy-localstack clean
+	bench-api bench-feast bench bench-e2e bench-compare drift redrive chaos build deploy-localstack clean
 
 help: ## List every target with what it does
 	@echo "Kestrel: make <target> [VAR=value]"
@@ -193,6 +193,9 @@ bench-engine: $(SETUP_STAMP) ## Engine throughput: TransactionsFunction on Kines
 
 bench-api: $(SETUP_STAMP) ## Scoring API latency over HTTP: open loop, 500 req/s for 60 s, keep-alive (bench/results/)
 	$(PY) bench/api.py
+
+bench-feast: $(SETUP_STAMP) ## Feast beside Kestrel: a pinned feast[redis] in .venv-feast (installed once), in-process and feast serve p50/p99, own redis-server (bench/results/)
+	$(PY) bench/feast.py $(ARGS)
 
 bench: $(SETUP_STAMP) ## Run every benchmark, each time-bounded (~16 min on 2 cores; SIZE=medium|tiny for shorter): bench/results/bench-<UTC>.json + .md
 	$(PY) bench/suite.py $(if $(SIZE),--size $(SIZE))

@@ -5,7 +5,9 @@ Usage: ``python bench/suite.py [--size full|medium|tiny] [--results-dir DIR] [--
 ``make up``'s), then runs, each as its own process with a time budget and its progress
 lines prefixed: ``refs`` (redis-benchmark, EVALSHA of the feature scripts, onnxruntime),
 ``emulator`` (Kinesis PutRecords/GetRecords at 1M records), ``engine`` (TransactionsFunction
-in process, real Redis), ``api`` (HTTP, open loop) and ``e2e`` (sustained rate, freshness).
+in process, real Redis), ``api`` (HTTP, open loop), ``feast`` (a pinned Feast in its own
+.venv-feast on the same Redis; "skipped" with the reason when it cannot be installed) and
+``e2e`` (sustained rate, freshness).
 Writes ``<results>/bench-<UTC>.json`` (DESIGN.md's format plus machine_class, versions,
 ratios and every part's own params) and ``<results>/bench-<UTC>.md`` (the table of
 `bench.suite_report`). Exit 1 when a part failed or any loss or error was counted.
@@ -76,12 +78,14 @@ def parts(
     e2e = f"bench/e2e.py --size {size} --endpoint {endpoint} --redis-url {redis_base}/1 "
     e2e += f"--emulator-pid {emulator_pid}"
     refs = f"bench/refs.py --redis-url {redis_base}/2 --size {size}"
+    feast = f"bench/feast.py --redis-url {redis_base}/3"
     if size == "full":
         plan = [
             ("refs", refs, 180),
             ("emulator", "bench/emulator.py --records 1000000 --max-seconds 150", 240),
             ("engine", "bench/engine.py --seconds 10 --profile-events 10000", 420),
             ("api", "bench/api.py", 300),
+            ("feast", feast, 300),
             ("e2e", e2e, 1080),
         ]
     elif size == "medium":
@@ -93,6 +97,8 @@ def parts(
              "--profile-events 3000", 300),
             ("api", "bench/api.py --duration 20 --warmup 3 --days 10 --customers 1000 "
              "--terminals 2000 --feature-reads 3000", 180),
+            ("feast", f"{feast} --duration 15 --warmup 3 --days 10 --customers 1000 "
+             "--terminals 2000 --reads 3000", 240),
             ("e2e", e2e, 480),
         ]  # fmt: skip
     else:
@@ -103,6 +109,8 @@ def parts(
             ("engine", "bench/engine.py --quick", 90),
             ("api", "bench/api.py --rate 50 --duration 2 --warmup 1 --days 2 --customers 50 "
              "--terminals 100 --feature-reads 200 --connections 4", 90),
+            ("feast", f"{feast} --rate 50 --duration 2 --warmup 1 --days 2 --customers 50 "
+             "--terminals 100 --reads 200 --connections 4", 180),
             ("e2e", e2e, 120),
         ]  # fmt: skip
     prefix = {"engine": "engine_quick"} if size == "tiny" else {}
@@ -175,14 +183,14 @@ def document(size: str, results: list[PartResult], stamp: str, wall_s: float) ->
     for r in results:
         figures.update(r.figures)
     params = {r.name: r.params for r in results}
-    figures.update(derived_figures(params.get("engine"), params.get("emulator")))
+    figures.update(derived_figures(params.get("engine"), params.get("emulator"), figures))
     doc: dict[str, Any] = {
         "benchmark": "bench",
         "commit": git_commit(),
         "machine": machine(),
         "machine_class": machine_class(),
         "stamp": stamp,
-        "versions": versions(),
+        "versions": versions(params.get("feast")),
         "params": {
             "size": size,
             "wall_seconds": round(wall_s, 1),
@@ -194,6 +202,7 @@ def document(size: str, results: list[PartResult], stamp: str, wall_s: float) ->
                     "exit_code": r.exit_code,
                     "error": r.error,
                     "file": r.file,
+                    "skipped": r.params.get("skipped", ""),
                 }
                 for r in results
             },
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size", choices=("full", "medium", "tiny"), default="full")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--only", help="comma-separated parts (refs,emulator,engine,api,e2e)")
+    parser.add_argument("--only", help="comma-separated parts (refs,emulator,engine,api,feast,e2e)")
     parser.add_argument("--workdir", type=Path, help="keep logs and part results here")
     args = parser.parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -48,9 +50,18 @@ NOTES = [
     "terminal). ref.redis_engine_cpu_ceiling_events_per_s is 1e6 / the Redis CPU µs per event "
     "the engine measured.",
     "CPU placement: the engine pins redis-server to the last CPU and itself to the others; "
-    "the API pins its server and Redis to the last CPU, the load generator to the first; "
+    "the API pins its server and Redis to the last CPU, the load generator to the first, and "
+    "the feast part pins Feast's read loop, feast serve and Redis the same way; "
     "refs, emulator and e2e run unpinned (e2e puts the emulator, Redis, the runtime, its "
     "workers and the producer on the same 2 cores).",
+    "Feast (feast part): a pinned feast[redis] in its own .venv-feast writes Kestrel's "
+    "features of the API part's entities (each customer and terminal at its latest "
+    "transaction) through its Redis online store into the suite's Redis (db 3); "
+    "feast.read_* times get_online_features(...).to_dict() for one customer + one terminal in "
+    "process, the counterpart of api.feature_read_*; feast.http_* loads feast serve "
+    "(no access log, no worker recycling) as the API part loads /v1/score. "
+    "ratio.feature_read_vs_feast_p99 = api.feature_read_p99_ms / feast.read_p99_ms (DESIGN: "
+    "<= 0.5); ratio.score_http_vs_feast_http_p99 = api.http_p99_ms / feast.http_p99_ms.",
     "The earlier project's claims (8k events/s, p95 120 ms, 15 s freshness) are its own "
     "statements, not measured here.",
 ]
@@ -67,8 +78,8 @@ def _redis_version() -> str:
     return match.group(1) if match else out.strip()[:40]
 
 
-def versions() -> dict[str, str]:
-    """Python, redis-server and the Python packages the figures depend on."""
+def versions(feast: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Python, redis-server and the Python packages the figures depend on (Feast's, if run)."""
     out = {
         "python": sys.version.split()[0],
         "redis-server": _redis_version(),
@@ -79,14 +90,37 @@ def versions() -> dict[str, str]:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = "not installed"
+    feast_versions = (feast or {}).get("feast_versions", {})
+    if "feast" in feast_versions:
+        out["feast (.venv-feast)"] = str(feast_versions["feast"])
+    return out
+
+
+RATIOS = {  # name: (numerator, denominator): Kestrel's figure over Feast's, same run
+    "ratio.feature_read_vs_feast_p99": ("api.feature_read_p99_ms", "feast.read_p99_ms"),
+    "ratio.score_http_vs_feast_http_p99": ("api.http_p99_ms", "feast.http_p99_ms"),
+}
+
+
+def ratio_figures(figures: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Kestrel's latency over Feast's, for every pair of RATIOS the run measured both of."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, (top, bottom) in RATIOS.items():
+        a, b = (figures.get(n, {}).get("value") for n in (top, bottom))
+        if not (isinstance(a, int | float) and isinstance(b, int | float)):
+            continue
+        if b > 0 and not math.isnan(a):
+            out[name] = {"value": round(float(a) / float(b), 4), "unit": "ratio"}
     return out
 
 
 def derived_figures(
-    engine: dict[str, Any] | None, emulator: dict[str, Any] | None
+    engine: dict[str, Any] | None,
+    emulator: dict[str, Any] | None,
+    figures: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Figures read from parts' params: the engine's Redis CPU ceiling and outcome counts."""
-    out: dict[str, dict[str, Any]] = {}
+    """Figures from parts' params and figures: Redis CPU ceiling, outcomes, Feast ratios."""
+    out: dict[str, dict[str, Any]] = ratio_figures(figures or {})
     if engine:
         best = str(engine.get("best_batch"))
         redis_us = engine.get("redis_cpu_us_per_event", {}).get(best)

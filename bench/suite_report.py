@@ -77,6 +77,7 @@ ENGINE_CEILING = one("ref.redis_evalsha_feature_script_per_s")
 E2E_CEILING = lowest(EMULATOR_PUT, EMULATOR_GET, one("engine.events_per_s"))
 E2E_HEALTH = ("e2e.lost", "e2e.errors")
 ENGINE_HEALTH = ("engine.failed", "engine.duplicates")
+FEAST_HEALTH = ("feast.http_errors",)
 
 SPECS: tuple[Spec, ...] = (
     Spec("e2e.sustained_events_per_s", (">=", 10_000), E2E_CEILING, "8,000 events/s", E2E_HEALTH),
@@ -94,6 +95,12 @@ SPECS: tuple[Spec, ...] = (
     Spec("api.http_p99_ms", ("<=", 1.0), None, "", ("api.errors",)),
     Spec("api.in_handler_p99_ms", ("<=", 0.5), None, "", ("api.errors",)),
     Spec("api.feature_read_p99_ms", ("<=", 0.2), None, "", ("api.errors",)),
+    Spec("feast.read_p50_ms", fact="0.21-0.32 ms"),
+    Spec("feast.read_p99_ms", fact="0.29-0.39 ms"),
+    Spec("feast.http_p50_ms", None, None, "", FEAST_HEALTH, "1.2-1.5 ms"),
+    Spec("feast.http_p99_ms", None, None, "", FEAST_HEALTH, "~2 ms"),
+    Spec("ratio.feature_read_vs_feast_p99", ("<=", 0.5)),
+    Spec("ratio.score_http_vs_feast_http_p99"),
     Spec("emulator.put_records_per_s_at_", fact="~25,000 at 1M", prefix=True),
     Spec("emulator.get_records_per_s_at_", fact="~26,000 at 1M", prefix=True),
     Spec("ref.redis_set_per_s", fact="~160,000"),
@@ -208,6 +215,9 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     lines += [_row_md(r) for r in rows(doc)]
+    feast_skip = params.get("parts", {}).get("feast", {}).get("skipped")
+    if feast_skip:
+        lines += ["", f"Feast was not measured (the feast part was skipped): {feast_skip}"]
     rate = value(doc.get("figures", {}), "e2e.freshness_rate_events_per_s")
     e2e = params.get("e2e", {})
     if rate is not None:
@@ -237,9 +247,12 @@ def markdown(doc: Mapping[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         for name, part in parts.items():
+            problem = part.get("error") or (
+                f"skipped: {part['skipped']}" if part.get("skipped") else "—"
+            )
             lines.append(
                 f"| {name} | {fmt(part.get('seconds'))} | {fmt(part.get('budget_s'))} "
-                f"| {part.get('exit_code')} | {part.get('error') or '—'} |"
+                f"| {part.get('exit_code')} | {problem} |"
             )
     steps = params.get("e2e", {}).get("steps", [])
     if steps:
