@@ -13,7 +13,12 @@ import redis
 from bench.chaos_input import Poison
 from bench.chaos_report import ChaosReport
 from kestrel.adapters.redis_features import RedisFeatureStore
-from kestrel.adapters.redis_scripts import customer_keys, decision_key, terminal_keys
+from kestrel.adapters.redis_scripts import (
+    customer_keys,
+    decision_key,
+    stored_field,
+    terminal_keys,
+)
 from kestrel.adapters.redis_telemetry import NON_STATE_PREFIXES
 from kestrel.events import Transaction
 
@@ -92,8 +97,8 @@ def present(client: redis.Redis, good: list[dict[str, Any]]) -> tuple[int, int]:
         pipe = client.pipeline(transaction=False)
         for r in chunk:
             tx = str(r["transaction_id"])
-            pipe.hget(customer_keys(str(r["customer_id"]))[0], tx)
-            pipe.hget(terminal_keys(str(r["terminal_id"]))[0], tx)
+            pipe.hget(customer_keys(str(r["customer_id"]))[0], stored_field(tx))
+            pipe.hget(terminal_keys(str(r["terminal_id"]))[0], stored_field(tx))
             pipe.exists(decision_key(tx))
         replies = pipe.execute()
         for i in range(len(chunk)):

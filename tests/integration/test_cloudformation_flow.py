@@ -98,7 +98,7 @@ def test_local_runtime_processes_events_through_the_deployed_stack(
     as_of_ms = int(datetime(2026, 11, 29, 10, 0, 1, tzinfo=UTC).timestamp() * 1000)
     for c in range(3):
         customer = f"{tag}-C{c}"
-        assert store.hlen(f"kestrel:{{c:{customer}}}:ids") == 4
+        assert len(store.hkeys(f"kestrel:{{c:{customer}}}:log")) == 2 * 4 + 1
         aggregates, known = features.customer_aggregates(customer, as_of_ms)
         assert known
         assert max(aggregates.counts) == 4

@@ -52,14 +52,9 @@ def test_evalsha_args_are_the_stores_own_script_calls_in_preview_mode() -> None:
     commands = evalsha_args(store, probe)
     assert set(commands) == {"customer", "terminal"}
     customer = commands["customer"]
-    assert customer[:3] == ["EVALSHA", store._customer.sha, "3"]
-    assert customer[3:6] == [
-        "kestrel:{c:cust-1}:ids",
-        "kestrel:{c:cust-1}:log",
-        "kestrel:{c:cust-1}:state",
-    ]
-    assert customer[6:10] == ["preview", "ref-__rand_int__", "1767225600000", "4250"]
+    assert customer[:4] == ["EVALSHA", store._customer.sha, "1", "kestrel:{c:cust-1}:log"]
+    assert customer[4:8] == ["preview", "ref-__rand_int__", "1767225600000", "4250"]
     terminal = commands["terminal"]
-    assert terminal[:3] == ["EVALSHA", store._terminal.sha, "5"]
-    assert terminal[8:10] == ["preview", "ref-__rand_int__"]
+    assert terminal[:3] == ["EVALSHA", store._terminal.sha, "3"]
+    assert terminal[6:8] == ["preview", "ref-__rand_int__"]
     assert all(isinstance(arg, str) for arg in customer + terminal)

@@ -8,13 +8,14 @@ difference of running totals.
 
 Key layout (the part in braces is the Redis Cluster hash tag: one entity, one slot)::
 
-    kestrel:{c:<customer_id>}:ids    hash    transaction_id -> event time (ms): dedupe, lookup
-    kestrel:{c:<customer_id>}:log    hash    seq -> msgpack [time, running cents, id]
-    kestrel:{c:<customer_id>}:state  string  msgpack: last seq, last (time, id), running
-                                             total, first kept seq, and per pointer its seq,
-                                             running total and the next entry's time/total
+    kestrel:{c:<customer_id>}:log    hash    s -> the entity's state (msgpack): last seq,
+                                             first kept seq, last (time, id), running total,
+                                             and per pointer its seq, running total and the
+                                             next entry's time and total;
+                                             <seq> -> msgpack [time, running cents, id];
+                                             #<transaction_id> -> event time (ms): stored
     kestrel:{c:<customer_id>}:frauds hash    fraudulent transaction_id -> label time (ms)
-    kestrel:{t:<terminal_id>}:ids / :log / :state    as for customers (amounts are 0)
+    kestrel:{t:<terminal_id>}:log    hash    as for customers (amounts are 0)
     kestrel:{t:<terminal_id>}:fraud  zset    fraudulent transaction_id, score event time
     kestrel:{t:<terminal_id>}:labels zset    labelled transaction_id, score label time
     kestrel:{d:<transaction_id>}     string  the transaction's decision (JSON)
@@ -23,11 +24,13 @@ Pointers are kept for the newest transaction: one per window bound (customers: t
 each window; terminals: t - D and t - D - W) and one for retention. Applying a transaction
 that comes after every stored one (the stream's normal case) appends one entry and moves
 each pointer past the entries that left its window, reading only those (gallop, then
-bisect, so a long jump costs log of its length): about five `redis.call`s, whatever the
-history. A late transaction is inserted at its place: the entries after it move one seq up
-with their running totals corrected (it repairs only what it changes) and each pointer is
-patched in constant time. A replay, a preview of the past and a peek at the past find
-positions by bisection: logarithmic in the history, never linear.
+bisect, so a long jump costs log of its length): one HGET of the state, usually one HMGET
+of the entries that left windows, one HSET of the new entry and state (and, for
+terminals with frauds, one count per window), whatever the history. A late transaction
+is inserted at its place: the entries after it move one seq up with their running totals
+corrected (it repairs only what it changes) and each pointer is patched in constant time.
+A replay, a preview of the past and a peek at the past find positions by bisection:
+logarithmic in the history, never linear.
 
 Retention: entries older than the newest transaction's time minus the retention are
 dropped in chunks (their ids too); a late transaction still finds exact windows while it is
@@ -54,6 +57,8 @@ read; ``python -m kestrel_ops migrate-store`` rebuilds every entity from it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from kestrel.features import (
     CUSTOMER_LOOKBACK_MS,
     CUSTOMER_WINDOWS,
@@ -69,152 +74,174 @@ TERMINAL_RETENTION_MS = TERMINAL_LOOKBACK_MS + LATE_SLACK_MS
 PEEK_ID = "~"
 
 # The body of both entity scripts; `entity_script` puts the constants in front of it.
-# KEYS: ids, log, state[, fraud zset, labels zset]. ARGV: mode, id, t, cents[, day start].
+# KEYS: log[, fraud zset, labels zset]. ARGV: mode, id, t, cents[, day start].
 _ENTITY_BODY = """
-local IDS, LOG, STATE = KEYS[1], KEYS[2], KEYS[3]
+local LOG = KEYS[1]
 local mode, id, t, amount = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local day_start = tonumber(ARGV[5] or '0')
 local P = #off
-local raw = redis.call('GET', STATE)
-local s
-if raw then s = cmsgpack.unpack(raw) else
-  s = {n = 0, lo = 1, c0 = 0, C = 0, T = false, I = '', x = false, f = 0, pl = 0,
-       h = {}, hc = {}, nt = {}, nc = {}}
-  for p = 1, P do s.h[p] = 0; s.hc[p] = 0; s.nt[p] = false; s.nc[p] = 0 end
+-- State (field 's' of the log): n, lo, c0, C, T, I, x, f, pl, then h, hc, nt, nc per pointer.
+local n, lo, c0, C, T, I, x, f, pl = 0, 1, 0, 0, false, '', false, 0, 0
+local h, hc, nt, nc = {}, {}, {}, {}
+local raw = redis.call('HGET', LOG, 's')
+if raw then
+  local v = cmsgpack.unpack(raw)
+  n, lo, c0, C, T, I, x, f, pl = v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]
+  for p = 1, P do
+    local b = 6 + 4 * p
+    h[p], hc[p], nt[p], nc[p] = v[b], v[b + 1], v[b + 2], v[b + 3]
+  end
+else
+  for p = 1, P do h[p], hc[p], nt[p], nc[p] = 0, 0, false, 0 end
 end
-local cache = {}
+local function packed()
+  local v = {n, lo, c0, C, T, I, x, f, pl}
+  for p = 1, P do
+    v[#v + 1] = h[p]; v[#v + 1] = hc[p]; v[#v + 1] = nt[p]; v[#v + 1] = nc[p]
+  end
+  return cmsgpack.pack(v)
+end
+local cache, fetched = {}, {}
 local function entry(seq)
-  local v = cache[seq]
-  if v == nil then v = cmsgpack.unpack(redis.call('HGET', LOG, seq)); cache[seq] = v end
-  return v
+  local e = cache[seq]
+  if e == nil then
+    e = cmsgpack.unpack(fetched[seq] or redis.call('HGET', LOG, seq))
+    cache[seq] = e
+  end
+  return e
 end
--- Largest seq b in [a, hi] with time <= bound, given entry a qualifies (total acum).
+-- Read entries ahead in one HMGET; each is decoded only if it is used.
+local function prefetch(seqs)
+  if #seqs == 0 then return end
+  local vals = redis.call('HMGET', LOG, unpack(seqs))
+  for i, seq in ipairs(seqs) do
+    if vals[i] then fetched[seq] = vals[i] end
+  end
+end
+-- Largest seq in [a, hi] with time <= bound, given entry a qualifies (total acum); and the
+-- first seq after it (hi + 1: none).
 local function up(a, acum, hi, bound)
   local good, gcum, bad, step = a, acum, hi + 1, 1
   while good + step < bad do
-    local v = entry(good + step)
-    if v[1] <= bound then good, gcum = good + step, v[2]; step = step * 2
+    local e = entry(good + step)
+    if e[1] <= bound then good, gcum = good + step, e[2]; step = step * 2
     else bad = good + step; break end
   end
   while bad - good > 1 do
     local mid = math.floor((good + bad) / 2)
-    local v = entry(mid)
-    if v[1] <= bound then good, gcum = mid, v[2] else bad = mid end
+    local e = entry(mid)
+    if e[1] <= bound then good, gcum = mid, e[2] else bad = mid end
   end
   return good, gcum, bad
 end
--- Largest seq b in [lo - 1, hi] with time <= bound (lo - 1: none), searching down from hi.
+-- Largest seq in [lo - 1, hi] with time <= bound (lo - 1: none), searching down from hi.
 local function down(hi, bound)
-  local good, gcum, bad, step = s.lo - 1, s.c0, hi + 1, 1
-  while bad - step >= s.lo do
-    local v = entry(bad - step)
-    if v[1] <= bound then good, gcum = bad - step, v[2]; break end
+  local good, gcum, bad, step = lo - 1, c0, hi + 1, 1
+  while bad - step >= lo do
+    local e = entry(bad - step)
+    if e[1] <= bound then good, gcum = bad - step, e[2]; break end
     bad = bad - step; step = step * 2
   end
   while bad - good > 1 do
     local mid = math.floor((good + bad) / 2)
-    local v = entry(mid)
-    if v[1] <= bound then good, gcum = mid, v[2] else bad = mid end
+    local e = entry(mid)
+    if e[1] <= bound then good, gcum = mid, e[2] else bad = mid end
   end
   return good, gcum
 end
--- Is (ta, ia) after (tb, ib) in (time, id) order?
 local function after(ta, ia, tb, ib) return ta > tb or (ta == tb and ia > ib) end
 -- Last seq whose (time, id) <= (t, id), by bisection over the kept entries.
 local function locate()
-  local good, bad = s.lo - 1, s.n + 1
+  local good, bad = lo - 1, n + 1
   while bad - good > 1 do
     local mid = math.floor((good + bad) / 2)
-    local v = entry(mid)
-    if after(v[1], v[3], t, id) then bad = mid else good = mid end
+    local e = entry(mid)
+    if after(e[1], e[3], t, id) then bad = mid else good = mid end
   end
   return good
 end
-local function total(seq) if seq < s.lo then return s.c0 end return entry(seq)[2] end
-local function time_at(seq) if seq < s.lo then return false end return entry(seq)[1] end
--- Move pointer copies (h, hc, nt, nc) to the bounds of time tq over entries up to hi.
-local function advance(h, hc, nt, nc, tq, hi)
-  local want = {}
+local function total(seq) if seq < lo then return c0 end return entry(seq)[2] end
+local function time_at(seq) if seq < lo then return false end return entry(seq)[1] end
+-- Move pointers (ph, phc, pnt, pnc) to the bounds of time tq, over entries up to hi. The
+-- entries just past each moving pointer are read in one HMGET first: most moves are short.
+local function advance(ph, phc, pnt, pnc, tq, hi)
+  local want, seen = {}, {}
   for p = 1, P do
-    if nt[p] and nt[p] <= tq - off[p] and h[p] + 2 <= hi and cache[h[p] + 2] == nil then
-      want[#want + 1] = h[p] + 2
+    if pnt[p] and pnt[p] <= tq - off[p] then
+      for seq = ph[p] + 2, math.min(hi, ph[p] + 4) do
+        if not seen[seq] and cache[seq] == nil then seen[seq] = true; want[#want + 1] = seq end
+      end
     end
   end
-  if #want > 0 then
-    local vals = redis.call('HMGET', LOG, unpack(want))
-    for i, seq in ipairs(want) do cache[seq] = cmsgpack.unpack(vals[i]) end
-  end
+  prefetch(want)
   for p = 1, P do
-    if nt[p] and nt[p] <= tq - off[p] then
+    if pnt[p] and pnt[p] <= tq - off[p] then
       local bad
-      h[p], hc[p], bad = up(h[p] + 1, nc[p], hi, tq - off[p])
-      if bad <= hi then local v = entry(bad); nt[p], nc[p] = v[1], v[2]
-      else nt[p] = false end
+      ph[p], phc[p], bad = up(ph[p] + 1, pnc[p], hi, tq - off[p])
+      if bad <= hi then local e = entry(bad); pnt[p], pnc[p] = e[1], e[2]
+      else pnt[p] = false end
     end
   end
 end
 local k, cum, prev, stored, pt
 local b, bc = {}, {}
 local added = 0
-local in_order = s.n < s.lo or after(t, id, s.T, s.I)
+local writes = {}
+local in_order = n < lo or after(t, id, T, I)
 if mode == 'apply' and in_order then
-  added = 1
-  redis.call('HSET', IDS, id, t)
-  k, cum, prev, stored = s.n + 1, s.C + amount, s.n, true
-  if s.n >= s.lo then
-    pt = s.T
-    advance(s.h, s.hc, s.nt, s.nc, t, s.n)
-  end
-  for p = 1, P do if not s.nt[p] then s.nt[p], s.nc[p] = t, cum end end
-  redis.call('HSET', LOG, k, cmsgpack.pack({t, cum, id}))
-  s.n, s.C, s.T, s.I = k, cum, t, id
-  for p = 1, P do b[p], bc[p] = s.h[p], s.hc[p] end
-elseif mode == 'apply' and t <= s.T - off[1] then
+  added, stored = 1, true
+  k, cum, prev = n + 1, C + amount, n
+  if n >= lo then pt = T; advance(h, hc, nt, nc, t, n) end
+  for p = 1, P do if not nt[p] then nt[p], nc[p] = t, cum end end
+  writes = {k, cmsgpack.pack({t, cum, id}), '#' .. id, t}
+  n, C, T, I = k, cum, t, id
+  for p = 1, P do b[p], bc[p] = h[p], hc[p] end
+elseif mode == 'apply' and t <= T - off[1] then
   -- Older than the retention: scored as of its time, never stored (it would be dropped).
-  added = 1
+  added, stored = 1, false
   local at = locate()
-  k, cum, prev, stored = at + 1, total(at) + amount, at, false
-elseif mode == 'apply' and redis.call('HSETNX', IDS, id, t) == 1 then
-  added = 1
+  k, cum, prev = at + 1, total(at) + amount, at
+elseif mode == 'apply' and redis.call('HSETNX', LOG, '#' .. id, t) == 1 then
+  added, stored = 1, true
   local at = locate()
-  k, cum, prev, stored = at + 1, total(at) + amount, at, true
+  k, cum, prev = at + 1, total(at) + amount, at
   -- Insert at k: later entries move one seq up, their running totals grow by amount.
-  for first = s.n, k, -512 do
+  for first = n, k, -512 do
     local last = math.max(k, first - 511)
     local seqs = {}
     for seq = first, last, -1 do seqs[#seqs + 1] = seq end
     local vals = redis.call('HMGET', LOG, unpack(seqs))
     local moved = {}
     for i, seq in ipairs(seqs) do
-      local v = cmsgpack.unpack(vals[i])
+      local e = cmsgpack.unpack(vals[i])
       moved[#moved + 1] = seq + 1
-      moved[#moved + 1] = cmsgpack.pack({v[1], v[2] + amount, v[3]})
+      moved[#moved + 1] = cmsgpack.pack({e[1], e[2] + amount, e[3]})
     end
     redis.call('HSET', LOG, unpack(moved))
   end
-  redis.call('HSET', LOG, k, cmsgpack.pack({t, cum, id}))
-  cache = {}
+  writes = {k, cmsgpack.pack({t, cum, id})}
+  cache, fetched = {}, {}
   for p = 1, P do
-    if t <= s.T - off[p] then
-      s.h[p], s.hc[p], s.nc[p] = s.h[p] + 1, s.hc[p] + amount, s.nc[p] + amount
-    elseif k == s.h[p] + 1 then
-      s.nt[p], s.nc[p] = t, cum
+    if t <= T - off[p] then
+      h[p], hc[p], nc[p] = h[p] + 1, hc[p] + amount, nc[p] + amount
+    elseif k == h[p] + 1 then
+      nt[p], nc[p] = t, cum
     end
   end
-  s.n, s.C = s.n + 1, s.C + amount
+  n, C = n + 1, C + amount
 else
-  local known = mode ~= 'peek' and redis.call('HGET', IDS, id)
+  local known = mode ~= 'peek' and redis.call('HGET', LOG, '#' .. id)
   stored = known and true or false
-  if stored and tonumber(known) == s.T and id == s.I then
-    k, cum, prev = s.n, s.C, s.n - 1
-    for p = 1, P do b[p], bc[p] = s.h[p], s.hc[p] end
-  elseif mode ~= 'apply' and in_order then
-    local h, hc, nt, nc = {}, {}, {}, {}
-    for p = 1, P do h[p], hc[p], nt[p], nc[p] = s.h[p], s.hc[p], s.nt[p], s.nc[p] end
-    if s.n >= s.lo then pt = s.T; advance(h, hc, nt, nc, t, s.n) end
+  if stored and tonumber(known) == T and id == I then
+    k, cum, prev = n, C, n - 1
     for p = 1, P do b[p], bc[p] = h[p], hc[p] end
-    if mode == 'peek' then k, cum, prev = s.n, s.C, s.n
-    else k, cum, prev = s.n + 1, s.C + amount, s.n end
+  elseif mode ~= 'apply' and in_order then
+    local qh, qhc, qnt, qnc = {}, {}, {}, {}
+    for p = 1, P do qh[p], qhc[p], qnt[p], qnc[p] = h[p], hc[p], nt[p], nc[p] end
+    if n >= lo then pt = T; advance(qh, qhc, qnt, qnc, t, n) end
+    for p = 1, P do b[p], bc[p] = qh[p], qhc[p] end
+    if mode == 'peek' then k, cum, prev = n, C, n
+    else k, cum, prev = n + 1, C + amount, n end
   else
     local at = locate()
     if mode == 'peek' then k, cum, prev = at, total(at), at
@@ -230,18 +257,18 @@ end
 local previous = -1
 if pt == nil then pt = time_at(prev) end
 if prev >= 1 and pt and pt > t - lookback then previous = pt end
-local others = s.n - s.h[1]
+local others = n - h[1]
 if stored then others = others - 1 end
 local out = {added, k, cum, previous, others}
 for p = 2, P do out[#out + 1] = b[p]; out[#out + 1] = bc[p] end
 if terminal then
-  local FRAUD, LABELS = KEYS[4], KEYS[5]
-  if added == 1 and stored and s.pl > 0 and redis.call('ZSCORE', LABELS, id) then
+  local FRAUD, LABELS = KEYS[2], KEYS[3]
+  if added == 1 and stored and pl > 0 and redis.call('ZSCORE', LABELS, id) then
     redis.call('ZADD', FRAUD, 'NX', t, id)
-    s.f, s.pl = 1, s.pl - 1
+    f, pl = 1, pl - 1
   end
   local hi = t - off[2]
-  if s.f == 1 then
+  if f == 1 then
     local late = {}
     for _, lid in ipairs(redis.call('ZRANGEBYSCORE', LABELS, day_start, '+inf')) do
       late[#late + 1] = tonumber(redis.call('ZSCORE', FRAUD, lid))
@@ -258,31 +285,29 @@ if terminal then
   end
 end
 if added == 1 and stored then
-  -- Drop entries past the retention pointer, a chunk at a time.
-  if s.h[1] - s.lo + 1 >= 64 then
-    local last = math.min(s.h[1], s.lo + 1023)
+  -- Drop entries past the retention pointer (and their ids), a chunk at a time.
+  if h[1] - lo + 1 >= 64 then
+    local last = math.min(h[1], lo + 1023)
     local seqs = {}
-    for seq = s.lo, last do seqs[#seqs + 1] = seq end
-    local ids = {}
+    for seq = lo, last do seqs[#seqs + 1] = seq end
+    local gone = {}
     for _, v in ipairs(redis.call('HMGET', LOG, unpack(seqs))) do
-      if v then local e = cmsgpack.unpack(v); ids[#ids + 1] = e[3]; s.c0 = e[2] end
+      if v then local e = cmsgpack.unpack(v); gone[#gone + 1] = '#' .. e[3]; c0 = e[2] end
     end
-    redis.call('HDEL', LOG, unpack(seqs))
-    if #ids > 0 then redis.call('HDEL', IDS, unpack(ids)) end
-    s.lo = last + 1
-    if terminal and s.f == 1 then
-      redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', s.T - off[1])
-      redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', s.T - off[1])
+    for _, seq in ipairs(seqs) do gone[#gone + 1] = seq end
+    redis.call('HDEL', LOG, unpack(gone))
+    lo = last + 1
+    if terminal and f == 1 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', T - off[1])
+      redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', T - off[1])
     end
   end
-  if not s.x or t - s.x >= 86400000 or t < s.x then
-    s.x = t
-    redis.call('SET', STATE, cmsgpack.pack(s), 'PX', ttl)
-    redis.call('PEXPIRE', IDS, ttl)
-    redis.call('PEXPIRE', LOG, ttl)
-  else
-    redis.call('SET', STATE, cmsgpack.pack(s), 'KEEPTTL')
-  end
+  local refresh = not x or t - x >= 86400000 or t < x
+  if refresh then x = t end
+  writes[#writes + 1] = 's'
+  writes[#writes + 1] = packed()
+  redis.call('HSET', LOG, unpack(writes))
+  if refresh then redis.call('PEXPIRE', LOG, ttl) end
 end
 return out
 """
@@ -320,33 +345,35 @@ TERMINAL_LUA = entity_script(
 )
 TERMINAL_POINTERS = 2 + len(TERMINAL_WINDOWS)
 
-# KEYS: ids, log, state, fraud zset, labels zset. ARGV: id, label time, ttl ms, pointers.
+# KEYS: log, fraud zset, labels zset. ARGV: id, label time, ttl ms, pointers.
 # Returns 1 when this call recorded the label (a label counts once).
 LABEL_LUA = """
-local IDS, STATE, FRAUD, LABELS = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
+local LOG, FRAUD, LABELS = KEYS[1], KEYS[2], KEYS[3]
 local id, ttl = ARGV[1], tonumber(ARGV[3])
 local new = redis.call('ZADD', LABELS, 'NX', tonumber(ARGV[2]), id)
 if new == 1 then
   redis.call('PEXPIRE', LABELS, ttl)
-  local raw = redis.call('GET', STATE)
+  local raw = redis.call('HGET', LOG, 's')
+  local v
   if raw then
-    local s = cmsgpack.unpack(raw)
-    local t = redis.call('HGET', IDS, id)
-    if t then
-      redis.call('ZADD', FRAUD, 'NX', tonumber(t), id)
-      redis.call('PEXPIRE', FRAUD, ttl)
-      s.f = 1
-    else
-      s.pl = s.pl + 1
-    end
-    redis.call('SET', STATE, cmsgpack.pack(s), 'KEEPTTL')
+    v = cmsgpack.unpack(raw)
   else
-    -- No transaction yet: a minimal state that says a label waits (the first apply links it).
-    local s = {n = 0, lo = 1, c0 = 0, C = 0, T = false, I = '', x = false, f = 0, pl = 1,
-               h = {}, hc = {}, nt = {}, nc = {}}
-    for p = 1, tonumber(ARGV[4]) do s.h[p] = 0; s.hc[p] = 0; s.nt[p] = false; s.nc[p] = 0 end
-    redis.call('SET', STATE, cmsgpack.pack(s), 'PX', ttl)
+    -- No transaction yet: a minimal state (n, lo, c0, C, T, I, x, f, pl, pointers).
+    v = {0, 1, 0, 0, false, '', false, 0, 0}
+    for p = 1, tonumber(ARGV[4]) do
+      v[#v + 1] = 0; v[#v + 1] = 0; v[#v + 1] = false; v[#v + 1] = 0
+    end
   end
+  local t = redis.call('HGET', LOG, '#' .. id)
+  if t then
+    redis.call('ZADD', FRAUD, 'NX', tonumber(t), id)
+    redis.call('PEXPIRE', FRAUD, ttl)
+    v[8] = 1
+  else
+    v[9] = v[9] + 1
+  end
+  redis.call('HSET', LOG, 's', cmsgpack.pack(v))
+  if not raw then redis.call('PEXPIRE', LOG, ttl) end
 end
 return new
 """
@@ -365,15 +392,24 @@ def customer_fraud_key(customer_id: str) -> str:
 
 
 def customer_keys(customer_id: str) -> list[str]:
-    """The keys of one customer's log (one hash slot): ids, log, state."""
-    tag = f"kestrel:{{c:{customer_id}}}"
-    return [f"{tag}:ids", f"{tag}:log", f"{tag}:state"]
+    """The keys of one customer (one hash slot): its log."""
+    return [f"kestrel:{{c:{customer_id}}}:log"]
 
 
 def terminal_keys(terminal_id: str) -> list[str]:
-    """The keys of one terminal (one hash slot): ids, log, state, fraud, labels."""
+    """The keys of one terminal (one hash slot): log, fraud, labels."""
     tag = f"kestrel:{{t:{terminal_id}}}"
-    return [f"{tag}:ids", f"{tag}:log", f"{tag}:state", f"{tag}:fraud", f"{tag}:labels"]
+    return [f"{tag}:log", f"{tag}:fraud", f"{tag}:labels"]
+
+
+def stored_field(transaction_id: str) -> str:
+    """The log field that holds a stored transaction's event time (its presence: stored)."""
+    return f"#{transaction_id}"
+
+
+def count_stored(client: Any, log_key: str) -> int:
+    """How many transactions an entity's log holds (its ``#`` fields; HSCAN, no blocking)."""
+    return sum(1 for _ in client.hscan_iter(log_key, match="#*", count=1000))
 
 
 def decision_key(transaction_id: str) -> str:
