@@ -29,7 +29,8 @@ endif
 
 .PHONY: help setup up down status deploy-local invoke run serve demo test test-unit test-integration test-e2e \
 	lint parity train promote model-layer retrain-scheduled mlflow-ui bench-emulator bench-engine \
-	bench-api bench-feast bench bench-e2e bench-compare drift redrive chaos build deploy-localstack clean
+	bench-api bench-feast bench bench-e2e bench-compare drift redrive migrate-store chaos build \
+	deploy-localstack clean
 
 help: ## List every target with what it does
 	@echo "Kestrel: make <target> [VAR=value]"
@@ -181,6 +182,9 @@ drift: $(SETUP_STAMP) ## Drift check: last 24 h of the event log vs the model's 
 
 redrive: $(SETUP_STAMP) ## Replay dead-lettered records: make redrive ARGS="--queue on-failure --dry-run"
 	$(PY) -m kestrel_ops redrive --stack-name $(STACK_NAME) $(ARGS)
+
+migrate-store: $(SETUP_STAMP) ## Rebuild the online store from the layout before entity logs (REDIS_URL; stop the stream first)
+	$(PY) -m kestrel_ops migrate-store $(if $(REDIS_URL),--redis-url $(REDIS_URL))
 
 chaos: $(SETUP_STAMP) ## Chaos run: 100k events with Redis killed, crashes, poison, duplicates, a runtime restart (bench/results/)
 	$(PY) bench/chaos.py $(ARGS)
