@@ -45,7 +45,7 @@ from botocore.parsers import ResponseParserError
 from kestrel_local.aws import AwsClients
 from kestrel_local.cfn_artifacts import built_artifacts, rewrite_code_uris, upload_artifacts
 from kestrel_local.functions import functions_of
-from kestrel_local.provision import LocalApp
+from kestrel_local.provision import LocalApp, described_consumer
 from kestrel_local.template import PhysicalResource, Stack, TemplateError, load_template
 
 _SUB_REFERENCE = re.compile(r"\$\{([A-Za-z0-9]+)(?:\.[A-Za-z0-9.]+)?\}")
@@ -207,6 +207,9 @@ def stack_resources(clients: AwsClients, stack_name: str) -> dict[str, tuple[str
     return {
         str(r["LogicalResourceId"]): (str(r["ResourceType"]), str(r.get("PhysicalResourceId", "")))
         for r in described["StackResources"]
+        # moto 5.2.5 lists each resource whose Condition is false as an entry with the stack's
+        # fields only (no logical id, type or physical id): the stack does not hold it.
+        if "LogicalResourceId" in r
     }
 
 
@@ -266,8 +269,9 @@ def bind_deployed(
 ) -> LocalApp:
     """The SAM template bound to the deployed stack's physical resources, for `LocalRuntime`.
 
-    Streams, queues, buckets, topics and functions take the stack's names and ARNs (read
-    back from the endpoint); layers run from their local folders, as always locally.
+    Streams, stream consumers, queues, buckets, topics and functions take the stack's names
+    and ARNs (read back from the endpoint); layers run from their local folders, as always
+    locally.
     """
     path = Path(template_path).resolve()
     stack = Stack(
@@ -306,6 +310,11 @@ def _physical(clients: AwsClients, kind: str, physical_id: str) -> PhysicalResou
         summary = clients.client("kinesis").describe_stream_summary(StreamName=physical_id)
         arn = str(summary["StreamDescriptionSummary"]["StreamARN"])
         return PhysicalResource(ref=physical_id, attributes={"Arn": arn})
+    if kind == "AWS::Kinesis::StreamConsumer":
+        # CloudFormation's physical id of a consumer is its ARN (Ref gives it too).
+        kinesis = clients.client("kinesis")
+        described = kinesis.describe_stream_consumer(ConsumerARN=physical_id)
+        return described_consumer(described["ConsumerDescription"])
     if kind == "AWS::SQS::Queue":
         attributes = clients.client("sqs").get_queue_attributes(
             QueueUrl=physical_id, AttributeNames=["QueueArn"]

@@ -41,7 +41,7 @@ class KinesisMapping:
         stopping: threading.Event,
         backoff_s: float = 0.2,
         poll_interval_s: float = 0.05,
-        short_read_pause_s: float = 0.2,
+        short_read_pause_s: float = 0.1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.source, self.spec, self.pool = source, spec, pool

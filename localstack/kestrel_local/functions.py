@@ -7,6 +7,7 @@ mappings, validated against the ranges AWS accepts. Errors name the function and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,9 +36,23 @@ _USED_PROPERTIES = {
 }
 
 
+# arn:<partition>:kinesis:<region>:<account>:stream/<name>/consumer/<consumer>[:<created>]
+# (AWS appends the creation time in seconds; moto does not).
+_CONSUMER_ARN = re.compile(
+    r"^(?P<stream>arn:[^:]+:kinesis:[^:]+:\d{12}:stream/[A-Za-z0-9_.-]+)"
+    r"/consumer/(?P<name>[A-Za-z0-9_.-]+)(?::\d+)?$"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class KinesisSource:
-    """One Kinesis event-source mapping with AWS's defaults."""
+    """One Kinesis event-source mapping with AWS's defaults.
+
+    `stream_arn` is the stream the records come from. `consumer_arn` is set when the
+    template maps the function to an enhanced fan-out consumer of that stream: on AWS the
+    consumer changes only how records are delivered (pushed over HTTP/2 instead of polled),
+    not which records or their shape, so the local runtime reads the stream itself.
+    """
 
     function: str
     name: str
@@ -53,10 +68,11 @@ class KinesisSource:
     report_item_failures: bool = False
     on_failure_arn: str | None = None
     enabled: bool = True
+    consumer_arn: str | None = None
 
     @property
     def mapping_id(self) -> str:
-        """A stable id for checkpoints: function, event and stream."""
+        """A stable id for checkpoints: function, event and stream (the consumer reads it too)."""
         return f"{self.function}.{self.name}@{self.stream_arn}"
 
 
@@ -153,13 +169,32 @@ def _on_failure(props: Mapping[str, Any], where: str) -> str | None:
     return destination
 
 
+def stream_of_consumer(consumer_arn: str) -> str | None:
+    """The stream ARN of an enhanced fan-out consumer's ARN, or None if it is not one."""
+    match = _CONSUMER_ARN.match(consumer_arn)
+    return match.group("stream") if match else None
+
+
+def _stream_and_consumer(stream: Any, where: str) -> tuple[str, str | None]:
+    """The ARN of the stream to read and, for a fan-out consumer, the consumer's ARN."""
+    if not isinstance(stream, str) or not stream.startswith("arn:"):
+        raise TemplateError(
+            f"{where}.Stream: needs the ARN of a stream or of a stream consumer (got {stream!r})"
+        )
+    if "/consumer/" not in stream:
+        return stream, None
+    parent = stream_of_consumer(stream)
+    if parent is None:
+        raise TemplateError(
+            f"{where}.Stream: {stream!r} is not a stream consumer ARN "
+            "(arn:aws:kinesis:<region>:<account>:stream/<stream>/consumer/<name>:<created>)"
+        )
+    return parent, stream
+
+
 def _kinesis_source(function: str, name: str, props: Mapping[str, Any]) -> KinesisSource:
     where = f"{function}.Events.{name}.Properties"
-    stream = props.get("Stream")
-    if not isinstance(stream, str) or not stream.startswith("arn:"):
-        raise TemplateError(f"{where}.Stream: needs the stream ARN (got {stream!r})")
-    if ":stream/" in stream and "/consumer/" in stream:
-        raise TemplateError(f"{where}.Stream: enhanced fan-out consumers are not supported locally")
+    stream, consumer = _stream_and_consumer(props.get("Stream"), where)
     position = props.get("StartingPosition")
     if position not in STARTING_POSITIONS:
         raise TemplateError(
@@ -194,6 +229,7 @@ def _kinesis_source(function: str, name: str, props: Mapping[str, Any]) -> Kines
         report_item_failures=_report_item_failures(props, where),
         on_failure_arn=_on_failure(props, where),
         enabled=_bool(props, "Enabled", True, where),
+        consumer_arn=consumer,
     )
 
 

@@ -2,14 +2,16 @@
 
 The template is the only list of resources: nothing here names Kestrel's own. Physical
 names are the ones the template gives (Name, QueueName, BucketName, TopicName) or, when it
-gives none, `<stack>-<LogicalId>`. Functions and layers get local physical records so that
-Ref/GetAtt on them resolve, but nothing is deployed for them: the local runtime runs them.
+gives none, `<stack>-<LogicalId>`. Stream consumers (enhanced fan-out) are registered on
+their stream under their ConsumerName. Functions and layers get local physical records so
+that Ref/GetAtt on them resolve, but nothing is deployed for them: the local runtime runs them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ STREAM, QUEUE, BUCKET, TOPIC = (
     "AWS::S3::Bucket",
     "AWS::SNS::Topic",
 )
+STREAM_CONSUMER = "AWS::Kinesis::StreamConsumer"
 _NAME_PROPERTY = {STREAM: "Name", QUEUE: "QueueName", BUCKET: "BucketName", TOPIC: "TopicName"}
 _QUEUE_ATTRIBUTES = (
     "DelaySeconds",
@@ -94,6 +97,37 @@ def _names(stack: Stack, endpoint: str) -> None:
             name = physical_name(stack.stack_name, logical_id, kind)
             arn = f"arn:aws:lambda:{region}:{account}:layer:{name}:1"
             stack.physical[logical_id] = PhysicalResource(ref=arn, attributes={})
+    # Consumers last: their StreamARN names a stream named above.
+    for logical_id, resource in stack.resources.items():
+        if resource["Type"] == STREAM_CONSUMER and stack.resource_enabled(logical_id):
+            stack.physical[logical_id] = _consumer_names(stack, logical_id, resource)
+
+
+def _consumer_names(stack: Stack, logical_id: str, resource: Mapping[str, Any]) -> PhysicalResource:
+    """A consumer's name and ARN before it is registered (the endpoint's ARN replaces it)."""
+    props = resource.get("Properties") or {}
+    for key in ("ConsumerName", "StreamARN"):
+        if key not in props:
+            raise TemplateError(f"{logical_id}.{key}: required for a stream consumer")
+    name = str(stack.resolve(props["ConsumerName"], f"{logical_id}.ConsumerName"))
+    stream_arn = str(stack.resolve(props["StreamARN"], f"{logical_id}.StreamARN"))
+    return consumer_physical(f"{stream_arn}/consumer/{name}", name, stream_arn)
+
+
+def consumer_physical(
+    arn: str, name: str, stream_arn: str, created: str = "", status: str = "ACTIVE"
+) -> PhysicalResource:
+    """What Ref (the consumer ARN) and Fn::GetAtt give for an AWS::Kinesis::StreamConsumer."""
+    return PhysicalResource(
+        ref=arn,
+        attributes={
+            "ConsumerARN": arn,
+            "ConsumerName": name,
+            "StreamARN": stream_arn,
+            "ConsumerCreationTimestamp": created,
+            "ConsumerStatus": status,
+        },
+    )
 
 
 def _physical(kind: str, name: str, region: str, account: str, endpoint: str) -> PhysicalResource:
@@ -143,6 +177,7 @@ def bind(
     report = _provision(stack, clients) if create else []
     if not create:
         _refresh_queue_urls(stack, clients)
+        _refresh_consumer_arns(stack, clients)
     return LocalApp(path, stack, functions_of(stack, path.parent)), report
 
 
@@ -157,6 +192,39 @@ def _refresh_queue_urls(stack: Stack, clients: AwsClients) -> None:
         except ClientError:
             continue
         stack.physical[logical_id] = _with_url(physical, url)
+
+
+def _refresh_consumer_arns(stack: Stack, clients: AwsClients) -> None:
+    """Use the endpoint's ARN for every stream consumer registered already."""
+    for logical_id, physical in list(stack.physical.items()):
+        if stack.resources[logical_id]["Type"] != STREAM_CONSUMER:
+            continue
+        try:
+            stack.physical[logical_id] = _describe_consumer(clients, physical)
+        except ClientError:
+            continue
+
+
+def _describe_consumer(clients: AwsClients, physical: PhysicalResource) -> PhysicalResource:
+    """The consumer as the endpoint describes it (ResourceNotFoundException if it is not)."""
+    description = clients.client("kinesis").describe_stream_consumer(
+        StreamARN=physical.attributes["StreamARN"],
+        ConsumerName=physical.attributes["ConsumerName"],
+    )["ConsumerDescription"]
+    return described_consumer(description)
+
+
+def described_consumer(description: Mapping[str, Any]) -> PhysicalResource:
+    """A consumer from DescribeStreamConsumer's ConsumerDescription."""
+    arn = str(description["ConsumerARN"])
+    created = description.get("ConsumerCreationTimestamp")
+    return consumer_physical(
+        arn,
+        str(description["ConsumerName"]),
+        str(description.get("StreamARN") or arn.split("/consumer/", 1)[0]),
+        created.isoformat() if created is not None else "",
+        str(description.get("ConsumerStatus", "ACTIVE")),
+    )
 
 
 def _with_url(physical: PhysicalResource, url: str) -> PhysicalResource:
@@ -181,6 +249,14 @@ def _provision(stack: Stack, clients: AwsClients) -> list[str]:
             raise TemplateError(f"{logical_id}: the endpoint refused it: {exc}") from None
         stack.physical[logical_id] = physical
         report.append(f"{resource['Type']:<18} {logical_id:<24} {outcome}")
+    consumers = [lid for lid in stack.physical if stack.resources[lid]["Type"] == STREAM_CONSUMER]
+    for logical_id in consumers:
+        try:
+            outcome, physical = _consumer(clients, stack.physical[logical_id])
+        except ClientError as exc:
+            raise TemplateError(f"{logical_id}: the endpoint refused it: {exc}") from None
+        stack.physical[logical_id] = physical
+        report.append(f"{STREAM_CONSUMER:<18} {logical_id:<24} {outcome}")
     return report
 
 
@@ -213,6 +289,25 @@ def _stream(clients: AwsClients, physical: PhysicalResource, props: Mapping[str,
             StreamName=name, EncryptionType=encryption["EncryptionType"], KeyId=encryption["KeyId"]
         )
     return outcome, physical
+
+
+def _consumer(clients: AwsClients, physical: PhysicalResource) -> Created:
+    """Register the consumer on its stream unless it is there; wait until it is ACTIVE."""
+    kinesis = clients.client("kinesis")
+    stream_arn, name = physical.attributes["StreamARN"], physical.attributes["ConsumerName"]
+    stream = stream_arn.rsplit("/", 1)[-1]
+    try:
+        _describe_consumer(clients, physical)
+        outcome = f"exists: {name} on {stream}"
+    except kinesis.exceptions.ResourceNotFoundException:
+        kinesis.register_stream_consumer(StreamARN=stream_arn, ConsumerName=name)
+        outcome = f"registered: {name} on {stream}"
+    for _ in range(150):
+        found = _describe_consumer(clients, physical)
+        if found.attributes["ConsumerStatus"] == "ACTIVE":
+            return outcome, found
+        time.sleep(0.2)
+    raise TemplateError(f"stream consumer {name} on {stream}: not ACTIVE after 30 s")
 
 
 def _queue(clients: AwsClients, physical: PhysicalResource, props: Mapping[str, Any]) -> Created:

@@ -82,6 +82,11 @@ class LocalRuntime:
             f"parallel={m.source.parallelization} retries={m.source.max_retries} "
             f"max_age={m.source.max_record_age_s}s bisect={m.source.bisect} "
             f"partial={m.source.report_item_failures} on_failure={m.source.on_failure_arn}"
+            + (
+                f" consumer={m.source.consumer_arn.split('/consumer/', 1)[1]} (read by polling)"
+                if m.source.consumer_arn
+                else ""
+            )
             for m in self.kinesis
         ]
         lines += [

@@ -140,6 +140,15 @@ class Stack:
                 raise TemplateError(f"parameter {name}: {values[name]!r} is not one of {allowed}")
         return values
 
+    def _parameter(self, name: str) -> str | list[str]:
+        """A parameter's value; list types (CommaDelimitedList, List<...>) are lists."""
+        declared = (self.template.get("Parameters") or {}).get(name)
+        kind = str(declared.get("Type", "")) if isinstance(declared, dict) else ""
+        value = self.parameters[name]
+        if kind == "CommaDelimitedList" or kind.startswith("List<"):
+            return value.split(",")
+        return value
+
     def pseudo(self, name: str) -> str | None:
         """The value of a pseudo parameter, or None when `name` is not one."""
         return {
@@ -193,7 +202,7 @@ class Stack:
         if pseudo is not None:
             return pseudo
         if name in self.parameters:
-            return self.parameters[name]
+            return self._parameter(name)
         if name in self.physical:
             return self.physical[name].ref
         if name in self.resources:

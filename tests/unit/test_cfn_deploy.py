@@ -19,9 +19,11 @@ from kestrel_local.cfn_artifacts import (
 from kestrel_local.cfn_deploy import (
     Deployment,
     _layer_arn,
+    _physical,
     drop_resources,
     parse_args,
     references,
+    stack_resources,
     translate,
 )
 from kestrel_local.template import TemplateError, load_template
@@ -220,3 +222,65 @@ def test_parse_args_reads_overrides_and_defaults_the_bucket() -> None:
     assert args.skip_type == ["T"]
     with pytest.raises(SystemExit):
         parse_args(["--parameter-overrides", "novalue"])
+
+
+def test_physical_reads_a_deployed_stream_consumer_back_by_its_arn() -> None:
+    # CloudFormation's physical id of an AWS::Kinesis::StreamConsumer is its ARN.
+    stream = "arn:aws:kinesis:us-east-1:123456789012:stream/k-transactions"
+    arn = f"{stream}/consumer/k-transactions-function:1764000000"
+    asked: list[dict[str, str]] = []
+
+    class Kinesis:
+        def describe_stream_consumer(self, **kwargs: str) -> dict[str, Any]:
+            asked.append(kwargs)
+            return {
+                "ConsumerDescription": {
+                    "ConsumerName": "k-transactions-function",
+                    "ConsumerARN": arn,
+                    "ConsumerStatus": "ACTIVE",
+                    "StreamARN": stream,
+                }
+            }
+
+    class Clients:
+        region = "us-east-1"
+
+        def account_id(self) -> str:
+            return "123456789012"
+
+        def client(self, service: str) -> Kinesis:
+            assert service == "kinesis"
+            return Kinesis()
+
+    bound = _physical(Clients(), "AWS::Kinesis::StreamConsumer", arn)  # type: ignore[arg-type]
+    assert asked == [{"ConsumerARN": arn}]
+    assert bound is not None and bound.ref == arn
+    assert bound.attributes["ConsumerARN"] == arn
+    assert bound.attributes["StreamARN"] == stream
+    assert bound.attributes["ConsumerName"] == "k-transactions-function"
+
+
+def test_stack_resources_skips_what_moto_lists_for_a_false_condition() -> None:
+    # moto 5.2.5 answers DescribeStackResources with a bare entry (stack fields only) for a
+    # resource whose Condition is false, e.g. TransactionsStreamConsumer by default.
+    class Cfn:
+        def describe_stack_resources(self, StackName: str) -> dict[str, Any]:
+            return {
+                "StackResources": [
+                    {
+                        "StackName": StackName,
+                        "LogicalResourceId": "TransactionsStream",
+                        "ResourceType": "AWS::Kinesis::Stream",
+                        "PhysicalResourceId": "k-transactions",
+                    },
+                    {"StackName": StackName, "StackId": "id", "ResourceStatus": "CREATE_COMPLETE"},
+                ]
+            }
+
+    class Clients:
+        def client(self, service: str) -> Cfn:
+            return Cfn()
+
+    assert stack_resources(Clients(), "k") == {  # type: ignore[arg-type]
+        "TransactionsStream": ("AWS::Kinesis::Stream", "k-transactions")
+    }

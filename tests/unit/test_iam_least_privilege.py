@@ -207,6 +207,11 @@ def test_iam_least_privilege_stream_roles_read_only_their_stream(
     writes = grants.get("kinesis:PutRecords", [])
     expected = [{"Fn::GetAtt": ["DecisionsStream", "Arn"]}] if role.startswith("Trans") else []
     assert writes == expected
+    # Enhanced fan-out: only on the transactions consumer (SubscribeToShard has no meaning
+    # on a stream ARN), and only TransactionsFunction has one.
+    consumer = [{"Fn::GetAtt": ["TransactionsStreamConsumer", "ConsumerARN"]}]
+    for action in ("kinesis:SubscribeToShard", "kinesis:DescribeStreamConsumer"):
+        assert grants.get(action, []) == (consumer if role.startswith("Trans") else []), action
 
 
 def test_iam_least_privilege_drift_role_reads_logged_transactions_and_writes_reports(
@@ -246,10 +251,23 @@ def test_iam_least_privilege_eni_permissions_only_in_a_vpc(translated: dict[str,
     ):
         (policy,) = translated["Resources"][role]["Properties"]["Policies"]
         plain = [s for s in policy["PolicyDocument"]["Statement"] if "Fn::If" not in s]
-        conditional = [s for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s]
+        conditional = {
+            s["Fn::If"][0]: s["Fn::If"][1:]
+            for s in policy["PolicyDocument"]["Statement"]
+            if "Fn::If" in s
+        }
         assert all("*" not in _as_list(s["Resource"]) for s in plain), role
-        ((condition, eni, no_value),) = [s["Fn::If"] for s in conditional]
-        assert condition == "InVpc"
+        # The fan-out consumer's statement is TransactionsFunctionRole's only other condition
+        # (tested in test_template_freshness.py); it names the consumer, never "*".
+        fan_out = {"TransactionsFanOut"} if role == "TransactionsFunctionRole" else set()
+        assert set(conditional) == {"InVpc"} | fan_out, role
+        for condition in fan_out:
+            consumer, nothing = conditional[condition]
+            assert nothing == {"Ref": "AWS::NoValue"}
+            assert consumer["Resource"] == {
+                "Fn::GetAtt": ["TransactionsStreamConsumer", "ConsumerARN"]
+            }
+        eni, no_value = conditional["InVpc"]
         assert no_value == {"Ref": "AWS::NoValue"}
         assert eni["Resource"] == "*" and set(eni["Action"]) <= NO_RESOURCE_LEVEL
 

@@ -169,3 +169,100 @@ def test_functions_of_reads_the_fixture_template_event_sources() -> None:
     queue: Any = specs["QueueFunction"].sqs[0]
     assert queue.report_item_failures and queue.batch_size == 10
     assert specs["TimeoutFunction"].timeout_s == 1
+
+
+FAN_OUT = """
+Resources:
+  Stream:
+    Type: AWS::Kinesis::Stream
+    Properties: {ShardCount: 1}
+  Consumer:
+    Type: AWS::Kinesis::StreamConsumer
+    Properties:
+      ConsumerName: !Sub "${AWS::StackName}-fn"
+      StreamARN: !GetAtt Stream.Arn
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: code/
+      Handler: app.handler
+      Runtime: python3.11
+      Environment:
+        Variables:
+          CONSUMER: !Ref Consumer
+      Events:
+        S:
+          Type: Kinesis
+          Properties:
+            Stream: !GetAtt Consumer.ConsumerARN
+            StartingPosition: TRIM_HORIZON
+"""
+STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/demo-Stream"
+
+
+def test_functions_of_reads_a_fan_out_consumer_through_its_stream(tmp_path: Path) -> None:
+    stack = bound(write(tmp_path, FAN_OUT))
+    spec = functions_of(stack, tmp_path)["Fn"]
+    (source,) = spec.kinesis
+    assert source.stream_arn == STREAM_ARN
+    assert source.consumer_arn == f"{STREAM_ARN}/consumer/demo-fn"
+    assert spec.environment["CONSUMER"] == f"{STREAM_ARN}/consumer/demo-fn"
+    assert stack.physical["Consumer"].attributes["StreamARN"] == STREAM_ARN
+
+
+@pytest.mark.parametrize(
+    ("arn", "stream"),
+    [
+        # AWS appends the consumer's creation time; moto does not.
+        (f"{STREAM_ARN}/consumer/fn:1525898737", STREAM_ARN),
+        (f"{STREAM_ARN}/consumer/fn", STREAM_ARN),
+        (
+            "arn:aws-cn:kinesis:cn-north-1:123456789012:stream/a.b_c-d/consumer/x:1",
+            "arn:aws-cn:kinesis:cn-north-1:123456789012:stream/a.b_c-d",
+        ),
+    ],
+)
+def test_functions_of_accepts_consumer_arns_as_aws_and_moto_write_them(
+    tmp_path: Path, arn: str, stream: str
+) -> None:
+    text = FAN_OUT.replace("Stream: !GetAtt Consumer.ConsumerARN", f"Stream: {arn}")
+    (source,) = functions_of(bound(write(tmp_path, text)), tmp_path)["Fn"].kinesis
+    assert (source.stream_arn, source.consumer_arn) == (stream, arn)
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        f"{STREAM_ARN}/consumer/",
+        f"{STREAM_ARN}/consumer/fn:not-a-time",
+        "arn:aws:kinesis:us-east-1:123456789012:stream/s/consumer/a/b",
+    ],
+)
+def test_functions_of_rejects_malformed_consumer_arns_naming_the_event(
+    tmp_path: Path, arn: str
+) -> None:
+    text = FAN_OUT.replace("Stream: !GetAtt Consumer.ConsumerARN", f"Stream: {arn}")
+    with pytest.raises(TemplateError, match=r"Fn\.Events\.S\.Properties\.Stream: .*consumer"):
+        functions_of(bound(write(tmp_path, text)), tmp_path)
+
+
+def test_names_requires_a_consumer_stream_and_name(tmp_path: Path) -> None:
+    text = FAN_OUT.replace("      StreamARN: !GetAtt Stream.Arn\n", "")
+    with pytest.raises(TemplateError, match=r"Consumer\.StreamARN: required"):
+        bound(write(tmp_path, text))
+
+
+def test_stack_resolves_list_parameters_as_lists(tmp_path: Path) -> None:
+    text = """
+Parameters:
+  Subnets: {Type: CommaDelimitedList, Default: ""}
+  Zones: {Type: "List<AWS::EC2::AvailabilityZone::Name>", Default: "a,b"}
+Conditions:
+  InVpc: !Not [!Equals [!Join ["", !Ref Subnets], ""]]
+Resources:
+  Q: {Type: AWS::SQS::Queue}
+"""
+    stack = bound(write(tmp_path, text))
+    assert stack.resolve({"Ref": "Zones"}, "x") == ["a", "b"]
+    assert stack.condition("InVpc", "x") is False
+    assert bound(write(tmp_path, text), Subnets="subnet-1,subnet-2").condition("InVpc", "x")

@@ -233,7 +233,7 @@ class LocalSettings:
     max_concurrency: int
     retry_backoff_s: float
     poll_interval_s: float
-    short_read_pause_s: float = 0.2
+    short_read_pause_s: float = 0.1
 
     @property
     def endpoint(self) -> str:
@@ -277,7 +277,7 @@ class LocalSettings:
             retry_backoff_s=_parse(env, "KESTREL_RETRY_BACKOFF_S", "0.2", _non_negative_float),
             poll_interval_s=_parse(env, "KESTREL_POLL_INTERVAL_S", "0.05", _non_negative_float),
             short_read_pause_s=_parse(
-                env, "KESTREL_SHORT_READ_PAUSE_S", "0.2", _non_negative_float
+                env, "KESTREL_SHORT_READ_PAUSE_S", "0.1", _non_negative_float
             ),
         )
 
