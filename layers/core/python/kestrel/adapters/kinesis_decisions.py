@@ -9,10 +9,11 @@ stream batch is retried. Delivery is at least once: consumers key by transaction
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+import orjson
 
 from kestrel.decisions import DecisionRecord
 
@@ -55,7 +56,7 @@ class KinesisDecisionStream:
         """Put every decision on the stream; raise `DecisionPublishError` if some fail."""
         entries: list[PutRecordsRequestEntryTypeDef] = [
             {
-                "Data": json.dumps(d.to_dict(), separators=(",", ":")).encode(),
+                "Data": orjson.dumps(d.to_dict()),
                 "PartitionKey": d.transaction_id,
             }
             for d in decisions

@@ -12,7 +12,10 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import orjson
+
 from kestrel.adapters.redis_scripts import decision_key
+from kestrel.adapters.redis_wire import send_batch
 from kestrel.decisions import DecisionRecord
 
 if TYPE_CHECKING:
@@ -36,11 +39,15 @@ class RedisDecisions:
         """Store each decision unless one is stored already; raise on any Redis error."""
         if not decisions:
             return
-        pipe = self._client.pipeline(transaction=False)
-        for record in decisions:
-            body = json.dumps(record.to_dict(), separators=(",", ":"))
-            pipe.set(decision_key(record.transaction_id), body, nx=True, ex=self._ttl_s)
-        pipe.execute(raise_on_error=True)
+        ttl = self._ttl_s
+        replies = send_batch(
+            self._client,
+            [("SET", decision_key(d.transaction_id), orjson.dumps(d.to_dict()), "NX", "EX", ttl)
+             for d in decisions],
+        )  # fmt: skip
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
 
     def decision(self, transaction_id: str) -> DecisionRecord | None:
         """The stored decision for `transaction_id`, or None."""

@@ -42,12 +42,12 @@ from kestrel.adapters.redis_scripts import (
     LABEL_LUA,
     PEEK_ID,
     TERMINAL_LUA,
-    TERMINAL_POINTERS,
     TERMINAL_RETENTION_MS,
     customer_fraud_key,
     customer_keys,
     terminal_keys,
 )
+from kestrel.adapters.redis_wire import send_batch
 from kestrel.events import Label, Transaction
 from kestrel.features import (
     CUSTOMER_WINDOWS,
@@ -181,8 +181,7 @@ class RedisFeatureStore:
     def link_terminal_labels(self, terminal_id: str, labels: Sequence[tuple[str, int]]) -> None:
         """Record fraud labels, (transaction id, label time ms) each, on one terminal only."""
         calls: list[_Call] = [
-            (self._label, terminal_keys(terminal_id),
-             [tid, at, TERMINAL_RETENTION_MS, TERMINAL_POINTERS])
+            (self._label, terminal_keys(terminal_id), [tid, at, TERMINAL_RETENTION_MS])
             for tid, at in labels
         ]  # fmt: skip
         for reply in self._run(calls):
@@ -202,7 +201,6 @@ class RedisFeatureStore:
                         label.transaction_id,
                         label.label_time_ms,
                         TERMINAL_RETENTION_MS,
-                        TERMINAL_POINTERS,
                     ],
                 )
             )
@@ -241,11 +239,11 @@ class RedisFeatureStore:
         return replies
 
     def _send(self, calls: list[_Call]) -> list[Any]:
-        """One pipeline of EVALSHAs (on a cluster, one sub-pipeline per node, sent together)."""
-        pipe: Any = self._client.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        return list(pipe.execute(raise_on_error=False))
+        """One round trip of EVALSHAs (on a cluster, one sub-pipeline per node, sent together)."""
+        return send_batch(
+            self._client,
+            [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls],
+        )
 
     def _load_scripts(self) -> None:
         """SCRIPT LOAD every script (on a cluster, on every primary)."""

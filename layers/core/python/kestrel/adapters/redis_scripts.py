@@ -73,53 +73,43 @@ CUSTOMER_RETENTION_MS = CUSTOMER_LOOKBACK_MS + LATE_SLACK_MS
 TERMINAL_RETENTION_MS = TERMINAL_LOOKBACK_MS + LATE_SLACK_MS
 PEEK_ID = "~"
 
-# The body of both entity scripts; `entity_script` puts the constants in front of it.
+# The body of both entity scripts; `entity_script` puts the constants in front of it:
+# ttl, lookback, off (pointer offsets), terminal, SFMT (the state's struct format).
 # KEYS: log[, fraud zset, labels zset]. ARGV: mode, id, t, cents[, day start].
+# Entries are struct '<dds' (time, running cents, id). The state is struct SFMT: n, lo, c0,
+# C, T, x, f, pl, then h, hc, nt, nc per pointer, then I; "none" is -inf for T and x and
+# +inf for nt (no next entry), so comparisons need no special case.
 _ENTITY_BODY = """
 local LOG = KEYS[1]
 local mode, id, t, amount = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local day_start = tonumber(ARGV[5] or '0')
-local P = #off
--- State (field 's' of the log): n, lo, c0, C, T, I, x, f, pl, then h, hc, nt, nc per pointer.
-local n, lo, c0, C, T, I, x, f, pl = 0, 1, 0, 0, false, '', false, 0, 0
+local P, INF = #off, math.huge
+local n, lo, c0, C, T, x, f, pl, I = 0, 1, 0, 0, -INF, -INF, 0, 0, ''
 local h, hc, nt, nc = {}, {}, {}, {}
 local raw = redis.call('HGET', LOG, 's')
 if raw then
-  local v = cmsgpack.unpack(raw)
-  n, lo, c0, C, T, I, x, f, pl = v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]
+  local v = {struct.unpack(SFMT, raw)}
+  n, lo, c0, C, T, x, f, pl, I = v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9 + 4 * P]
   for p = 1, P do
-    local b = 6 + 4 * p
+    local b = 5 + 4 * p
     h[p], hc[p], nt[p], nc[p] = v[b], v[b + 1], v[b + 2], v[b + 3]
   end
 else
-  for p = 1, P do h[p], hc[p], nt[p], nc[p] = 0, 0, false, 0 end
-end
-local function packed()
-  local v = {n, lo, c0, C, T, I, x, f, pl}
-  for p = 1, P do
-    v[#v + 1] = h[p]; v[#v + 1] = hc[p]; v[#v + 1] = nt[p]; v[#v + 1] = nc[p]
-  end
-  return cmsgpack.pack(v)
+  for p = 1, P do h[p], hc[p], nt[p], nc[p] = 0, 0, INF, 0 end
 end
 local cache, fetched = {}, {}
+-- Entry seq as {time, running cents, id}, read once per call (prefetched if it was).
 local function entry(seq)
   local e = cache[seq]
   if e == nil then
-    e = cmsgpack.unpack(fetched[seq] or redis.call('HGET', LOG, seq))
+    local et, ec, eid = struct.unpack('<dds', fetched[seq] or redis.call('HGET', LOG, seq))
+    e = {et, ec, eid}
     cache[seq] = e
   end
   return e
 end
--- Read entries ahead in one HMGET; each is decoded only if it is used.
-local function prefetch(seqs)
-  if #seqs == 0 then return end
-  local vals = redis.call('HMGET', LOG, unpack(seqs))
-  for i, seq in ipairs(seqs) do
-    if vals[i] then fetched[seq] = vals[i] end
-  end
-end
 -- Largest seq in [a, hi] with time <= bound, given entry a qualifies (total acum); and the
--- first seq after it (hi + 1: none).
+-- first seq after it (hi + 1: none). Gallop, then bisect.
 local function up(a, acum, hi, bound)
   local good, gcum, bad, step = a, acum, hi + 1, 1
   while good + step < bad do
@@ -134,23 +124,33 @@ local function up(a, acum, hi, bound)
   end
   return good, gcum, bad
 end
--- Largest seq in [lo - 1, hi] with time <= bound (lo - 1: none), searching down from hi.
-local function down(hi, bound)
-  local good, gcum, bad, step = lo - 1, c0, hi + 1, 1
-  while bad - step >= lo do
-    local e = entry(bad - step)
-    if e[1] <= bound then good, gcum = bad - step, e[2]; break end
-    bad = bad - step; step = step * 2
+-- Move pointers (ph, phc, pnt, pnc) to the bounds of time tq, over entries up to hi. The
+-- entries just past each moving pointer are read in one HMGET first: most moves are short.
+local function advance(ph, phc, pnt, pnc, tq, hi)
+  local want, seen = {}, {}
+  for p = 1, P do
+    if pnt[p] <= tq - off[p] then
+      for seq = ph[p] + 2, math.min(hi, ph[p] + 4) do
+        if not seen[seq] then seen[seq] = true; want[#want + 1] = seq end
+      end
+    end
   end
-  while bad - good > 1 do
-    local mid = math.floor((good + bad) / 2)
-    local e = entry(mid)
-    if e[1] <= bound then good, gcum = mid, e[2] else bad = mid end
+  if #want > 0 then
+    local vals = redis.call('HMGET', LOG, unpack(want))
+    for i, seq in ipairs(want) do fetched[seq] = vals[i] end
   end
-  return good, gcum
+  for p = 1, P do
+    if pnt[p] <= tq - off[p] then
+      local bad
+      ph[p], phc[p], bad = up(ph[p] + 1, pnc[p], hi, tq - off[p])
+      if bad <= hi then local e = entry(bad); pnt[p], pnc[p] = e[1], e[2]
+      else pnt[p] = INF end
+    end
+  end
 end
 local function after(ta, ia, tb, ib) return ta > tb or (ta == tb and ia > ib) end
--- Last seq whose (time, id) <= (t, id), by bisection over the kept entries.
+-- Slow paths only (late events, replays, the past): positions by bisection.
+local function total(seq) if seq < lo then return c0 end return entry(seq)[2] end
 local function locate()
   local good, bad = lo - 1, n + 1
   while bad - good > 1 do
@@ -160,40 +160,17 @@ local function locate()
   end
   return good
 end
-local function total(seq) if seq < lo then return c0 end return entry(seq)[2] end
-local function time_at(seq) if seq < lo then return false end return entry(seq)[1] end
--- Move pointers (ph, phc, pnt, pnc) to the bounds of time tq, over entries up to hi. The
--- entries just past each moving pointer are read in one HMGET first: most moves are short.
-local function advance(ph, phc, pnt, pnc, tq, hi)
-  local want, seen = {}, {}
-  for p = 1, P do
-    if pnt[p] and pnt[p] <= tq - off[p] then
-      for seq = ph[p] + 2, math.min(hi, ph[p] + 4) do
-        if not seen[seq] and cache[seq] == nil then seen[seq] = true; want[#want + 1] = seq end
-      end
-    end
-  end
-  prefetch(want)
-  for p = 1, P do
-    if pnt[p] and pnt[p] <= tq - off[p] then
-      local bad
-      ph[p], phc[p], bad = up(ph[p] + 1, pnc[p], hi, tq - off[p])
-      if bad <= hi then local e = entry(bad); pnt[p], pnc[p] = e[1], e[2]
-      else pnt[p] = false end
-    end
-  end
-end
 local k, cum, prev, stored, pt
 local b, bc = {}, {}
 local added = 0
-local writes = {}
+local writes
 local in_order = n < lo or after(t, id, T, I)
 if mode == 'apply' and in_order then
   added, stored = 1, true
   k, cum, prev = n + 1, C + amount, n
   if n >= lo then pt = T; advance(h, hc, nt, nc, t, n) end
-  for p = 1, P do if not nt[p] then nt[p], nc[p] = t, cum end end
-  writes = {k, cmsgpack.pack({t, cum, id}), '#' .. id, t}
+  for p = 1, P do if nt[p] == INF then nt[p], nc[p] = t, cum end end
+  writes = {k, struct.pack('<dds', t, cum, id), '#' .. id, t}
   n, C, T, I = k, cum, t, id
   for p = 1, P do b[p], bc[p] = h[p], hc[p] end
 elseif mode == 'apply' and t <= T - off[1] then
@@ -213,13 +190,13 @@ elseif mode == 'apply' and redis.call('HSETNX', LOG, '#' .. id, t) == 1 then
     local vals = redis.call('HMGET', LOG, unpack(seqs))
     local moved = {}
     for i, seq in ipairs(seqs) do
-      local e = cmsgpack.unpack(vals[i])
+      local et, ec, eid = struct.unpack('<dds', vals[i])
       moved[#moved + 1] = seq + 1
-      moved[#moved + 1] = cmsgpack.pack({e[1], e[2] + amount, e[3]})
+      moved[#moved + 1] = struct.pack('<dds', et, ec + amount, eid)
     end
     redis.call('HSET', LOG, unpack(moved))
   end
-  writes = {k, cmsgpack.pack({t, cum, id})}
+  writes = {k, struct.pack('<dds', t, cum, id)}
   cache, fetched = {}, {}
   for p = 1, P do
     if t <= T - off[p] then
@@ -250,12 +227,27 @@ else
   end
 end
 if b[1] == nil then
+  -- Each pointer for this transaction's own time: search down from it.
   local hi = k - 1
   if mode == 'peek' then hi = k end
-  for p = 1, P do b[p], bc[p] = down(hi, t - off[p]) end
+  for p = 1, P do
+    local bound = t - off[p]
+    local good, gcum, bad, step = lo - 1, c0, hi + 1, 1
+    while bad - step >= lo do
+      local e = entry(bad - step)
+      if e[1] <= bound then good, gcum = bad - step, e[2]; break end
+      bad = bad - step; step = step * 2
+    end
+    while bad - good > 1 do
+      local mid = math.floor((good + bad) / 2)
+      local e = entry(mid)
+      if e[1] <= bound then good, gcum = mid, e[2] else bad = mid end
+    end
+    b[p], bc[p] = good, gcum
+  end
 end
 local previous = -1
-if pt == nil then pt = time_at(prev) end
+if pt == nil and prev >= lo then pt = entry(prev)[1] end
 if prev >= 1 and pt and pt > t - lookback then previous = pt end
 local others = n - h[1]
 if stored then others = others - 1 end
@@ -292,7 +284,10 @@ if added == 1 and stored then
     for seq = lo, last do seqs[#seqs + 1] = seq end
     local gone = {}
     for _, v in ipairs(redis.call('HMGET', LOG, unpack(seqs))) do
-      if v then local e = cmsgpack.unpack(v); gone[#gone + 1] = '#' .. e[3]; c0 = e[2] end
+      if v then
+        local _, ec, eid = struct.unpack('<dds', v)
+        gone[#gone + 1] = '#' .. eid; c0 = ec
+      end
     end
     for _, seq in ipairs(seqs) do gone[#gone + 1] = seq end
     redis.call('HDEL', LOG, unpack(gone))
@@ -302,10 +297,15 @@ if added == 1 and stored then
       redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', T - off[1])
     end
   end
-  local refresh = not x or t - x >= 86400000 or t < x
+  local refresh = t - x >= 86400000 or t < x
   if refresh then x = t end
+  local v = {n, lo, c0, C, T, x, f, pl}
+  for p = 1, P do
+    v[#v + 1] = h[p]; v[#v + 1] = hc[p]; v[#v + 1] = nt[p]; v[#v + 1] = nc[p]
+  end
+  v[#v + 1] = I
   writes[#writes + 1] = 's'
-  writes[#writes + 1] = packed()
+  writes[#writes + 1] = struct.pack(SFMT, unpack(v))
   redis.call('HSET', LOG, unpack(writes))
   if refresh then redis.call('PEXPIRE', LOG, ttl) end
 end
@@ -323,8 +323,14 @@ def entity_script(ttl_ms: int, lookback_ms: int, offsets: list[int], terminal: b
         f"local ttl, lookback = {ttl_ms}, {lookback_ms}\n"
         f"local off = {{{', '.join(str(o) for o in offsets)}}}\n"
         f"local terminal = {'true' if terminal else 'false'}\n"
+        f"local SFMT = '{state_format(len(offsets))}'\n"
     )
     return header + _ENTITY_BODY
+
+
+def state_format(pointers: int) -> str:
+    """The struct format of an entity's state with this many pointers (see `_ENTITY_BODY`)."""
+    return "<" + "d" * (8 + 4 * pointers) + "s"
 
 
 CUSTOMER_LUA = entity_script(
@@ -345,9 +351,11 @@ TERMINAL_LUA = entity_script(
 )
 TERMINAL_POINTERS = 2 + len(TERMINAL_WINDOWS)
 
-# KEYS: log, fraud zset, labels zset. ARGV: id, label time, ttl ms, pointers.
+# KEYS: log, fraud zset, labels zset. ARGV: id, label time, ttl ms.
 # Returns 1 when this call recorded the label (a label counts once).
-LABEL_LUA = """
+LABEL_LUA = (
+    f"local SFMT, P = '{state_format(TERMINAL_POINTERS)}', {TERMINAL_POINTERS}\n"
+    + """
 local LOG, FRAUD, LABELS = KEYS[1], KEYS[2], KEYS[3]
 local id, ttl = ARGV[1], tonumber(ARGV[3])
 local new = redis.call('ZADD', LABELS, 'NX', tonumber(ARGV[2]), id)
@@ -356,27 +364,27 @@ if new == 1 then
   local raw = redis.call('HGET', LOG, 's')
   local v
   if raw then
-    v = cmsgpack.unpack(raw)
+    v = {struct.unpack(SFMT, raw)}
   else
-    -- No transaction yet: a minimal state (n, lo, c0, C, T, I, x, f, pl, pointers).
-    v = {0, 1, 0, 0, false, '', false, 0, 0}
-    for p = 1, tonumber(ARGV[4]) do
-      v[#v + 1] = 0; v[#v + 1] = 0; v[#v + 1] = false; v[#v + 1] = 0
-    end
+    -- No transaction yet: an empty state in which a label waits (the first apply links it).
+    v = {0, 1, 0, 0, -math.huge, -math.huge, 0, 0}
+    for p = 1, P do v[#v + 1] = 0; v[#v + 1] = 0; v[#v + 1] = math.huge; v[#v + 1] = 0 end
+    v[#v + 1] = ''
   end
   local t = redis.call('HGET', LOG, '#' .. id)
   if t then
     redis.call('ZADD', FRAUD, 'NX', tonumber(t), id)
     redis.call('PEXPIRE', FRAUD, ttl)
-    v[8] = 1
+    v[7] = 1
   else
-    v[9] = v[9] + 1
+    v[8] = v[8] + 1
   end
-  redis.call('HSET', LOG, 's', cmsgpack.pack(v))
+  redis.call('HSET', LOG, 's', struct.pack(SFMT, unpack(v, 1, 9 + 4 * P)))
   if not raw then redis.call('PEXPIRE', LOG, ttl) end
 end
 return new
 """
+)
 
 # KEYS: the customer's fraud hash. ARGV: id, label_time, retention. Known frauds per card.
 CUSTOMER_LABEL_LUA = """

@@ -14,11 +14,14 @@ batch can log an event twice, and readers drop duplicates by event id.
 from __future__ import annotations
 
 import gzip
-import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
+
+from kestrel.features import DAY_MS
 
 
 class S3EventLog:
@@ -41,15 +44,15 @@ class S3EventLog:
         self, kind: str, batch_id: str, events: Sequence[Mapping[str, Any]], time_field: str
     ) -> list[str]:
         """Write `events` (JSON-ready mappings with `time_field` in epoch ms); return the keys."""
-        by_date: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        by_day: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
         for event in events:
-            moment = datetime.fromtimestamp(int(event[time_field]) / 1000, tz=UTC)
-            by_date[moment.strftime("%Y-%m-%d")].append(event)
+            by_day[int(event[time_field]) // DAY_MS].append(event)
         keys = []
-        for date, rows in sorted(by_date.items()):
+        for day, rows in sorted(by_day.items()):
+            date = datetime.fromtimestamp(day * DAY_MS / 1000, tz=UTC).strftime("%Y-%m-%d")
             key = f"{self._prefix}/{kind}/dt={date}/{batch_id}.jsonl.gz"
             body = gzip.compress(
-                "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows).encode(),
+                b"".join(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows),
                 compresslevel=6,
                 mtime=0,
             )
