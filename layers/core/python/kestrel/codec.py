@@ -64,6 +64,23 @@ def parse(schema: Schema) -> AvroSchema:
     return parse_schema(doc)
 
 
+def _millis_as_long(node: Any) -> Any:
+    """`node` with every ``timestamp-millis`` read as its plain long (epoch ms, no datetime)."""
+    if isinstance(node, dict):
+        if node.get("logicalType") == "timestamp-millis" and node.get("type") == "long":
+            return "long"
+        return {k: _millis_as_long(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_millis_as_long(v) for v in node]
+    return node
+
+
+def parse_for_reading(schema: Schema) -> AvroSchema:
+    """`parse`, with timestamps read as epoch ms: a decoder never builds a datetime."""
+    doc = json.loads(schema) if isinstance(schema, str) else dict(schema)
+    return parse_schema(_millis_as_long(doc))
+
+
 def encode(
     record: Mapping[str, Any], writer_schema: Schema, version_id: UUID, compress: bool = False
 ) -> bytes:
@@ -181,7 +198,7 @@ class Decoder(Generic[T]):
         parse_json: Callable[[bytes], T],
     ) -> None:
         self._lookup = lookup
-        self._reader = parse(reader_schema)
+        self._reader = parse_for_reading(reader_schema)
         self._reader_name = _record_name(self._reader)
         self._build = build
         self._parse_json = parse_json
@@ -240,7 +257,7 @@ class Decoder(Generic[T]):
                 f"data: schema version {version_id} is not registered",
             ) from None
         try:
-            writer = parse(definition)
+            writer = parse_for_reading(definition)
         except (ValueError, SchemaParseException) as exc:
             return f"data: schema version {version_id} is not a valid Avro schema ({_short(exc)})"
         name = _record_name(writer)
