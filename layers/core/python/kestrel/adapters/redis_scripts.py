@@ -77,60 +77,44 @@ PEEK_ID = "~"
 # ttl, lookback, off (pointer offsets), terminal, SFMT (the state's struct format).
 # KEYS: log[, fraud zset, labels zset]. ARGV: mode, id, t, cents[, day start].
 # Entries are struct '<dds' (time, running cents, id). The state is struct SFMT: n, lo, c0,
-# C, T, x, f, pl, then h, hc, nt, nc per pointer, then I; "none" is -inf for T and x and
-# +inf for nt (no next entry), so comparisons need no special case.
+# C, T, x, f, pl, then per pointer its seq, running total, next entry's time and total,
+# then I; "none" is -inf for T and x and +inf for a next time (no next entry), so
+# comparisons need no special case.
 _ENTITY_BODY = """
 local LOG = KEYS[1]
 local mode, id, t, amount = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local day_start = tonumber(ARGV[5] or '0')
 local P, INF = #off, math.huge
-local n, lo, c0, C, T, x, f, pl, I = 0, 1, 0, 0, -INF, -INF, 0, 0, ''
-local h, hc, nt, nc = {}, {}, {}, {}
+-- v: the state, flat: 1 n, 2 lo, 3 c0, 4 C, 5 T, 6 x, 7 f, 8 pl; pointer p at 5 + 4p: its
+-- seq, then its running total, then the next entry's time and total; I (last id) at 9 + 4P.
+local v
 local raw = redis.call('HGET', LOG, 's')
 if raw then
-  local v = {struct.unpack(SFMT, raw)}
-  n, lo, c0, C, T, x, f, pl, I = v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9 + 4 * P]
-  for p = 1, P do
-    local b = 5 + 4 * p
-    h[p], hc[p], nt[p], nc[p] = v[b], v[b + 1], v[b + 2], v[b + 3]
-  end
+  v = {struct.unpack(SFMT, raw)}
+  v[10 + 4 * P] = nil
 else
-  for p = 1, P do h[p], hc[p], nt[p], nc[p] = 0, 0, INF, 0 end
+  v = {0, 1, 0, 0, -INF, -INF, 0, 0}
+  for p = 1, P do v[5 + 4 * p], v[6 + 4 * p], v[7 + 4 * p], v[8 + 4 * p] = 0, 0, INF, 0 end
+  v[9 + 4 * P] = ''
 end
-local cache, fetched = {}, {}
--- Entry seq as {time, running cents, id}, read once per call (prefetched if it was).
-local function entry(seq)
-  local e = cache[seq]
-  if e == nil then
-    local et, ec, eid = struct.unpack('<dds', fetched[seq] or redis.call('HGET', LOG, seq))
-    e = {et, ec, eid}
-    cache[seq] = e
+local n, lo, T, I = v[1], v[2], v[5], v[9 + 4 * P]
+-- Entries read in this call, by seq: time, running total, id (prefetched raw first).
+local et, ec, ei, fetched = {}, {}, {}, {}
+local function load(seq)
+  if et[seq] == nil then
+    et[seq], ec[seq], ei[seq] = struct.unpack('<dds',
+      fetched[seq] or redis.call('HGET', LOG, seq))
   end
-  return e
 end
--- Largest seq in [a, hi] with time <= bound, given entry a qualifies (total acum); and the
--- first seq after it (hi + 1: none). Gallop, then bisect.
-local function up(a, acum, hi, bound)
-  local good, gcum, bad, step = a, acum, hi + 1, 1
-  while good + step < bad do
-    local e = entry(good + step)
-    if e[1] <= bound then good, gcum = good + step, e[2]; step = step * 2
-    else bad = good + step; break end
-  end
-  while bad - good > 1 do
-    local mid = math.floor((good + bad) / 2)
-    local e = entry(mid)
-    if e[1] <= bound then good, gcum = mid, e[2] else bad = mid end
-  end
-  return good, gcum, bad
-end
--- Move pointers (ph, phc, pnt, pnc) to the bounds of time tq, over entries up to hi. The
--- entries just past each moving pointer are read in one HMGET first: most moves are short.
-local function advance(ph, phc, pnt, pnc, tq, hi)
+-- Move the pointers of state w to the bounds of time tq over entries up to hi: gallop,
+-- then bisect, from each pointer's cached next entry. The two entries just past each
+-- moving pointer are read in one HMGET first: most moves are short.
+local function advance(w, tq, hi)
   local want, seen = {}, {}
   for p = 1, P do
-    if pnt[p] <= tq - off[p] then
-      for seq = ph[p] + 2, math.min(hi, ph[p] + 4) do
+    local hp = w[5 + 4 * p]
+    if w[7 + 4 * p] <= tq - off[p] then
+      for seq = hp + 2, math.min(hi, hp + 3) do
         if not seen[seq] then seen[seq] = true; want[#want + 1] = seq end
       end
     end
@@ -140,39 +124,49 @@ local function advance(ph, phc, pnt, pnc, tq, hi)
     for i, seq in ipairs(want) do fetched[seq] = vals[i] end
   end
   for p = 1, P do
-    if pnt[p] <= tq - off[p] then
-      local bad
-      ph[p], phc[p], bad = up(ph[p] + 1, pnc[p], hi, tq - off[p])
-      if bad <= hi then local e = entry(bad); pnt[p], pnc[p] = e[1], e[2]
-      else pnt[p] = INF end
+    local bound = tq - off[p]
+    if w[7 + 4 * p] <= bound then
+      local good, gcum, bad, step = w[5 + 4 * p] + 1, w[8 + 4 * p], hi + 1, 1
+      while good + step < bad do
+        load(good + step)
+        if et[good + step] <= bound then good, gcum = good + step, ec[good + step]; step = step * 2
+        else bad = good + step; break end
+      end
+      while bad - good > 1 do
+        local mid = math.floor((good + bad) / 2)
+        load(mid)
+        if et[mid] <= bound then good, gcum = mid, ec[mid] else bad = mid end
+      end
+      w[5 + 4 * p], w[6 + 4 * p] = good, gcum
+      if bad <= hi then load(bad); w[7 + 4 * p], w[8 + 4 * p] = et[bad], ec[bad]
+      else w[7 + 4 * p] = INF end
     end
   end
 end
 local function after(ta, ia, tb, ib) return ta > tb or (ta == tb and ia > ib) end
 -- Slow paths only (late events, replays, the past): positions by bisection.
-local function total(seq) if seq < lo then return c0 end return entry(seq)[2] end
+local function total(seq) if seq < lo then return v[3] end load(seq); return ec[seq] end
 local function locate()
   local good, bad = lo - 1, n + 1
   while bad - good > 1 do
     local mid = math.floor((good + bad) / 2)
-    local e = entry(mid)
-    if after(e[1], e[3], t, id) then bad = mid else good = mid end
+    load(mid)
+    if after(et[mid], ei[mid], t, id) then bad = mid else good = mid end
   end
   return good
 end
-local k, cum, prev, stored, pt
-local b, bc = {}, {}
+local k, cum, prev, stored, pt, w
 local added = 0
 local writes
 local in_order = n < lo or after(t, id, T, I)
 if mode == 'apply' and in_order then
   added, stored = 1, true
-  k, cum, prev = n + 1, C + amount, n
-  if n >= lo then pt = T; advance(h, hc, nt, nc, t, n) end
-  for p = 1, P do if nt[p] == INF then nt[p], nc[p] = t, cum end end
+  k, cum, prev = n + 1, v[4] + amount, n
+  if n >= lo then pt = T; advance(v, t, n) end
+  for p = 1, P do if v[7 + 4 * p] == INF then v[7 + 4 * p], v[8 + 4 * p] = t, cum end end
   writes = {k, struct.pack('<dds', t, cum, id), '#' .. id, t}
-  n, C, T, I = k, cum, t, id
-  for p = 1, P do b[p], bc[p] = h[p], hc[p] end
+  v[1], v[4], v[5], v[9 + 4 * P] = k, cum, t, id
+  w = v
 elseif mode == 'apply' and t <= T - off[1] then
   -- Older than the retention: scored as of its time, never stored (it would be dropped).
   added, stored = 1, false
@@ -190,35 +184,34 @@ elseif mode == 'apply' and redis.call('HSETNX', LOG, '#' .. id, t) == 1 then
     local vals = redis.call('HMGET', LOG, unpack(seqs))
     local moved = {}
     for i, seq in ipairs(seqs) do
-      local et, ec, eid = struct.unpack('<dds', vals[i])
+      local mt, mc, mi = struct.unpack('<dds', vals[i])
       moved[#moved + 1] = seq + 1
-      moved[#moved + 1] = struct.pack('<dds', et, ec + amount, eid)
+      moved[#moved + 1] = struct.pack('<dds', mt, mc + amount, mi)
     end
     redis.call('HSET', LOG, unpack(moved))
   end
   writes = {k, struct.pack('<dds', t, cum, id)}
-  cache, fetched = {}, {}
+  et, ec, ei, fetched = {}, {}, {}, {}
   for p = 1, P do
     if t <= T - off[p] then
-      h[p], hc[p], nc[p] = h[p] + 1, hc[p] + amount, nc[p] + amount
-    elseif k == h[p] + 1 then
-      nt[p], nc[p] = t, cum
+      v[5 + 4 * p], v[6 + 4 * p] = v[5 + 4 * p] + 1, v[6 + 4 * p] + amount
+      v[8 + 4 * p] = v[8 + 4 * p] + amount
+    elseif k == v[5 + 4 * p] + 1 then
+      v[7 + 4 * p], v[8 + 4 * p] = t, cum
     end
   end
-  n, C = n + 1, C + amount
+  v[1], v[4] = n + 1, v[4] + amount
 else
   local known = mode ~= 'peek' and redis.call('HGET', LOG, '#' .. id)
   stored = known and true or false
   if stored and tonumber(known) == T and id == I then
-    k, cum, prev = n, C, n - 1
-    for p = 1, P do b[p], bc[p] = h[p], hc[p] end
+    k, cum, prev, w = n, v[4], n - 1, v
   elseif mode ~= 'apply' and in_order then
-    local qh, qhc, qnt, qnc = {}, {}, {}, {}
-    for p = 1, P do qh[p], qhc[p], qnt[p], qnc[p] = h[p], hc[p], nt[p], nc[p] end
-    if n >= lo then pt = T; advance(qh, qhc, qnt, qnc, t, n) end
-    for p = 1, P do b[p], bc[p] = qh[p], qhc[p] end
-    if mode == 'peek' then k, cum, prev = n, C, n
-    else k, cum, prev = n + 1, C + amount, n end
+    w = {}
+    for i = 1, 8 + 4 * P do w[i] = v[i] end
+    if n >= lo then pt = T; advance(w, t, n) end
+    if mode == 'peek' then k, cum, prev = n, v[4], n
+    else k, cum, prev = n + 1, v[4] + amount, n end
   else
     local at = locate()
     if mode == 'peek' then k, cum, prev = at, total(at), at
@@ -226,41 +219,42 @@ else
     else k, cum, prev = at + 1, total(at) + amount, at end
   end
 end
-if b[1] == nil then
+if w == nil then
   -- Each pointer for this transaction's own time: search down from it.
+  w = {}
   local hi = k - 1
   if mode == 'peek' then hi = k end
   for p = 1, P do
     local bound = t - off[p]
-    local good, gcum, bad, step = lo - 1, c0, hi + 1, 1
+    local good, gcum, bad, step = lo - 1, v[3], hi + 1, 1
     while bad - step >= lo do
-      local e = entry(bad - step)
-      if e[1] <= bound then good, gcum = bad - step, e[2]; break end
+      load(bad - step)
+      if et[bad - step] <= bound then good, gcum = bad - step, ec[bad - step]; break end
       bad = bad - step; step = step * 2
     end
     while bad - good > 1 do
       local mid = math.floor((good + bad) / 2)
-      local e = entry(mid)
-      if e[1] <= bound then good, gcum = mid, e[2] else bad = mid end
+      load(mid)
+      if et[mid] <= bound then good, gcum = mid, ec[mid] else bad = mid end
     end
-    b[p], bc[p] = good, gcum
+    w[5 + 4 * p], w[6 + 4 * p] = good, gcum
   end
 end
 local previous = -1
-if pt == nil and prev >= lo then pt = entry(prev)[1] end
+if pt == nil and prev >= lo then load(prev); pt = et[prev] end
 if prev >= 1 and pt and pt > t - lookback then previous = pt end
-local others = n - h[1]
+local others = v[1] - v[9]
 if stored then others = others - 1 end
 local out = {added, k, cum, previous, others}
-for p = 2, P do out[#out + 1] = b[p]; out[#out + 1] = bc[p] end
+for p = 2, P do out[#out + 1] = w[5 + 4 * p]; out[#out + 1] = w[6 + 4 * p] end
 if terminal then
   local FRAUD, LABELS = KEYS[2], KEYS[3]
-  if added == 1 and stored and pl > 0 and redis.call('ZSCORE', LABELS, id) then
+  if added == 1 and stored and v[8] > 0 and redis.call('ZSCORE', LABELS, id) then
     redis.call('ZADD', FRAUD, 'NX', t, id)
-    f, pl = 1, pl - 1
+    v[7], v[8] = 1, v[8] - 1
   end
   local hi = t - off[2]
-  if f == 1 then
+  if v[7] == 1 then
     local late = {}
     for _, lid in ipairs(redis.call('ZRANGEBYSCORE', LABELS, day_start, '+inf')) do
       late[#late + 1] = tonumber(redis.call('ZSCORE', FRAUD, lid))
@@ -278,40 +272,34 @@ if terminal then
 end
 if added == 1 and stored then
   -- Drop entries past the retention pointer (and their ids), a chunk at a time.
-  if h[1] - lo + 1 >= 64 then
-    local last = math.min(h[1], lo + 1023)
+  if v[9] - v[2] + 1 >= 64 then
+    local last = math.min(v[9], v[2] + 1023)
     local seqs = {}
-    for seq = lo, last do seqs[#seqs + 1] = seq end
+    for seq = v[2], last do seqs[#seqs + 1] = seq end
     local gone = {}
-    for _, v in ipairs(redis.call('HMGET', LOG, unpack(seqs))) do
-      if v then
-        local _, ec, eid = struct.unpack('<dds', v)
-        gone[#gone + 1] = '#' .. eid; c0 = ec
+    for _, e in ipairs(redis.call('HMGET', LOG, unpack(seqs))) do
+      if e then
+        local _, dc, di = struct.unpack('<dds', e)
+        gone[#gone + 1] = '#' .. di; v[3] = dc
       end
     end
     for _, seq in ipairs(seqs) do gone[#gone + 1] = seq end
     redis.call('HDEL', LOG, unpack(gone))
-    lo = last + 1
-    if terminal and f == 1 then
-      redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', T - off[1])
-      redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', T - off[1])
+    v[2] = last + 1
+    if terminal and v[7] == 1 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', v[5] - off[1])
+      redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', v[5] - off[1])
     end
   end
-  local refresh = t - x >= 86400000 or t < x
-  if refresh then x = t end
-  local v = {n, lo, c0, C, T, x, f, pl}
-  for p = 1, P do
-    v[#v + 1] = h[p]; v[#v + 1] = hc[p]; v[#v + 1] = nt[p]; v[#v + 1] = nc[p]
-  end
-  v[#v + 1] = I
+  local refresh = t - v[6] >= 86400000 or t < v[6]
+  if refresh then v[6] = t end
   writes[#writes + 1] = 's'
-  writes[#writes + 1] = struct.pack(SFMT, unpack(v))
+  writes[#writes + 1] = struct.pack(SFMT, unpack(v, 1, 9 + 4 * P))
   redis.call('HSET', LOG, unpack(writes))
   if refresh then redis.call('PEXPIRE', LOG, ttl) end
 end
 return out
 """
-
 
 def entity_script(ttl_ms: int, lookback_ms: int, offsets: list[int], terminal: bool) -> str:
     """The entity script with its constants: TTL, lookback, pointer offsets, terminal or not.
