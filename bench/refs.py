@@ -12,7 +12,11 @@ Usage: ``python bench/refs.py --redis-url redis://127.0.0.1:PORT/2 [--size full|
   ``preview`` runs every read of ``apply`` and writes nothing, so repeated calls see the same
   state; ``apply`` would grow one entity without bound under ``redis-benchmark``;
 - onnxruntime on ``layers/model/model.onnx`` (one thread, as the scorer): single-row
-  and batch-of-500 inference, `kestrel_training.onnx_export.measure_latency`.
+  and batch-of-500 inference, `kestrel_training.onnx_export.measure_latency`, on synthetic
+  rows (``ref.onnx_*``), and the shipped model's single-row p50/p99 hot (back-to-back) and
+  cold (32 MiB of other memory written before each call, as an API request's other work
+  evicts the model between calls) on rows drawn from the manifest's reference quantiles
+  (``model.single_row_*``), with the scorer's session options.
 
 Each figure is the median of ``repeats`` runs; each ``redis-benchmark`` run is sized to last
 about ``seconds`` from a short calibration run (not counted). Writes ``<results>/refs-<UTC>.json``.
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
+import math
 import statistics
 import subprocess
 import sys
@@ -61,12 +67,13 @@ class Size:
     repeats: int
     min_requests: int
     onnx_calls: int
+    cold_calls: int
 
 
 SIZES = {
-    "full": Size(seconds=2.0, repeats=3, min_requests=20_000, onnx_calls=2000),
-    "medium": Size(seconds=1.0, repeats=2, min_requests=10_000, onnx_calls=1000),
-    "tiny": Size(seconds=0.2, repeats=1, min_requests=2000, onnx_calls=200),
+    "full": Size(seconds=2.0, repeats=3, min_requests=20_000, onnx_calls=2000, cold_calls=600),
+    "medium": Size(seconds=1.0, repeats=2, min_requests=10_000, onnx_calls=1000, cold_calls=300),
+    "tiny": Size(seconds=0.2, repeats=1, min_requests=2000, onnx_calls=200, cold_calls=100),
 }
 
 
@@ -229,31 +236,71 @@ def redis_refs(url: str, size: Size) -> tuple[dict[str, tuple[float, str]], dict
     return figures, params
 
 
-def onnx_refs(size: Size) -> tuple[dict[str, tuple[float, str]], dict[str, Any]]:
-    """Single-row and batch-of-500 inference on the shipped model (median of repeats)."""
-    from kestrel_training.onnx_export import measure_latency
+def manifest_rows(manifest: dict[str, Any], n: int, seed: int = 7) -> np.ndarray:
+    """`n` float32 rows, each feature drawn from the manifest's reference quantile grid."""
+    rng = np.random.default_rng(seed)
+    grids = manifest["reference_distributions"]["features"]
+    return np.column_stack(
+        [rng.choice(np.asarray(grids[name]["quantiles"]), n) for name in FEATURE_NAMES]
+    ).astype(np.float32)
 
-    model = Path(default_model_dir()) / "model.onnx"
-    onnx_bytes = model.read_bytes()
+
+def onnx_refs(size: Size) -> tuple[dict[str, tuple[float, str]], dict[str, Any]]:
+    """Inference on the shipped model (each figure the median of repeats): single row and
+    batch of 500 on synthetic rows (``ref.*``); single row hot and cold on rows like the
+    model's inputs (``model.*``)."""
+    from kestrel_training.onnx_export import EVICT_BYTES, measure_latency
+
+    folder = Path(default_model_dir())
+    onnx_bytes = (folder / "model.onnx").read_bytes()
+    manifest = json.loads((folder / "manifest.json").read_text())
     rng = np.random.default_rng(7)
     n_features = len(FEATURE_NAMES)
     x = np.abs(rng.normal(loc=5.0, scale=20.0, size=(4096, n_features)))
     x[:, 1:3] = rng.integers(0, 2, size=(4096, 2))
-    runs = [measure_latency(onnx_bytes, x, calls=size.onnx_calls) for _ in range(size.repeats)]
+    runs = [
+        measure_latency(onnx_bytes, x, calls=size.onnx_calls, cold_calls=0)
+        for _ in range(size.repeats)
+    ]
     single = median([r.single_row_median_us for r in runs])
     batch = round(float(statistics.median(r.batch_per_row_us for r in runs)), 3)
     log(f"onnxruntime: {single} µs single row, {batch} µs per row in batches of 500")
+    rows = manifest_rows(manifest, 4096)
+    model_runs = [
+        measure_latency(onnx_bytes, rows, size.onnx_calls, cold_calls=size.cold_calls)
+        for _ in range(size.repeats)
+    ]
+    model = {
+        "p50": median([r.single_row_median_us for r in model_runs]),
+        "p99": median([r.single_row_p99_us for r in model_runs]),
+        "cold_p50": median([r.cold_single_row_median_us or math.nan for r in model_runs]),
+        "cold_p99": median([r.cold_single_row_p99_us or math.nan for r in model_runs]),
+    }
+    log(
+        f"shipped model v{manifest.get('model_version')} single row: hot p50 {model['p50']} / "
+        f"p99 {model['p99']} µs, cold p50 {model['cold_p50']} / p99 {model['cold_p99']} µs"
+    )
     figures = {
         "ref.onnx_single_row_us": (single, "µs"),
         "ref.onnx_batch500_per_row_us": (batch, "µs"),
+        **{f"model.single_row_{name}_us": (v, "µs") for name, v in model.items()},
     }
     params = {
-        "model": str(model),
+        "model": str(folder / "model.onnx"),
         "threads": 1,
         "warm_up_calls": 50,
         "calls_per_repeat": size.onnx_calls,
         "rows": "synthetic feature rows (|N(5, 20)|, weekend/night flags 0/1)",
         "runs": [r.__dict__ for r in runs],
+        "shipped_model": {
+            "version": manifest.get("model_version"),
+            "model": manifest.get("model", {}),
+            "rows": "each feature drawn from the manifest's reference quantiles (seed 7)",
+            "session_options": "kestrel.adapters.onnx_model.session_options (the scorer's)",
+            "cold": f"{EVICT_BYTES // 2**20} MiB of other memory written before each call",
+            "cold_calls_per_repeat": size.cold_calls,
+            "runs": [r.__dict__ for r in model_runs],
+        },
     }
     return figures, params
 

@@ -112,6 +112,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("ref.redis_engine_cpu_ceiling_events_per_s"),
     Spec("ref.onnx_single_row_us", fact="13 µs"),
     Spec("ref.onnx_batch500_per_row_us", fact="4.6 µs"),
+    Spec("model.single_row_p50_us"),
+    Spec("model.single_row_p99_us"),
+    Spec("model.single_row_cold_p50_us"),
+    # The model's share of the in-handler 0.5 ms (README: the model's latency budget).
+    Spec("model.single_row_cold_p99_us", ("<=", 150.0)),
 )
 
 

@@ -1,12 +1,15 @@
-"""Unit tests for the reference benchmark's pure parts: redis-benchmark output, EVALSHA lines."""
+"""Unit tests for the reference benchmark's pure parts: redis-benchmark output, EVALSHA lines,
+the shipped model's input rows."""
 
 from __future__ import annotations
 
+import numpy as np
 import redis
 
-from bench.refs import evalsha_args, parse_csv
+from bench.refs import evalsha_args, manifest_rows, parse_csv
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.events import Transaction
+from kestrel.features import FEATURE_NAMES
 
 REDIS7 = (
     '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'
@@ -58,3 +61,13 @@ def test_evalsha_args_are_the_stores_own_script_calls_in_preview_mode() -> None:
     assert terminal[:3] == ["EVALSHA", store._terminal.sha, "3"]
     assert terminal[6:8] == ["preview", "ref-__rand_int__"]
     assert all(isinstance(arg, str) for arg in customer + terminal)
+
+
+def test_manifest_rows_draw_each_feature_from_its_reference_quantiles() -> None:
+    grids = {
+        name: {"quantiles": [float(i), float(i) + 0.5]} for i, name in enumerate(FEATURE_NAMES)
+    }
+    rows = manifest_rows({"reference_distributions": {"features": grids}}, 200)
+    assert rows.shape == (200, len(FEATURE_NAMES)) and rows.dtype == np.float32
+    for i in range(len(FEATURE_NAMES)):
+        assert set(rows[:, i].tolist()) == {float(i), float(i) + 0.5}

@@ -213,3 +213,12 @@ def test_markdown_says_when_freshness_was_measured_below_the_asked_rate() -> Non
     text = markdown(doc)
     assert "Freshness was measured at 846 events/s (the sustained rate: 5,000/s was not" in text
     assert "up to 1,000 ms in its lane" in text
+
+
+def test_shipped_model_cold_p99_has_the_model_latency_budget() -> None:
+    doc = run_doc(model__single_row_p50_us=9.0, model__single_row_cold_p99_us=390.0)
+    rows_ = by_name(doc)
+    assert rows_["model.single_row_cold_p99_us"].target == ("<=", 150.0)
+    assert rows_["model.single_row_cold_p99_us"].met is False
+    assert rows_["model.single_row_p50_us"].target is None
+    assert by_name(run_doc(model__single_row_cold_p99_us=120.0))["model.single_row_cold_p99_us"].met

@@ -301,6 +301,7 @@ end
 return out
 """
 
+
 def entity_script(ttl_ms: int, lookback_ms: int, offsets: list[int], terminal: bool) -> str:
     """The entity script with its constants: TTL, lookback, pointer offsets, terminal or not.
 
