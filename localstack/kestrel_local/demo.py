@@ -178,7 +178,7 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
     say(f"{len(tx):,} transactions over {data.days:.1f} simulated days, {len(labels):,} labels")
 
     run_dir = Path(settings.run_dir)
-    summary = DemoSummary(events_sent=len(tx), poison_injected=args.poison)
+    summary = DemoSummary(events_sent=len(tx), poison_injected=args.poison, rate=args.rate)
     stop = threading.Event()
     try:
         stack_args = ["-t", args.template, "--stack-name", args.stack_name]
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
             ),
         ]
         api = ApiLoad(args.port, key, tx, args.api_rate)
-        progress = Progress(args.port, key, args.duration, len(tx))
+        progress = Progress(args.port, key, args.duration, len(tx), args.rate)
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -257,6 +257,7 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
         summary.seconds = time.monotonic() - started
         api.stop()
         progress.stop()
+        summary.fell_behind = progress.fell_behind
         collect_results(summary, data, store, api, args.port, key)
         summary.redrive, summary.poison_parked = redrive_all(clients, physical, args.stack_name)
         say("drift check: the last 24 h of the event log against the model's reference")

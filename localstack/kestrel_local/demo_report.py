@@ -39,6 +39,8 @@ class DemoSummary:
     redrive: dict[str, dict[str, int]] = field(default_factory=dict)
     model_version: str = ""
     drift: str = "not checked"
+    rate: float = 0.0
+    fell_behind: bool = False
 
     @property
     def events_per_s(self) -> float:
@@ -97,6 +99,12 @@ def summary_table(s: DemoSummary) -> str:
         ("Events streamed / decided", f"{s.events_sent:,} / {s.events_decided:,}"),
         ("Labels fed back", f"{s.labels_sent:,}"),
         ("Throughput", f"{_fmt(s.events_per_s)} events/s over {s.seconds:.0f} s"),
+        (
+            "Kept up with the stream",
+            "no: decisions lagged by over 2 s; lower RATE on this machine"
+            if s.fell_behind
+            else f"yes, at {s.rate:,.0f} events/s",
+        ),
         (
             "Freshness p50 / p99",
             f"{_fmt(s.freshness_p50_ms, ',.0f', ' ms')} / "

@@ -94,24 +94,36 @@ class ApiLoad(threading.Thread):
 
 
 class Progress(threading.Thread):
-    """Prints one live line every 2 s from the API's telemetry."""
+    """Prints one live line every 2 s from the API's telemetry, and says when the stream
+    falls behind the producer (decisions lag by over `BEHIND_MS` twice in a row)."""
 
-    def __init__(self, port: int, key: str, duration_s: float, total: int) -> None:
+    BEHIND_MS = 2000.0
+
+    def __init__(
+        self, port: int, key: str, duration_s: float, total: int, rate: float = 0.0
+    ) -> None:
         super().__init__(daemon=True, name="demo-progress")
         self.port, self.key, self.duration_s, self.total = port, key, duration_s, total
+        self.rate = rate
         self._stop_event = threading.Event()
         self.tty = sys.stdout.isatty()
+        self._late_lines = 0
+        self.fell_behind = False
 
     def run(self) -> None:
         """Print until stopped."""
         start = time.monotonic()
         while not self._stop_event.wait(2.0):
             try:
-                line = self.line(telemetry(self.port, self.key, 10), time.monotonic() - start)
+                snap = telemetry(self.port, self.key, 10)
+                line = self.line(snap, time.monotonic() - start)
+                warning = self.behind(snap)
             except (OSError, http.client.HTTPException, DemoError, ValueError) as exc:
-                line = f"(telemetry unavailable: {exc})"
+                line, warning = f"(telemetry unavailable: {exc})", None
             end = "\r" if self.tty else "\n"
             print(f"{line:<140}", end=end, flush=True)
+            if warning:
+                print(("\n" if self.tty else "") + warning, flush=True)
         if self.tty:
             print()
 
@@ -129,6 +141,22 @@ class Progress(threading.Thread):
             f"decline {_num(decisions.get('decline'))} (last 10 s) | "
             f"DLQ poison {_num(dlq.get('poison'))} on-failure {_num(dlq.get('on_failure'))} | "
             f"drift {(snap.get('drift') or {}).get('status', 'unknown')}"
+        )
+
+    def behind(self, snap: Mapping[str, Any]) -> str | None:
+        """A warning when decisions lag the stream by over `BEHIND_MS` twice in a row."""
+        p50 = (snap.get("freshness_ms") or {}).get("p50")
+        late = isinstance(p50, int | float) and p50 > self.BEHIND_MS
+        self._late_lines = self._late_lines + 1 if late else 0
+        if self._late_lines != 2:
+            return None
+        self.fell_behind = True
+        rate = snap.get("events_per_s") or {}
+        current = rate.get("current") if isinstance(rate, Mapping) else rate
+        return (
+            f"warning: this machine is not keeping up: decisions lag the stream by "
+            f"{_num(p50)} ms (p50), deciding {_num(current)} events/s of {self.rate:,.0f} "
+            f"produced; a backlog is building. Try a lower rate: make demo RATE=<events/s>"
         )
 
     def stop(self) -> None:
