@@ -65,7 +65,7 @@ def breakdown(t: dict[str, float], events: int, server_us: float) -> dict[str, f
         "decisions: Redis SET NX + stream records": t["publish"],
         "path: outcome and log rows": t["run"] - t["_decode_all"] - t["apply_transactions"]
         - t["feature_vector"] - t["decide_with_model"] - t["publish"] - t["write_batch"],
-        "event log: JSON lines + gzip (level 9)": t["write_batch"],
+        "event log: JSON lines + gzip (level 1)": t["write_batch"],
         "Powertools: BatchProcessor response": t["respond"],
         "Powertools: metrics add + EMF flush, logger": t["lambda_handler"] - t["run"]
         - t["respond"],

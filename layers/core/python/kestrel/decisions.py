@@ -13,7 +13,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
+
+import orjson
 
 from kestrel.events import Transaction
 from kestrel.features import DAY_MS, FEATURE_SET_HASH, NIGHT_LAST_HOUR
@@ -49,7 +52,7 @@ class ReasonCode:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DecisionRecord:
     """A transaction's score, decision, reasons and the provenance of all three."""
 
@@ -84,6 +87,11 @@ class DecisionRecord:
             "decided_at": self.decided_at_ms,
             "source": self.source,
         }  # fmt: skip
+
+    @cached_property
+    def json(self) -> bytes:
+        """`to_dict` as compact JSON, encoded once (the stream, Redis and the API share it)."""
+        return orjson.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> DecisionRecord:

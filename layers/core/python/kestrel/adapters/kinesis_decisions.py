@@ -13,8 +13,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import orjson
-
 from kestrel.decisions import DecisionRecord
 
 if TYPE_CHECKING:
@@ -56,7 +54,7 @@ class KinesisDecisionStream:
         """Put every decision on the stream; raise `DecisionPublishError` if some fail."""
         entries: list[PutRecordsRequestEntryTypeDef] = [
             {
-                "Data": orjson.dumps(d.to_dict()),
+                "Data": d.json,
                 "PartitionKey": d.transaction_id,
             }
             for d in decisions

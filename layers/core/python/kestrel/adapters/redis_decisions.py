@@ -12,8 +12,6 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import orjson
-
 from kestrel.adapters.redis_scripts import decision_key
 from kestrel.adapters.redis_wire import send_batch
 from kestrel.decisions import DecisionRecord
@@ -42,7 +40,7 @@ class RedisDecisions:
         ttl = self._ttl_s
         replies = send_batch(
             self._client,
-            [("SET", decision_key(d.transaction_id), orjson.dumps(d.to_dict()), "NX", "EX", ttl)
+            [("SET", decision_key(d.transaction_id), d.json, "NX", "EX", ttl)
              for d in decisions],
         )  # fmt: skip
         failed = next((r for r in replies if isinstance(r, Exception)), None)
