@@ -14,9 +14,12 @@ from bench.chaos_input import Poison
 from bench.chaos_report import ChaosReport
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.adapters.redis_scripts import (
+    CUSTOMER_POINTERS,
+    TERMINAL_POINTERS,
     customer_keys,
     decision_key,
-    stored_field,
+    decode_state,
+    stored_transactions,
     terminal_keys,
 )
 from kestrel.adapters.redis_telemetry import NON_STATE_PREFIXES
@@ -49,7 +52,8 @@ def drained(kinesis: KinesisClient, stream: str, checkpoints: dict[str, int]) ->
 
 
 def feature_state(client: redis.Redis) -> dict[bytes, Any]:
-    """Every feature key's content (decisions and TTLs left out), comparable.
+    """Every feature key's content (decisions and TTLs left out), comparable; an entity's
+    state is decoded, without when its TTL was last pushed.
 
     Telemetry and the drift status are left out too: they count attempts, not events.
     """
@@ -62,7 +66,15 @@ def feature_state(client: redis.Redis) -> dict[bytes, Any]:
         if kind == b"zset":
             dump[key] = ("zset", client.zrange(key, 0, -1, withscores=True))
         elif kind == b"hash":
-            dump[key] = ("hash", client.hgetall(key))
+            fields: dict[bytes, Any] = client.hgetall(key)  # type: ignore[assignment]
+            if key.endswith(b":log") and b"s" in fields:  # an entity log: its state, decoded
+                pointers = (
+                    CUSTOMER_POINTERS if key.startswith(b"kestrel:{c:") else TERMINAL_POINTERS
+                )
+                state = decode_state(fields.pop(b"s"), pointers)
+                state.pop("refreshed")  # when the TTL was pushed: arrival order, not features
+                fields[b"s"] = state
+            dump[key] = ("hash", fields)
         else:
             dump[key] = (kind, client.dump(key))
     return dump
@@ -91,20 +103,25 @@ def clean_pass(client: redis.Redis, good: list[dict[str, Any]]) -> None:
 
 def present(client: redis.Redis, good: list[dict[str, Any]]) -> tuple[int, int]:
     """(good events in their customer's and terminal's sets, good events with a decision)."""
+    held: dict[str, dict[str, int]] = {}
+
+    def holds(key: str, tx: str) -> bool:
+        if key not in held:
+            held[key] = stored_transactions(client, key)
+        return tx in held[key]
+
     found = decided = 0
     for start in range(0, len(good), 2000):
         chunk = good[start : start + 2000]
         pipe = client.pipeline(transaction=False)
         for r in chunk:
+            pipe.exists(decision_key(str(r["transaction_id"])))
+        for r, exists in zip(chunk, pipe.execute(), strict=True):
             tx = str(r["transaction_id"])
-            pipe.hget(customer_keys(str(r["customer_id"]))[0], stored_field(tx))
-            pipe.hget(terminal_keys(str(r["terminal_id"]))[0], stored_field(tx))
-            pipe.exists(decision_key(tx))
-        replies = pipe.execute()
-        for i in range(len(chunk)):
-            c, t, d = replies[3 * i : 3 * i + 3]
-            found += c is not None and t is not None
-            decided += bool(d)
+            found += holds(customer_keys(str(r["customer_id"]))[0], tx) and holds(
+                terminal_keys(str(r["terminal_id"]))[0], tx
+            )
+            decided += bool(exists)
     return found, decided
 
 

@@ -13,6 +13,7 @@ from esm_harness import wait_until
 
 from kestrel.adapters.redis_decisions import RedisDecisions
 from kestrel.adapters.redis_features import RedisFeatureStore
+from kestrel.adapters.redis_scripts import stored_transactions
 from kestrel.settings import LocalSettings
 from kestrel_local.aws import AwsClients
 from kestrel_local.cfn_deploy import bind_deployed
@@ -78,7 +79,6 @@ def test_local_runtime_processes_events_through_the_deployed_stack(
     runtime = LocalRuntime(
         app, clients, settings, only=["TransactionsFunction"], log_dir=tmp_path / "logs"
     )
-    store = redis.Redis.from_url(redis_url, decode_responses=True)
     decisions = RedisDecisions(redis.Redis.from_url(redis_url), 3600)
     runtime.start()
     try:
@@ -98,7 +98,8 @@ def test_local_runtime_processes_events_through_the_deployed_stack(
     as_of_ms = int(datetime(2026, 11, 29, 10, 0, 1, tzinfo=UTC).timestamp() * 1000)
     for c in range(3):
         customer = f"{tag}-C{c}"
-        assert len(store.hkeys(f"kestrel:{{c:{customer}}}:log")) == 2 * 4 + 1
+        held = stored_transactions(redis.Redis.from_url(redis_url), f"kestrel:{{c:{customer}}}:log")
+        assert len(held) == 4
         aggregates, known = features.customer_aggregates(customer, as_of_ms)
         assert known
         assert max(aggregates.counts) == 4

@@ -15,7 +15,7 @@ import redis
 from esm_harness import wait_until
 from kestrel_training.parity import read_logged_features
 
-from kestrel.adapters.redis_scripts import count_stored, stored_field
+from kestrel.adapters.redis_scripts import stored_transactions
 from kestrel.features import FEATURE_NAMES
 from kestrel.settings import LocalSettings
 from kestrel_local.aws import AwsClients
@@ -65,7 +65,6 @@ def test_stack_applies_features_once_logs_them_and_dead_letters_poison(
     runtime = LocalRuntime(
         app, clients, settings, only=["TransactionsFunction"], log_dir=tmp_path / "logs"
     )
-    store = redis.Redis.from_url(redis_url, decode_responses=True)
     runtime.start()
     try:
         wait_until(
@@ -83,7 +82,8 @@ def test_stack_applies_features_once_logs_them_and_dead_letters_poison(
         wait_until(poison_arrived, what="the poison record in the DLQ")
     finally:
         runtime.stop()
-    per_customer = [count_stored(store, f"kestrel:{{c:C-{c}}}:log") for c in range(7)]
+    raw = redis.Redis.from_url(redis_url)  # entries are binary
+    per_customer = [len(stored_transactions(raw, f"kestrel:{{c:C-{c}}}:log")) for c in range(7)]
     assert sum(per_customer) == 300
     dead = json.loads(str(messages[0]["Body"]))
     assert dead["reason"] == "undecodable"
@@ -135,7 +135,7 @@ def test_invoke_cli_runs_transactions_function_on_sample_event(
     client = redis.Redis.from_url(redis_url)
     for tx in sent:
         customer_log = f"kestrel:{{c:{tx['customer_id']}}}:log"
-        assert client.hget(customer_log, stored_field(tx["transaction_id"])) is not None
+        assert tx["transaction_id"] in stored_transactions(client, customer_log)
 
 
 def test_invoke_cli_exits_non_zero_with_aws_error_shape_on_function_error(

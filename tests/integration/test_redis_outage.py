@@ -42,7 +42,7 @@ from esm_harness import wait_until
 from bench.chaos_checks import feature_state
 from bench.chaos_faults import PersistentRedis
 from kestrel.adapters.redis_features import RedisFeatureStore
-from kestrel.adapters.redis_scripts import count_stored, stored_field
+from kestrel.adapters.redis_scripts import stored_transactions
 from kestrel.events import transaction_from_mapping
 from kestrel.settings import LocalSettings
 from kestrel_local.runtime import LocalRuntime
@@ -257,11 +257,14 @@ def test_redis_outage_degrades_the_api_without_errors_and_the_stream_loses_nothi
     )
     assert not on_failure.get("Messages"), on_failure
     for t in txs:
-        field = stored_field(str(t["transaction_id"]))
-        at = store.hget(f"kestrel:{{c:{t['customer_id']}}}:log", field)
-        assert at is not None and int(at) == t["event_time"], t
-    per_customer = sum(count_stored(store, f"kestrel:{{c:C-{c}}}:log") for c in range(CUSTOMERS))
-    per_terminal = sum(count_stored(store, f"kestrel:{{t:TERM-{t}}}:log") for t in range(TERMINALS))
+        held = stored_transactions(store, f"kestrel:{{c:{t['customer_id']}}}:log")
+        assert held.get(str(t["transaction_id"])) == t["event_time"], t
+    per_customer = sum(
+        len(stored_transactions(store, f"kestrel:{{c:C-{c}}}:log")) for c in range(CUSTOMERS)
+    )
+    per_terminal = sum(
+        len(stored_transactions(store, f"kestrel:{{t:TERM-{t}}}:log")) for t in range(TERMINALS)
+    )
     assert per_customer == per_terminal == N
     decisions = list(store.scan_iter(match="kestrel:{d:*", count=1000))
     assert len(decisions) == N

@@ -20,7 +20,7 @@ from botocore.config import Config
 from esm_harness import wait_until
 
 from kestrel.adapters.glue_registry import GlueSchemaRegistry, register_all
-from kestrel.adapters.redis_scripts import count_stored
+from kestrel.adapters.redis_scripts import stored_transactions
 from kestrel.adapters.sqs_dead_letters import SqsDeadLetterSink
 from kestrel.codec import encode, schema_definition
 from kestrel.ports import DeadLetter
@@ -263,7 +263,7 @@ def test_redrive_twice_applies_nothing_twice(
     store = redis.Redis.from_url(redis_url)
 
     def applied() -> int:
-        return sum(count_stored(store, f"kestrel:{{c:C-{c}}}:log") for c in range(3))
+        return sum(len(stored_transactions(store, f"kestrel:{{c:C-{c}}}:log")) for c in range(3))
 
     runtime.start()
     try:

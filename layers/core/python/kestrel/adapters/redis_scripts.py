@@ -57,6 +57,7 @@ read; ``python -m kestrel_ops migrate-store`` rebuilds every entity from it.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from kestrel.features import (
@@ -159,28 +160,36 @@ local k, cum, prev, stored, pt, w
 local added = 0
 local writes
 local in_order = n < lo or after(t, id, T, I)
+local last = n >= lo and t == T and id == I
+local at
+if in_order or last then
+  stored = last
+else
+  -- Is this very transaction stored? Its (time, id) is its place: bisect to it.
+  at = locate()
+  if at >= lo then load(at) end
+  stored = at >= lo and et[at] == t and ei[at] == id
+end
 if mode == 'apply' and in_order then
   added, stored = 1, true
   k, cum, prev = n + 1, v[4] + amount, n
   if n >= lo then pt = T; advance(v, t, n) end
   for p = 1, P do if v[7 + 4 * p] == INF then v[7 + 4 * p], v[8 + 4 * p] = t, cum end end
-  writes = {k, struct.pack('<dds', t, cum, id), '#' .. id, t}
+  writes = {k, struct.pack('<dds', t, cum, id)}
   v[1], v[4], v[5], v[9 + 4 * P] = k, cum, t, id
   w = v
-elseif mode == 'apply' and t <= T - off[1] then
+elseif mode == 'apply' and not stored and t <= T - off[1] then
   -- Older than the retention: scored as of its time, never stored (it would be dropped).
-  added, stored = 1, false
-  local at = locate()
+  added = 1
   k, cum, prev = at + 1, total(at) + amount, at
-elseif mode == 'apply' and redis.call('HSETNX', LOG, '#' .. id, t) == 1 then
+elseif mode == 'apply' and not stored then
   added, stored = 1, true
-  local at = locate()
   k, cum, prev = at + 1, total(at) + amount, at
   -- Insert at k: later entries move one seq up, their running totals grow by amount.
   for first = n, k, -512 do
-    local last = math.max(k, first - 511)
+    local stop = math.max(k, first - 511)
     local seqs = {}
-    for seq = first, last, -1 do seqs[#seqs + 1] = seq end
+    for seq = first, stop, -1 do seqs[#seqs + 1] = seq end
     local vals = redis.call('HMGET', LOG, unpack(seqs))
     local moved = {}
     for i, seq in ipairs(seqs) do
@@ -201,23 +210,21 @@ elseif mode == 'apply' and redis.call('HSETNX', LOG, '#' .. id, t) == 1 then
     end
   end
   v[1], v[4] = n + 1, v[4] + amount
-else
-  local known = mode ~= 'peek' and redis.call('HGET', LOG, '#' .. id)
-  stored = known and true or false
-  if stored and tonumber(known) == T and id == I then
-    k, cum, prev, w = n, v[4], n - 1, v
-  elseif mode ~= 'apply' and in_order then
-    w = {}
-    for i = 1, 8 + 4 * P do w[i] = v[i] end
-    if n >= lo then pt = T; advance(w, t, n) end
-    if mode == 'peek' then k, cum, prev = n, v[4], n
-    else k, cum, prev = n + 1, v[4] + amount, n end
-  else
-    local at = locate()
-    if mode == 'peek' then k, cum, prev = at, total(at), at
-    elseif stored then k, cum, prev = at, total(at), at - 1
-    else k, cum, prev = at + 1, total(at) + amount, at end
-  end
+elseif last then
+  k, cum, prev, w = n, v[4], n - 1, v
+elseif in_order then
+  -- preview or peek after the newest: move copies of the pointers forward, write nothing.
+  w = {}
+  for i = 1, 8 + 4 * P do w[i] = v[i] end
+  if n >= lo then pt = T; advance(w, t, n) end
+  if mode == 'peek' then k, cum, prev = n, v[4], n
+  else k, cum, prev = n + 1, v[4] + amount, n end
+elseif mode == 'peek' then k, cum, prev = at, total(at), at
+elseif stored then k, cum, prev = at, total(at), at - 1
+else k, cum, prev = at + 1, total(at) + amount, at end
+if terminal and added == 1 and stored then
+  writes[#writes + 1] = '#' .. id  -- labels find the transaction's time here
+  writes[#writes + 1] = t
 end
 if w == nil then
   -- Each pointer for this transaction's own time: search down from it.
@@ -280,7 +287,8 @@ if added == 1 and stored then
     for _, e in ipairs(redis.call('HMGET', LOG, unpack(seqs))) do
       if e then
         local _, dc, di = struct.unpack('<dds', e)
-        gone[#gone + 1] = '#' .. di; v[3] = dc
+        if terminal then gone[#gone + 1] = '#' .. di end
+        v[3] = dc
       end
     end
     for _, seq in ipairs(seqs) do gone[#gone + 1] = seq end
@@ -339,6 +347,7 @@ TERMINAL_LUA = entity_script(
     terminal=True,
 )
 TERMINAL_POINTERS = 2 + len(TERMINAL_WINDOWS)
+CUSTOMER_POINTERS = 1 + len(CUSTOMER_WINDOWS)
 
 # KEYS: log, fraud zset, labels zset. ARGV: id, label time, ttl ms.
 # Returns 1 when this call recorded the label (a label counts once).
@@ -399,14 +408,30 @@ def terminal_keys(terminal_id: str) -> list[str]:
     return [f"{tag}:log", f"{tag}:fraud", f"{tag}:labels"]
 
 
-def stored_field(transaction_id: str) -> str:
-    """The log field that holds a stored transaction's event time (its presence: stored)."""
-    return f"#{transaction_id}"
+def decode_state(raw: bytes, pointers: int) -> dict[str, Any]:
+    """An entity's state (its log's ``s`` field) as named values, for tools and checks.
+
+    ``refreshed`` is when the key's TTL was last pushed (event time): bookkeeping that
+    depends on the order events arrived in, not part of the features.
+    """
+    values = struct.unpack_from(state_format(pointers)[:-1], raw)
+    size = struct.calcsize(state_format(pointers)[:-1])
+    names = ("last_seq", "first_seq", "dropped_total", "total", "last_time", "refreshed",
+             "has_frauds", "pending_labels")  # fmt: skip
+    state: dict[str, Any] = dict(zip(names, values[:8], strict=True))
+    state["pointers"] = [values[8 + 4 * p : 12 + 4 * p] for p in range(pointers)]
+    state["last_id"] = bytes(raw[size:-1]).decode()
+    return state
 
 
-def count_stored(client: Any, log_key: str) -> int:
-    """How many transactions an entity's log holds (its ``#`` fields; HSCAN, no blocking)."""
-    return sum(1 for _ in client.hscan_iter(log_key, match="#*", count=1000))
+def stored_transactions(client: Any, log_key: str) -> dict[str, int]:
+    """The transactions an entity's log holds, id -> event time ms (reads every entry with
+    HSCAN: for tools and checks, not the hot path)."""
+    held: dict[str, int] = {}
+    for _, value in client.hscan_iter(log_key, match="[0-9]*", count=1000):
+        time_ms, _ = struct.unpack_from("<dd", value)
+        held[bytes(value[16:-1]).decode()] = int(time_ms)
+    return held
 
 
 def decision_key(transaction_id: str) -> str:
