@@ -40,6 +40,7 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Kestrel")
 
 from kestrel_training.simulator import SimulatorConfig, simulate  # noqa: E402
 
+from bench.engine_heavy import heavy_entity  # noqa: E402
 from bench.engine_parts import (  # noqa: E402
     VERSION,
     Context,
@@ -50,7 +51,7 @@ from bench.engine_parts import (  # noqa: E402
     NoDeadLetters,
     RedisServer,
 )
-from bench.engine_profile import profile  # noqa: E402
+from bench.engine_profile import STAGES, profile  # noqa: E402
 from bench.results_io import write_result  # noqa: E402
 from kestrel.adapters.kinesis_decisions import KinesisDecisionStream  # noqa: E402
 from kestrel.adapters.onnx_model import LayerModelSource  # noqa: E402
@@ -230,7 +231,11 @@ def median_of(runs: list[dict[str, Any]], batch: int, key: str) -> float:
 
 
 def report(
-    args: argparse.Namespace, bench: Bench, prof: dict[str, Any], notes: dict[str, Any]
+    args: argparse.Namespace,
+    bench: Bench,
+    prof: dict[str, Any],
+    notes: dict[str, Any],
+    heavy: dict[str, Any],
 ) -> int:
     """Print the table and the profile; write the JSON result."""
     sizes = [int(b) for b in args.batches.split(",")]
@@ -266,9 +271,15 @@ def report(
         "client_cpu_us_per_event": {b: med(b, "client_cpu_us_per_event") for b in sizes},
         "evalsha_usec_per_call": {b: med(b, "evalsha_usec_per_call") for b in sizes},
         "outcomes": bench.path.totals, "runs": bench.runs, "profile": prof,
+        "heavy_entity": heavy["params"],
     }  # fmt: skip
     figures = {"engine.events_per_s": (rate[best], "events/s")}
     figures |= {f"engine.events_per_s_batch_{b}": (rate[b], "events/s") for b in sizes}
+    figures["engine.redis_us_per_event"] = (med(best, "redis_cpu_us_per_event"), "µs")
+    figures["engine.client_us_per_event"] = (med(best, "client_cpu_us_per_event"), "µs")
+    for stage, us in prof["breakdown_us_per_event"].items():
+        figures[f"engine.stage.{STAGES[stage]}_us"] = (us, "µs")
+    figures |= heavy["figures"]
     out = write_result("engine_quick" if args.quick else "engine", params, figures)
     log(f"wrote {out}")
     return 0 if not bench.path.totals["failed"] and not bench.path.totals["duplicates"] else 1
@@ -285,10 +296,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=183, help="simulated days")
     parser.add_argument("--profile-events", type=int, default=20_000)
     parser.add_argument("--no-pin", action="store_true", help="leave CPU placement to the OS")
+    parser.add_argument(
+        "--heavy-transactions",
+        type=int,
+        default=1_000_000,
+        help="transactions in the degenerate entity's 30-day window (0: skip that phase)",
+    )
+    parser.add_argument("--heavy-events", type=int, default=5000)
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.max_events, args.repeats, args.batches = 1.0, 3000, 1, "100,500"
         args.warmup_days, args.days, args.profile_events = 1, 3, 1000
+        args.heavy_transactions, args.heavy_events = 20_000, 1000
     cpus = sorted(os.sched_getaffinity(0))
     pinned = not args.no_pin and len(cpus) >= 2
     if pinned:  # redis-server on the last CPU, this process on the others
@@ -326,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         best = max(sizes, key=lambda b: median_of(bench.runs, b, "events_per_s"))
         log(f"profiling batch {best}: {args.profile_events:,} events timed, as many profiled")
         prof = profile(bench, best, args.profile_events)
+        heavy = (
+            heavy_entity(store, args.heavy_transactions, args.heavy_events, log)
+            if args.heavy_transactions
+            else {"figures": {}, "params": {"skipped": "--heavy-transactions 0"}}
+        )
         version = server.client.info("server").get("redis_version")
     finally:
         server.stop()
@@ -347,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "hiredis": bool(redis.utils.HIREDIS_AVAILABLE), "redis_py": redis.__version__,
         "redis_server": version,
     }  # fmt: skip
-    return report(args, bench, prof, notes)
+    return report(args, bench, prof, notes, heavy)
 
 
 if __name__ == "__main__":

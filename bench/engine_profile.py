@@ -51,6 +51,25 @@ def phase_timers(bench: Bench, totals: dict[str, float]) -> Iterator[None]:
             setattr(owner, attr, original) if own else delattr(owner, attr)
 
 
+# The stages' figure names (engine.stage.<name>_us), by their label in the breakdown.
+STAGES = {
+    "decode: base64 + Avro + validation": "decode",
+    "store: build script calls": "store_calls",
+    "store: scripts loaded check, NOSCRIPT handling": "store_script_check",
+    "store: Redis executing the scripts": "store_redis",
+    "store: queue, RESP pack, send, wait, read": "store_wire",
+    "store: replies -> aggregates": "store_replies",
+    "feature_vector": "feature_vector",
+    "score: model, thresholds, reasons": "score",
+    "decisions: Redis SET NX + stream records": "decisions",
+    "path: outcome and log rows": "path",
+    "event log: JSON lines + gzip (level 1)": "event_log",
+    "Powertools: BatchProcessor response": "powertools_response",
+    "Powertools: metrics add + EMF flush, logger": "powertools_metrics",
+    "total handler (wall)": "handler_total",
+}
+
+
 def breakdown(t: dict[str, float], events: int, server_us: float) -> dict[str, float]:
     """Non-overlapping µs per event of the handler, from the nested phase totals."""
     parts = {
