@@ -335,25 +335,21 @@ class Scorer:
             if active is None:
                 raise NoModelError("no usable fraud model is loaded")
             manifest = active.manifest
-        width = len(manifest.medians)
-        values = np.asarray(rows, dtype=np.float64)
-        if values.size == 0:
-            return []
-        if values.ndim == 1:
-            values = values.reshape(1, -1)
-        if values.ndim != 2 or values.shape[1] != width:
-            raise ValueError(f"expected rows of {width} features, got shape {values.shape}")
-        deviation = (values - manifest.medians) / manifest.spreads
-        # Stable sort of -deviation: largest first, ties in feature order.
-        order = np.argsort(-deviation, axis=1, kind="stable")[:, :top]
-        names, medians = manifest.feature_names, manifest.medians
+        medians, spreads = manifest.medians.tolist(), manifest.spreads.tolist()
+        names, width = manifest.feature_names, len(medians)
+        values = rows.tolist() if isinstance(rows, np.ndarray) else rows
+        if isinstance(values, (list, tuple)) and values and not isinstance(values[0], Sequence):
+            values = [values]  # one row
         explained = []
-        for row, dev, picks in zip(
-            values.tolist(), deviation.tolist(), order.tolist(), strict=True
-        ):
+        for row in values:
+            if len(row) != width:
+                raise ValueError(f"expected rows of {width} features, got {len(row)}")
+            # Largest deviation first, ties in feature order (a stable sort).
+            dev = [(v - m) / s for v, m, s in zip(row, medians, spreads, strict=True)]
+            picks = sorted(range(width), key=dev.__getitem__, reverse=True)[:top]
             explained.append(
                 tuple(
-                    Reason(names[i], row[i], float(medians[i]), round(dev[i], 6))
+                    Reason(names[i], float(row[i]), medians[i], round(dev[i], 6))
                     for i in picks
                     if dev[i] > 0
                 )
