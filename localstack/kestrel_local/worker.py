@@ -7,6 +7,7 @@ Handler output goes to stderr so that stdout stays free for results.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -64,6 +65,7 @@ def serve(
     sys.path[:0] = [code_dir, *[p for p in layer_paths if os.path.isdir(p)]]
     init_error: dict[str, Any] | None = None
     function: Handler | None = None
+    frozen = False
     try:
         function = _load_handler(handler)
     except Exception as exc:  # noqa: BLE001 - reported to every invoke, as Lambda does
@@ -99,3 +101,9 @@ def serve(
         sys.stdout.flush()
         sys.stderr.flush()
         conn.send(answer)
+        if not frozen:
+            # After the first invoke the container's clients and model are loaded and live
+            # as long as the worker: keep them out of the collector's scans.
+            gc.collect()
+            gc.freeze()
+            frozen = True
