@@ -130,7 +130,10 @@ local function advance(w, tq, hi)
       local good, gcum, bad, step = w[5 + 4 * p] + 1, w[8 + 4 * p], hi + 1, 1
       while good + step < bad do
         load(good + step)
-        if et[good + step] <= bound then good, gcum = good + step, ec[good + step]; step = step * 2
+        if et[good + step] <= bound then
+          good, gcum = good + step, ec[good + step]
+          -- Step by one over what was read ahead, then gallop.
+          if fetched[good + 1] == nil and et[good + 1] == nil then step = step * 2 end
         else bad = good + step; break end
       end
       while bad - good > 1 do
