@@ -8,14 +8,16 @@ difference of running totals.
 
 Key layout (the part in braces is the Redis Cluster hash tag: one entity, one slot)::
 
-    kestrel:{c:<customer_id>}:log    hash    s -> the entity's state (msgpack): last seq,
-                                             first kept seq, last (time, id), running total,
-                                             and per pointer its seq, running total and the
-                                             next entry's time and total;
-                                             <seq> -> msgpack [time, running cents, id];
-                                             #<transaction_id> -> event time (ms): stored
+    kestrel:{c:<customer_id>}:log    hash    s -> the entity's state (struct, see
+                                             `state_format`): last seq, first kept seq,
+                                             newest (time, id), running total, and per
+                                             pointer its seq, running total and the next
+                                             entry's time and total;
+                                             <seq> -> struct (time, running cents, id)
     kestrel:{c:<customer_id>}:frauds hash    fraudulent transaction_id -> label time (ms)
-    kestrel:{t:<terminal_id>}:log    hash    as for customers (amounts are 0)
+    kestrel:{t:<terminal_id>}:log    hash    as for customers (amounts are 0), plus
+                                             #<transaction_id> -> event time (ms), so a
+                                             label finds its transaction
     kestrel:{t:<terminal_id>}:fraud  zset    fraudulent transaction_id, score event time
     kestrel:{t:<terminal_id>}:labels zset    labelled transaction_id, score label time
     kestrel:{d:<transaction_id>}     string  the transaction's decision (JSON)
@@ -32,8 +34,10 @@ corrected (it repairs only what it changes) and each pointer is patched in const
 A replay, a preview of the past and a peek at the past find positions by bisection:
 logarithmic in the history, never linear.
 
-Retention: entries older than the newest transaction's time minus the retention are
-dropped in chunks (their ids too); a late transaction still finds exact windows while it is
+A transaction is stored when an entry holds its (time, id): a replay is found by
+bisecting to that place (an in-order event cannot be a replay), so customers keep no id
+index. Retention: entries older than the newest transaction's time minus the retention are
+dropped in chunks (a terminal's ids too); a late transaction still finds exact windows while it is
 at most `LATE_SLACK_MS` older than the newest one. Keys expire after the retention of
 silence; TTLs are refreshed once per day of event time, not per event.
 
