@@ -6,6 +6,12 @@ packed by hiredis (the reply parser redis-py itself uses), written once on a poo
 connection and read back reply by reply; on a Redis Cluster, redis-py's cluster pipeline
 routes each command to its slot's node.
 
+Redis runs one client's buffered commands before it reads the next client's, so a stream
+batch sent whole would hold it for tens of milliseconds and every API read behind it would
+wait. The batch therefore goes in windows of `WINDOW` commands, each written once and its
+replies read before the next is sent: Redis is held for at most one window (a few hundred
+microseconds of scripts) at a time, for one extra round trip per window.
+
 A reply that is a Redis error comes back in its place as the exception (as a pipeline with
 ``raise_on_error=False``). A connection error or timeout drops the connection and raises
 for the whole batch: the caller fails it and the event source mapping retries it.
@@ -21,6 +27,7 @@ from redis import Redis
 from redis.exceptions import ResponseError
 
 Command = Sequence[str | bytes | int | float]
+WINDOW = 64
 
 
 def send_batch(client: Any, commands: Sequence[Command]) -> list[Any]:
@@ -33,17 +40,18 @@ def send_batch(client: Any, commands: Sequence[Command]) -> list[Any]:
             pipe.execute_command(*command)
         return list(pipe.execute(raise_on_error=False))
     pack: Any = hiredis.pack_command  # typed for one-element tuples only
-    payload = b"".join(pack(tuple(command)) for command in commands)
     pool = client.connection_pool
     connection: Any = pool.get_connection()
     try:
-        connection.send_packed_command([payload])
         replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(connection.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
+        for start in range(0, len(commands), WINDOW):
+            window = commands[start : start + WINDOW]
+            connection.send_packed_command([b"".join(pack(tuple(c)) for c in window)])
+            for _ in window:
+                try:
+                    replies.append(connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
         return replies
     except BaseException:
         connection.disconnect()  # never hand a half-read connection back to the pool
