@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -55,42 +56,66 @@ def telemetry(port: int, key: str, window_s: float) -> dict[str, Any]:
     return loaded
 
 
-class ApiLoad(threading.Thread):
-    """Scores streamed transactions through `POST /v1/score` at a steady rate, keep-alive."""
+def _score_loop(
+    port: int, key: str, bodies: Sequence[bytes], rate: float, stop: Any, results: Any
+) -> None:
+    """In its own process: POST one body every 1/rate s until `stop`; send back the timings."""
+    latencies, errors = [], 0
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    start = time.monotonic()
+    for i in range(10**9):
+        if stop.wait(max(0.0, start + i / rate - time.monotonic())):
+            break
+        sent = time.perf_counter()
+        try:
+            code, _ = _request(conn, "POST", "/v1/score", key, bodies[i % len(bodies)])
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            continue
+        latencies.append((time.perf_counter() - sent) * 1000.0)
+        errors += code != 200
+    conn.close()
+    results.send((latencies, errors))
+
+
+class ApiLoad:
+    """Scores streamed transactions through `POST /v1/score` at a steady rate, keep-alive.
+
+    The requests come from a process of their own: from the demo's process, busy producing,
+    each reply would wait for the interpreter lock and the client's delay would be counted
+    as the API's.
+    """
 
     def __init__(self, port: int, key: str, records: Sequence[dict[str, Any]], rate: float):
-        super().__init__(daemon=True, name="demo-api-load")
-        self.port, self.key, self.records, self.rate = port, key, records, rate
+        self.rate = rate
         self.latencies_ms: list[float] = []
         self.errors = 0
-        self._stop_event = threading.Event()
+        context = multiprocessing.get_context("spawn")
+        self._stop_event = context.Event()
+        self._results, sender = context.Pipe(duplex=False)
+        bodies = [json.dumps(records[(i * 7919) % len(records)]).encode() for i in range(4096)]
+        self._process = context.Process(
+            target=_score_loop,
+            args=(port, key, bodies, rate, self._stop_event, sender),
+            name="demo-api-load",
+            daemon=True,
+        )
 
-    def run(self) -> None:
-        """Send one request every 1/rate seconds until stopped."""
-        if self.rate <= 0:
-            return
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        start = time.monotonic()
-        for i in range(10**9):
-            if self._stop_event.wait(max(0.0, start + i / self.rate - time.monotonic())):
-                break
-            body = json.dumps(self.records[(i * 7919) % len(self.records)]).encode()
-            sent = time.perf_counter()
-            try:
-                code, _ = _request(conn, "POST", "/v1/score", self.key, body)
-            except (OSError, http.client.HTTPException):
-                self.errors += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                continue
-            self.latencies_ms.append((time.perf_counter() - sent) * 1000.0)
-            self.errors += code != 200
-        conn.close()
+    def start(self) -> None:
+        """Start sending (nothing at a rate of 0)."""
+        if self.rate > 0:
+            self._process.start()
 
     def stop(self) -> None:
-        """Stop sending and wait for the thread."""
+        """Stop sending and collect the timings."""
+        if not self._process.is_alive():
+            return
         self._stop_event.set()
-        self.join(10)
+        if self._results.poll(30):
+            self.latencies_ms, self.errors = self._results.recv()
+        self._process.join(10)
 
 
 class Progress(threading.Thread):
