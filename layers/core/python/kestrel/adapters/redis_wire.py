@@ -6,14 +6,14 @@ packed by hiredis (the reply parser redis-py itself uses), written once on a poo
 connection and read back reply by reply; on a Redis Cluster, redis-py's cluster pipeline
 routes each command to its slot's node.
 
-Redis runs one client's buffered commands before it reads the next client's, so a stream
-batch sent whole would hold it for tens of milliseconds and every API read behind it would
-wait. The batch therefore goes in windows of `WINDOW` commands, each written once and its
-replies read before the next is sent: Redis is held for at most one window (about two
-milliseconds of scripts) at a time, for one extra round trip per window. Measured in
-`make demo` at 2,000 events/s: `/v1/score` p99 21.6 ms with whole batches, 12.2 ms with
-windows of 64, 9.8 ms with windows of 16; but windows of 16 cost the engine a quarter of
-its throughput (about 6,000 events/s against 8,000), one round trip per 8 events.
+The whole batch goes in one write. Redis runs each client's buffered commands 16 KB at a
+time (about 150 scripts), one client after another, so an API read that arrives while four
+stream workers send batches waits behind up to four such chunks. Writing a batch in
+windows of N commands, each window's replies read before the next, bounds that wait; it
+was measured in `make demo` at 2,000 events/s (`/v1/score` p99 21.6 ms whole, 12.2 ms in
+windows of 64, 9.8 ms in windows of 16) and in `make bench` (the engine lost 14% of its
+throughput with windows of 64 and a quarter with 16, one round trip per window), and the
+engine's throughput won: the stream and the API get separate Lambda functions on AWS.
 
 A reply that is a Redis error comes back in its place as the exception (as a pipeline with
 ``raise_on_error=False``). A connection error or timeout drops the connection and raises
@@ -30,7 +30,6 @@ from redis import Redis
 from redis.exceptions import ResponseError
 
 Command = Sequence[str | bytes | int | float]
-WINDOW = 64
 
 
 def send_batch(client: Any, commands: Sequence[Command]) -> list[Any]:
@@ -43,18 +42,17 @@ def send_batch(client: Any, commands: Sequence[Command]) -> list[Any]:
             pipe.execute_command(*command)
         return list(pipe.execute(raise_on_error=False))
     pack: Any = hiredis.pack_command  # typed for one-element tuples only
+    payload = b"".join(pack(tuple(command)) for command in commands)
     pool = client.connection_pool
     connection: Any = pool.get_connection()
     try:
+        connection.send_packed_command([payload])
         replies: list[Any] = []
-        for start in range(0, len(commands), WINDOW):
-            window = commands[start : start + WINDOW]
-            connection.send_packed_command([b"".join(pack(tuple(c)) for c in window)])
-            for _ in window:
-                try:
-                    replies.append(connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
         return replies
     except BaseException:
         connection.disconnect()  # never hand a half-read connection back to the pool
