@@ -7,7 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from redis.cluster import RedisCluster
 
+from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel_local.redis_cluster import running_redis_cluster
 from kestrel_local.services import ServiceError, find_redis_server
 
@@ -61,3 +64,18 @@ def lambda_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if code != 0:
         pytest.fail(f"the Lambda build failed with exit code {code}", pytrace=False)
     return out.parent / "template.json"
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def feature_store(request: pytest.FixtureRequest) -> Iterator[RedisFeatureStore]:
+    """The feature store on a standalone redis-server and on a 3-master cluster, emptied
+    before and after the test."""
+    client: redis.Redis | RedisCluster
+    if request.param == "cluster":
+        client = RedisCluster.from_url(request.getfixturevalue("redis_cluster_url"))
+    else:
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    client.flushall()
+    yield RedisFeatureStore(client)
+    client.flushall()
+    client.close()

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 from kestrel_training.offline_features import offline_features
-from redis.cluster import RedisCluster
 
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.events import Label, Transaction
@@ -20,18 +17,10 @@ from kestrel.features import DAY_MS, FEATURE_NAMES, feature_vector
 START_MS = 1_522_540_800_000  # 2018-04-01T00:00:00Z
 
 
-@pytest.fixture(params=["standalone", "cluster"])
-def store(request: pytest.FixtureRequest) -> Iterator[RedisFeatureStore]:
-    """The store on a standalone redis-server and on a 3-master cluster, emptied around."""
-    client: redis.Redis | RedisCluster
-    if request.param == "cluster":
-        client = RedisCluster.from_url(request.getfixturevalue("redis_cluster_url"))
-    else:
-        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
-    client.flushall()
-    yield RedisFeatureStore(client)
-    client.flushall()
-    client.close()
+@pytest.fixture
+def store(feature_store: RedisFeatureStore) -> RedisFeatureStore:
+    """The store on standalone Redis and on the cluster (conftest's `feature_store`)."""
+    return feature_store
 
 
 def synthetic(
