@@ -1,7 +1,9 @@
 """The benchmark suite, tiny: every part runs end to end and both result files are written.
 
 `bench/suite.py --size tiny` starts its own emulator and redis-server, runs refs,
-emulator, engine, API and e2e with seconds-long steps and small record counts, and writes
+emulator, engine, API, Feast and e2e with seconds-long steps and small record counts
+(the Feast part installs its pinned Feast into `.venv-feast` on first use, or reports
+"skipped" when it cannot), and writes
 ``bench-<UTC>.json`` and ``.md`` into a temporary folder. The figures of a tiny run mean
 nothing; this proves the orchestration (``make bench`` runs the same code at full size).
 """
@@ -18,9 +20,10 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-PARTS = ["refs", "emulator", "engine", "api", "e2e"]
+PARTS = ["refs", "emulator", "engine", "api", "feast", "e2e"]
 
 
+@pytest.mark.timeout(600)  # a first run installs Feast into .venv-feast
 def test_suite_tiny_runs_every_part_and_writes_json_and_markdown(tmp_path: Path) -> None:
     results = tmp_path / "results"
     cmd = [
@@ -33,7 +36,7 @@ def test_suite_tiny_runs_every_part_and_writes_json_and_markdown(tmp_path: Path)
         "--workdir",
         str(tmp_path / "work"),
     ]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, done.stderr[-4000:]
     [json_path] = results.glob("bench-*.json")
     [md_path] = results.glob("bench-*.md")
