@@ -123,6 +123,31 @@ def pin_threads(pid: int, cpus: set[int]) -> dict[int, set[int]]:
     return before
 
 
+def wait_healthy(
+    proc: subprocess.Popen[bytes],
+    port: int,
+    log_path: Path,
+    what: str,
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Poll ``GET /health`` on `port` until it answers 200; stop `proc` and raise (with its
+    log's tail) if it exits or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=2)
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn.request("GET", "/health", headers=headers or {})
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+        conn.close()
+        time.sleep(0.2)
+    tail = log_path.read_text(errors="replace")[-3000:]
+    stop_child(proc, 10.0)
+    raise RuntimeError(f"{what} did not become healthy:\n{tail}")
+
+
 class ApiServer:
     """``python -m kestrel_local serve`` on a free loopback port (optionally on one CPU)."""
 
@@ -141,21 +166,8 @@ class ApiServer:
 
     def wait_healthy(self, timeout_s: float = 90.0) -> None:
         """Poll ``GET /health`` until it answers 200; raise if the server exits or times out."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=2)
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                conn.request("GET", "/health", headers={"x-api-key": self.key})
-                if conn.getresponse().status == 200:
-                    conn.close()
-                    return
-            conn.close()
-            time.sleep(0.2)
-        tail = self.log_path.read_text(errors="replace")[-3000:]
-        self.stop()
-        raise RuntimeError(f"API server did not become healthy:\n{tail}")
+        wait_healthy(self.proc, self.port, self.log_path, "API server", timeout_s,
+                     {"x-api-key": self.key})  # fmt: skip
 
     def stop(self) -> None:
         """SIGTERM its process group, SIGKILL after 10 s."""

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
+from bench.api_stack import wait_healthy
 from bench.loadgen_stats import LoadResult
 from kestrel_local.processes import LOOPBACK, free_port, stop_child
 
@@ -30,19 +28,7 @@ class FeastServer:
 
     def wait_healthy(self, timeout_s: float = 120.0) -> None:
         """Poll ``GET /health`` until it answers 200; raise if the server exits or times out."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=2)
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    conn.close()
-                    return
-            conn.close()
-            time.sleep(0.2)
-        tail = self.log_path.read_text(errors="replace")[-3000:]
-        self.stop()
-        raise RuntimeError(f"feast serve did not become healthy:\n{tail}")
+        wait_healthy(self.proc, self.port, self.log_path, "feast serve", timeout_s)
 
     def stop(self) -> None:
         """SIGTERM its process group (gunicorn and its worker), SIGKILL after 10 s."""
