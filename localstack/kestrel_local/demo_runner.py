@@ -157,8 +157,7 @@ class Progress(threading.Thread):
         fresh = snap.get("freshness_ms") or {}
         decisions = snap.get("decisions") or {}
         dlq = snap.get("dlq") or {}
-        rate = snap.get("events_per_s") or {}
-        current = rate.get("current") if isinstance(rate, Mapping) else rate
+        current = _current_rate(snap)
         return (
             f"[{elapsed:5.0f} s / {self.duration_s:.0f} s] {_num(current)} events/s | "
             f"freshness p50 {_num(fresh.get('p50'))} ms p99 {_num(fresh.get('p99'))} ms | "
@@ -176,8 +175,7 @@ class Progress(threading.Thread):
         if self._late_lines != 2:
             return None
         self.fell_behind = True
-        rate = snap.get("events_per_s") or {}
-        current = rate.get("current") if isinstance(rate, Mapping) else rate
+        current = _current_rate(snap)
         return (
             f"warning: this machine is not keeping up: decisions lag the stream by "
             f"{_num(p50)} ms (p50), deciding {_num(current)} events/s of {self.rate:,.0f} "
@@ -188,6 +186,12 @@ class Progress(threading.Thread):
         """Stop printing."""
         self._stop_event.set()
         self.join(10)
+
+
+def _current_rate(snap: Mapping[str, Any]) -> Any:
+    """The decided events/s of a telemetry snapshot (its ``current``, or the bare number)."""
+    rate = snap.get("events_per_s") or {}
+    return rate.get("current") if isinstance(rate, Mapping) else rate
 
 
 def _num(value: Any) -> str:

@@ -111,6 +111,16 @@ local function load(seq)
       fetched[seq] or redis.call('HGET', LOG, seq))
   end
 end
+-- The last seq with time <= bound between good (it qualifies, total gcum) and bad (it
+-- does not), by bisection; its total, and the first seq after it.
+local function bisect(good, gcum, bad, bound)
+  while bad - good > 1 do
+    local mid = math.floor((good + bad) / 2)
+    load(mid)
+    if et[mid] <= bound then good, gcum = mid, ec[mid] else bad = mid end
+  end
+  return good, gcum, bad
+end
 -- Move the pointers of state w to the bounds of time tq over entries up to hi: gallop,
 -- then bisect, from each pointer's cached next entry. The two entries just past each
 -- moving pointer are read in one HMGET first: most moves are short.
@@ -140,11 +150,7 @@ local function advance(w, tq, hi)
           if fetched[good + 1] == nil and et[good + 1] == nil then step = step * 2 end
         else bad = good + step; break end
       end
-      while bad - good > 1 do
-        local mid = math.floor((good + bad) / 2)
-        load(mid)
-        if et[mid] <= bound then good, gcum = mid, ec[mid] else bad = mid end
-      end
+      good, gcum, bad = bisect(good, gcum, bad, bound)
       w[5 + 4 * p], w[6 + 4 * p] = good, gcum
       if bad <= hi then load(bad); w[7 + 4 * p], w[8 + 4 * p] = et[bad], ec[bad]
       else w[7 + 4 * p] = INF end
@@ -246,12 +252,7 @@ if w == nil then
       if et[bad - step] <= bound then good, gcum = bad - step, ec[bad - step]; break end
       bad = bad - step; step = step * 2
     end
-    while bad - good > 1 do
-      local mid = math.floor((good + bad) / 2)
-      load(mid)
-      if et[mid] <= bound then good, gcum = mid, ec[mid] else bad = mid end
-    end
-    w[5 + 4 * p], w[6 + 4 * p] = good, gcum
+    w[5 + 4 * p], w[6 + 4 * p] = bisect(good, gcum, bad, bound)
   end
 end
 local previous = -1
