@@ -99,8 +99,17 @@ def dead_letter_sink() -> DeadLetterSink:
 
 @cache
 def schema_registry() -> GlueSchemaRegistry:
-    """The Glue schema registry `Settings.schema_registry` (a cached `SchemaLookup`)."""
-    return GlueSchemaRegistry(glue_client(), settings().schema_registry)
+    """The Glue schema registry `Settings.schema_registry` (a cached `SchemaLookup`).
+
+    Unknown version ids are remembered for SCHEMA_MISS_TTL_S, at most SCHEMA_MISS_CACHE_SIZE.
+    """
+    config = settings()
+    return GlueSchemaRegistry(
+        glue_client(),
+        config.schema_registry,
+        miss_ttl_s=config.schema_miss_ttl_s,
+        miss_cache_size=config.schema_miss_cache_size,
+    )
 
 
 @cache

@@ -237,15 +237,31 @@ class UnknownSchemaVersion(KeyError):
         return f"schema version {self.version_id} is not registered"
 
 
+class SchemaRegistryUnavailable(Exception):
+    """The schema registry could not answer now: the record is retried, never dead-lettered.
+
+    Attributes:
+        kind: ``throttled``, ``access_denied`` or ``unavailable`` (server error, network).
+        detail: What happened; for ``access_denied``, the exact permission that is missing.
+    """
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
 class SchemaLookup(Protocol):
     """Finds the writer schema of a schema version id carried by an encoded record.
 
     The decoder calls `schema_for` for every version id it has not seen yet and caches
     the parsed result, so an implementation may be a plain remote call; caching in the
-    implementation as well is allowed. An id the registry does not know must raise a
-    `KeyError` (preferably `UnknownSchemaVersion`), so the record is dead-lettered as
-    ``unknown_schema``; any other error (throttling, network) must propagate unchanged,
-    so the record is retried instead.
+    implementation as well is allowed, and so is remembering misses for a bounded time.
+    An id the registry does not know must raise a `KeyError` (preferably
+    `UnknownSchemaVersion`), so the record is dead-lettered as ``unknown_schema``. When the
+    registry cannot answer (throttling, missing permission, outage), raise
+    `SchemaRegistryUnavailable`: the stream path retries that record and the rest of its
+    batch. Any other error propagates unchanged and fails the whole batch.
     """
 
     def schema_for(self, version_id: UUID) -> str:
@@ -259,6 +275,7 @@ class SchemaLookup(Protocol):
 
         Raises:
             KeyError: The registry has no such version (`UnknownSchemaVersion`).
+            SchemaRegistryUnavailable: The registry cannot answer now (retry later).
             Exception: Any other error of the backing registry, unchanged.
         """
         ...

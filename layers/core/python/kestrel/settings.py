@@ -74,6 +74,13 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _miss_ttl(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 3600:  # also refuses NaN and infinity: a miss is trusted for a while
+        raise ValueError("must be a number of seconds between 0 and 3600")
+    return value
+
+
 def _probability(raw: str) -> float:
     value = float(raw)
     if not 0.0 <= value <= 1.0:
@@ -135,6 +142,8 @@ class Settings:
     poison_dlq_url: str
     event_log_bucket: str
     schema_registry: str = "kestrel"
+    schema_miss_ttl_s: float = 60.0
+    schema_miss_cache_size: int = 1024
     model_dir: str = "/opt"
     model_bucket: str = ""
     model_pointer_key: str = "models/active.json"
@@ -187,6 +196,8 @@ class Settings:
             poison_dlq_url=_read(env, "POISON_DLQ_URL", ""),
             event_log_bucket=_read(env, "EVENT_LOG_BUCKET", ""),
             schema_registry=_read(env, "SCHEMA_REGISTRY_NAME", "kestrel"),
+            schema_miss_ttl_s=_parse(env, "SCHEMA_MISS_TTL_S", "60", _miss_ttl),
+            schema_miss_cache_size=_parse(env, "SCHEMA_MISS_CACHE_SIZE", "1024", _positive_int),
             model_dir=_read(env, "MODEL_DIR", default_model_dir()),
             model_bucket=_read(env, "MODEL_BUCKET", ""),
             model_pointer_key=_read(env, "MODEL_POINTER_KEY", "models/active.json"),

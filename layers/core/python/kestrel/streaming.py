@@ -36,7 +36,14 @@ from kestrel.events import (
 )
 from kestrel.features import FEATURE_SET_HASH, cold_start, feature_vector
 from kestrel.monitoring_ports import TelemetrySink
-from kestrel.ports import DeadLetter, DeadLetterSink, DecisionSink, EventLog, FeatureStore
+from kestrel.ports import (
+    DeadLetter,
+    DeadLetterSink,
+    DecisionSink,
+    EventLog,
+    FeatureStore,
+    SchemaRegistryUnavailable,
+)
 from kestrel.scoring import Scorer
 from kestrel.telemetry import BatchFigures, error_figures, label_figures, transaction_figures
 
@@ -122,6 +129,24 @@ def _debug_decided(logged: Sequence[Mapping[str, Any]]) -> None:
         )  # fmt: skip
 
 
+def _registry_unavailable(
+    rest: Sequence[Mapping[str, Any]], exc: SchemaRegistryUnavailable, outcome: BatchOutcome
+) -> None:
+    """Mark `rest` for retry and log the registry's failure once for the batch."""
+    for record in rest:
+        outcome.failures[record["kinesis"]["sequenceNumber"]] = f"schema registry {exc}"
+    level = logging.ERROR if exc.kind == "access_denied" else logging.WARNING
+    log.log(
+        level,
+        "schema registry %s: %d records to retry from sequence number %s: %s",
+        exc.kind,
+        len(rest),
+        rest[0]["kinesis"]["sequenceNumber"],
+        exc.detail,
+        extra={"registry_error": exc.kind, "records_to_retry": len(rest)},
+    )
+
+
 def _decode_all(
     records: Sequence[Mapping[str, Any]],
     decode: Callable[[bytes], Any],
@@ -133,15 +158,21 @@ def _decode_all(
 
     An event dated more than `max_future_s` after its record reached the stream (its
     `approximateArrivalTimestamp`, not the wall clock, so replays stay valid) is poison.
+    When the schema registry cannot answer (throttled, access denied, down), that record
+    and every later one are retried (the shard's checkpoint stops at the first failure
+    anyway) without asking the registry again, and the batch logs it once.
     """
     decoded = []
-    for record in records:
+    for index, record in enumerate(records):
         kinesis = record["kinesis"]
         try:
             event = decode(decode_base64(kinesis["data"]))
             arrival_ms = float(kinesis["approximateArrivalTimestamp"]) * 1000.0
             check_not_ahead_of_arrival(event, arrival_ms, max_future_s)
             decoded.append((record, event))
+        except SchemaRegistryUnavailable as exc:
+            _registry_unavailable(records[index:], exc, outcome)
+            break
         except PoisonRecord as poison:
             try:
                 dead_letters.send(DeadLetter.from_kinesis_record(record, poison))

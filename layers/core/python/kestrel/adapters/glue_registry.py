@@ -9,19 +9,26 @@ while AWS refuses incompatible ones; checking ourselves makes both behave the sa
 Only calls that moto 5.2.5 implements are used: CreateRegistry, CreateSchema, GetSchema,
 RegisterSchemaVersion and GetSchemaVersion (moto has no ListSchemaVersions, so versions
 are read one by one by number, up to the schema's ``LatestSchemaVersion``).
+
+Lookups by version id (`GlueSchemaRegistry.schema_for`, the stream's `SchemaLookup`) need
+only ``glue:GetSchemaVersion``, cost one call per new id, and cost next to nothing for ids
+the registry does not know: see the class. Throttling, missing permissions and outages
+become `kestrel.ports.SchemaRegistryUnavailable` (`kestrel.adapters.glue_errors`).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 from uuid import UUID
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from kestrel.adapters.glue_lookup import UnknownIds, unavailable
 from kestrel.codec import SHIPPED_SCHEMAS, schema_definition
 from kestrel.ports import UnknownSchemaVersion
 from kestrel.schema_compat import SchemaIncompatible, check_backward
@@ -36,6 +43,10 @@ __all__ = [
 
 _NOT_FOUND = "EntityNotFoundException"
 _EXISTS = "AlreadyExistsException"
+DEFAULT_MISS_TTL_S = 60.0
+DEFAULT_MISS_CACHE_SIZE = 1024
+# Unknown ids looked up one by one per window; past that the registry's versions are listed.
+MISS_LOOKUPS_PER_WINDOW = 8
 
 
 class GlueSchemaApi(Protocol):
@@ -89,11 +100,37 @@ def _same(left: str, right: str) -> bool:
     return bool(json.loads(left) == json.loads(right))
 
 
+def _full_name(definition: str) -> str:
+    """The Avro full name of a schema definition (``kestrel.Transaction``)."""
+    doc = json.loads(definition)
+    return f"{doc['namespace']}.{doc['name']}" if "namespace" in doc else str(doc["name"])
+
+
+def shipped_schema_names() -> tuple[str, ...]:
+    """The full names of Kestrel's shipped schemas, each once, in registration order."""
+    return tuple(dict.fromkeys(_full_name(schema_definition(n)) for n in SHIPPED_SCHEMAS))
+
+
 class GlueSchemaRegistry:
     """Looks up and registers Avro schemas in one Glue Schema Registry registry.
 
-    Implements the `kestrel.ports.SchemaLookup` port: `schema_for` answers from a
-    per-instance cache and calls GetSchemaVersion once per unknown version id.
+    Implements the `kestrel.ports.SchemaLookup` port. `schema_for` answers known versions
+    from a per-instance cache and calls GetSchemaVersion once per new version id. Unknown
+    ids cost a bounded number of calls, however many records carry them:
+
+    - an id the registry answered "not found" for is remembered as a miss for `miss_ttl_s`
+      (at most `miss_cache_size` ids, least recently asked evicted first);
+    - within one window of `miss_ttl_s`, at most `miss_lookups` new ids are looked up one by
+      one; past that (random ids, a hostile producer), the available versions of
+      `schema_names` are listed once (GetSchemaVersion by number, one call per schema plus
+      one per version not read before) and, until the window ends, any id not among them
+      is unknown without a call. A version registered after that listing is found in the
+      next window; its records meanwhile are dead-lettered as ``unknown_schema`` and can be
+      redriven.
+
+    Throttling, access denied (with the missing permission), server errors and lost
+    connections raise `kestrel.ports.SchemaRegistryUnavailable` after the client's own
+    retries; other errors propagate unchanged. Safe to share between threads.
 
     Args:
         client: A boto3 ``glue`` client (AWS, LocalStack or the embedded emulator).
@@ -101,6 +138,12 @@ class GlueSchemaRegistry:
         wait_s: How long `register` waits for a version the registry reports as PENDING
             (AWS checks compatibility asynchronously) to become AVAILABLE.
         sleep: Pause between status polls (injected by tests).
+        miss_ttl_s: How long an unknown id, and a listing, stay trusted
+            (``SCHEMA_MISS_TTL_S``).
+        miss_cache_size: How many unknown ids are remembered (``SCHEMA_MISS_CACHE_SIZE``).
+        miss_lookups: New ids looked up one by one per window before listing instead.
+        schema_names: The schemas a listing reads (default: Kestrel's shipped schemas).
+        clock: Monotonic clock in seconds (injected by tests).
     """
 
     def __init__(
@@ -109,12 +152,24 @@ class GlueSchemaRegistry:
         registry_name: str,
         wait_s: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        *,
+        miss_ttl_s: float = DEFAULT_MISS_TTL_S,
+        miss_cache_size: int = DEFAULT_MISS_CACHE_SIZE,
+        miss_lookups: int = MISS_LOOKUPS_PER_WINDOW,
+        schema_names: Sequence[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._registry = registry_name
         self._wait_s = wait_s
         self._sleep = sleep
         self._definitions: dict[UUID, str] = {}
+        self._unknown = UnknownIds(miss_ttl_s, miss_cache_size, miss_lookups, clock)
+        self._schema_names = tuple(schema_names or shipped_schema_names())
+        self._lock = threading.Lock()
+        self._numbers_read: dict[str, set[int]] = {}  # schema -> version numbers read
+        meta = getattr(client, "meta", None)
+        self._region = str(getattr(meta, "region_name", None) or "<region>")
 
     @property
     def registry_name(self) -> str:
@@ -134,22 +189,87 @@ class GlueSchemaRegistry:
 
         Raises:
             UnknownSchemaVersion: No available version has this id.
+            SchemaRegistryUnavailable: Throttled, access denied, server error, no connection.
             botocore.exceptions.ClientError: Any other registry error, unchanged.
         """
         cached = self._definitions.get(version_id)
         if cached is not None:
             return cached
+        with self._lock:
+            cached = self._definitions.get(version_id)
+            if cached is not None:
+                return cached
+            if self._unknown.known(version_id):
+                raise UnknownSchemaVersion(version_id)
+            if self._unknown.may_look_up():
+                return self._lookup(version_id)
+            if not self._unknown.listed:
+                self._list_available()
+                self._unknown.mark_listed()
+            found = self._definitions.get(version_id)
+            if found is None:
+                raise UnknownSchemaVersion(version_id)
+            return found
+
+    def _unavailable(self, exc: ClientError | BotoCoreError) -> NoReturn:
+        translated = unavailable(exc, self._registry, self._region)
+        if translated is None:
+            raise exc
+        raise translated from exc
+
+    def _lookup(self, version_id: UUID) -> str:
+        """One GetSchemaVersion by id; a "not found" is remembered as a miss."""
         try:
             found = self._client.get_schema_version(SchemaVersionId=str(version_id))
         except ClientError as exc:
             if _code(exc) == _NOT_FOUND:
+                self._unknown.remember(version_id)
                 raise UnknownSchemaVersion(version_id) from None
-            raise
-        if found.get("Status", "AVAILABLE") != "AVAILABLE":
+            self._unavailable(exc)
+        except BotoCoreError as exc:
+            self._unavailable(exc)
+        if found.get("Status", "AVAILABLE") != "AVAILABLE":  # pending or failed: not yet
             raise UnknownSchemaVersion(version_id)
         definition = str(found["SchemaDefinition"])
         self._definitions[version_id] = definition
         return definition
+
+    def _version(self, schema_name: str, number: dict[str, Any]) -> Mapping[str, Any] | None:
+        """GetSchemaVersion of `schema_name` by number (None: no such schema or version)."""
+        try:
+            return self._client.get_schema_version(
+                SchemaId={"RegistryName": self._registry, "SchemaName": schema_name},
+                SchemaVersionNumber=number,
+            )
+        except ClientError as exc:
+            if _code(exc) == _NOT_FOUND:
+                return None
+            self._unavailable(exc)
+        except BotoCoreError as exc:
+            self._unavailable(exc)
+
+    def _keep(self, version: Mapping[str, Any]) -> None:
+        if version.get("Status", "AVAILABLE") == "AVAILABLE":
+            version_id = UUID(str(version["SchemaVersionId"]))
+            self._definitions[version_id] = str(version["SchemaDefinition"])
+
+    def _list_available(self) -> None:
+        """Cache every available version of `schema_names` not read before (by number)."""
+        for name in self._schema_names:
+            latest = self._version(name, {"LatestVersion": True})
+            if latest is None:
+                continue
+            self._keep(latest)
+            read = self._numbers_read.setdefault(name, set())
+            newest = int(latest["VersionNumber"])
+            read.add(newest)
+            for number in range(1, newest):
+                if number in read:
+                    continue
+                version = self._version(name, {"VersionNumber": number})
+                if version is not None:
+                    self._keep(version)
+                read.add(number)
 
     def versions(self, schema_name: str) -> list[RegisteredVersion] | None:
         """The available versions of `schema_name`, oldest first; None if it does not exist.
@@ -273,7 +393,5 @@ def register_all(registry: GlueSchemaRegistry) -> dict[str, UUID]:
     ids: dict[str, UUID] = {}
     for name in SHIPPED_SCHEMAS:
         definition = schema_definition(name)
-        doc = json.loads(definition)
-        full_name = f"{doc['namespace']}.{doc['name']}" if "namespace" in doc else doc["name"]
-        ids[name] = registry.register(str(full_name), definition)
+        ids[name] = registry.register(_full_name(definition), definition)
     return ids
