@@ -59,7 +59,7 @@ from kestrel.adapters.glue_registry import GlueSchemaRegistry  # noqa: E402
 from kestrel_local.aws import AwsClients  # noqa: E402
 from kestrel_local.provision import LocalApp, bind  # noqa: E402
 from kestrel_local.services import running_emulator  # noqa: E402
-from kestrel_ops.redrive import QueueKind, redrive  # noqa: E402
+from kestrel_ops.redrive import QueueKind, redrive, stack_streams  # noqa: E402
 from kestrel_ops.redrive_report import RedriveReport  # noqa: E402
 
 if TYPE_CHECKING:
@@ -85,6 +85,7 @@ def redrive_queue(
         registry,
         queue_url,
         kind,
+        streams=stack_streams(app),
     )
 
 

@@ -62,6 +62,7 @@ from kestrel_local.demo_runner import (
 from kestrel_local.processes import stop_child
 from kestrel_local.provision import bind
 from kestrel_local.services import status
+from kestrel_ops.redrive import stack_streams
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -259,7 +260,9 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
         progress.stop()
         summary.fell_behind = progress.fell_behind
         collect_results(summary, data, store, api, args.port, key)
-        summary.redrive, summary.poison_parked = redrive_all(clients, physical, args.stack_name)
+        summary.redrive, summary.poison_parked = redrive_all(
+            clients, physical, args.stack_name, stack_streams(app)
+        )
         say("drift check: the last 24 h of the event log against the model's reference")
         drift = drift_check(
             args.template, args.stack_name, settings.redis, run_dir / "demo-drift.json"

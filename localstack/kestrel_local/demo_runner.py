@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -303,9 +303,12 @@ def drift_check(template: str, stack_name: str, redis_url: str, report: Path) ->
 
 
 def redrive_all(
-    clients: AwsClients, physical: Mapping[str, PhysicalResource], stack_name: str
+    clients: AwsClients,
+    physical: Mapping[str, PhysicalResource],
+    stack_name: str,
+    streams: Collection[str],
 ) -> tuple[dict[str, dict[str, int]], int]:
-    """Redrive the on-failure queue and the poison queue; their figures and the poison left."""
+    """Redrive both dead-letter queues onto `streams`; their figures and the poison left."""
     registry = GlueSchemaRegistry(clients.client("glue"), stack_name)
     sqs, kinesis = clients.client("sqs"), clients.client("kinesis")
     figures: dict[str, dict[str, int]] = {}
@@ -314,7 +317,8 @@ def redrive_all(
         ("poison", "PoisonDLQ"),
     )
     for queue, logical_id in queues:
-        report = redrive(sqs, kinesis, registry, str(physical[logical_id].ref), queue)
+        url = str(physical[logical_id].ref)
+        report = redrive(sqs, kinesis, registry, url, queue, streams=streams)
         figures[queue] = {
             "read": report.messages_read,
             "re-put": report.redriven,

@@ -35,6 +35,7 @@ from kestrel_ops.redrive import (
     dead_letter_sources,
     move_dead_letters,
     redrive,
+    stack_streams,
 )
 
 QUEUES: dict[str, str] = {"on-failure": "OnFailureQueue", "poison": "PoisonDLQ"}
@@ -103,7 +104,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="which queue (default: both, on-failure first); with --queue-url, its kind",
     )
-    cmd.add_argument("--queue-url", type=_url, default=None, help="read this queue instead")
+    cmd.add_argument(
+        "--queue-url",
+        type=_url,
+        default=None,
+        help="read this queue instead (records still go back only onto the stack's streams)",
+    )
     cmd.add_argument(
         "--park-queue-url",
         type=_url,
@@ -175,15 +181,18 @@ def _depth(sqs: Any, url: str, option: str) -> int:
 
 def _targets(
     args: argparse.Namespace, clients: AwsClients
-) -> tuple[list[tuple[QueueKind | None, str, str]], list[str] | None]:
-    """(kind, url, option naming it) per queue to read, and the label streams (None: guess)."""
-    if args.queue_url:
-        kind: QueueKind | None = args.queue
-        return [(kind, args.queue_url, "--queue-url")], None
+) -> tuple[list[tuple[QueueKind | None, str, str]], list[str] | None, frozenset[str]]:
+    """Queues to read (kind, url, option), label streams (None: guess), the stack's streams."""
     try:
         app, _ = bind(args.template, clients, args.stack_name)
     except (TemplateError, OSError) as exc:
         raise ConfigError(f"--template {args.template}: {exc}") from None
+    streams = stack_streams(app)
+    if not streams:
+        raise ConfigError(f"--template {args.template}: no function reads a Kinesis stream")
+    if args.queue_url:
+        kind: QueueKind | None = args.queue
+        return [(kind, args.queue_url, "--queue-url")], None, streams
     physical = app.stack.physical
     missing = [QUEUES[k] for k in QUEUES if QUEUES[k] not in physical]
     if missing:
@@ -195,7 +204,7 @@ def _targets(
     ]
     labels = physical.get(LABEL_STREAM)
     label_streams = [labels.ref, str(labels.attributes.get("Arn", ""))] if labels else []
-    return targets, label_streams
+    return targets, label_streams, streams
 
 
 def run_redrive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -204,7 +213,7 @@ def run_redrive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     args.stack_name = args.stack_name or settings.stack_name
     clients = AwsClients(settings.endpoint, region=args.region)
     sqs, kinesis = clients.client("sqs"), clients.client("kinesis")
-    targets, label_streams = _targets(args, clients)
+    targets, label_streams, streams = _targets(args, clients)
     if args.park_queue_url:
         _depth(sqs, args.park_queue_url, "--park-queue-url")
     registry = GlueSchemaRegistry(clients.client("glue"), args.registry_name or args.stack_name)
@@ -233,6 +242,7 @@ def run_redrive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 registry,
                 url,
                 kind,
+                streams=streams,
                 dry_run=args.dry_run,
                 max_messages=remaining,
                 rate=args.rate,

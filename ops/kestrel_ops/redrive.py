@@ -8,6 +8,10 @@ again with the current schema registry, and put back when it now passes. Records
 partition keys and their order per key. A message is deleted only after all of its records
 were accepted by PutRecords; re-put records that were already applied are harmless, because
 features are idempotent per event id. Messages that stay are made visible again at the end.
+
+Records go back only onto the stack's own streams (`stack_streams`: the streams its
+functions read, from the template bound to the stack). A message naming any other stream
+is refused, with the stream's name in the report, and left in its queue untouched.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
     from mypy_boto3_sqs import SQSClient
 
+    from kestrel_local.provision import LocalApp
+
 __all__ = [
     "KinesisApi",
     "OnFailureBatch",
@@ -74,12 +80,20 @@ __all__ = [
     "put_in_order",
     "read_range",
     "redrive",
+    "stack_streams",
 ]
 
 log = logging.getLogger("kestrel_ops.redrive")
 
 QueueKind = Literal["on-failure", "poison"]
 DRY_RUN_VISIBILITY_S = 60
+
+
+def stack_streams(app: LocalApp) -> frozenset[str]:
+    """The ARNs of the streams the stack's functions read: the only ones redrive writes to."""
+    return frozenset(
+        source.stream_arn for spec in app.functions.values() for source in spec.kinesis
+    )
 
 
 class _Redriver:
@@ -101,6 +115,7 @@ class _Redriver:
         self.since: datetime | None = options["since"]
         self.park_queue_url: str | None = options["park_queue_url"]
         self.label_streams: Collection[str] | None = options["label_streams"]
+        self.streams: frozenset[str] = frozenset(options["streams"])
         self.progress: Progress | None = options["progress"]
         self.sleep: Callable[[float], None] = options["sleep"]
         self.max_put_stalls: int = options["max_put_stalls"]
@@ -135,9 +150,20 @@ class _Redriver:
         if self.since is not None and when < self.since:
             self.report.count(SKIPPED, reason)
             return True
+        if parsed.stream_arn not in self.streams:
+            return self._refuse(parsed.stream_arn, reason, message)
         if isinstance(parsed, OnFailureBatch):
             return self._on_failure(parsed, reason, message)
         return self._poison(parsed, message)
+
+    def _refuse(self, stream_arn: str, reason: str, message: Mapping[str, Any]) -> bool:
+        """Leave a message naming a stream that is not the stack's (nothing read or put)."""
+        own = ", ".join(sorted(stream_name(arn) for arn in self.streams)) or "none"
+        problem = (
+            f"refused: it names stream {stream_name(stream_arn)} ({stream_arn}), not one of "
+            f"this stack's streams ({own}); left in the queue"
+        )
+        return self._left(ERROR, reason, problem, message)
 
     def _on_failure(self, batch: OnFailureBatch, reason: str, message: Mapping[str, Any]) -> bool:
         try:
@@ -246,6 +272,7 @@ def redrive(
     queue_url: str,
     kind: QueueKind | None = None,
     *,
+    streams: Collection[str],
     dry_run: bool = False,
     max_messages: int | None = None,
     rate: float | None = None,
@@ -272,6 +299,8 @@ def redrive(
         schema_lookup: The schema registry poison records are validated against again.
         queue_url: The dead-letter queue to read.
         kind: ``on-failure`` or ``poison``, for the report (None: the queue URL).
+        streams: ARNs of the streams records may be put back on (`stack_streams`); a
+            message naming any other stream is refused (counted as an error) and stays.
         dry_run: Read and validate only: no puts, no deletes, no sends; the figures say
             what a real run would do.
         max_messages: Read at most this many messages.
@@ -312,6 +341,7 @@ def redrive(
         "since": since,
         "park_queue_url": park_queue_url,
         "label_streams": label_streams,
+        "streams": streams,
         "progress": progress,
         "sleep": sleep,
         "max_put_stalls": max_put_stalls,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from kestrel_local.aws import AwsClients
 from kestrel_local.esm_kinesis import KinesisMapping, on_failure_message
 from kestrel_local.provision import LocalApp, bind
 from kestrel_local.runtime import LocalRuntime
-from kestrel_ops.redrive import dead_letter_sources, move_dead_letters, redrive
+from kestrel_ops.redrive import dead_letter_sources, move_dead_letters, redrive, stack_streams
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SHARD = "shardId-000000000000"
@@ -98,9 +99,12 @@ class Stack:
             self.registry,
             self.ref(queue),
             "on-failure" if queue == "OnFailureQueue" else "poison",
-            wait_time_s=0,
-            label_streams=[self.arn("LabelsStream")],
-            **options,
+            **{
+                "streams": stack_streams(self.app),
+                "wait_time_s": 0,
+                "label_streams": [self.arn("LabelsStream")],
+                **options,
+            },
         )
 
 
@@ -311,3 +315,77 @@ def test_move_dead_letters_falls_back_to_receive_send_delete_on_the_emulator(
     moved = sqs.receive_message(QueueUrl=source, MaxNumberOfMessages=10)["Messages"]
     assert sorted(m["Body"] for m in moved) == ["one", "two"]
     assert "Messages" not in sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10)
+
+
+def foreign_stream(stack: Stack) -> str:
+    """A real stream on the emulator that is not the stack's; returns its ARN."""
+    name = f"{stack.name}-elsewhere"
+    stack.kinesis.create_stream(StreamName=name, ShardCount=1)
+    stack.kinesis.get_waiter("stream_exists").wait(StreamName=name)
+    return str(
+        stack.kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"][
+            "StreamARN"
+        ]
+    )
+
+
+def records_on(stack: Stack, stream: str) -> list[dict[str, Any]]:
+    iterator = stack.kinesis.get_shard_iterator(
+        StreamName=stream, ShardId=SHARD, ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    return list(stack.kinesis.get_records(ShardIterator=iterator, Limit=10_000)["Records"])
+
+
+def test_redrive_refuses_a_planted_dead_letter_for_a_foreign_stream_and_leaves_it(
+    stack: Stack, emulator_endpoint: str, tmp_path: Path
+) -> None:
+    foreign = foreign_stream(stack)
+    name = foreign.rsplit("/", 1)[-1]
+    payload = json.dumps(transaction(7)).encode()  # valid: only the stream is wrong
+    planted = {
+        "kind": "kestrel.poison",
+        "reason": "unknown_schema",
+        "detail": "planted",
+        "payload_b64": base64.b64encode(payload).decode(),
+        "stream_arn": foreign,
+        "shard_id": SHARD,
+        "sequence_number": "1",
+        "partition_key": "C-1",
+        "first_seen": "2026-11-29T10:00:00.000Z",
+    }
+    stack.sqs.send_message(QueueUrl=stack.ref("PoisonDLQ"), MessageBody=json.dumps(planted))
+    stack.kinesis.put_record(StreamName=name, Data=payload, PartitionKey="C-1")
+    ranged = records_on(stack, name)
+    mapping = SimpleNamespace(
+        spec=SimpleNamespace(arn=stack.arn("TransactionsFunction")),
+        source=SimpleNamespace(stream_arn=foreign),
+        clock=lambda: 1_795_000_000.0,
+    )
+    on_failure = on_failure_message(
+        cast(KinesisMapping, mapping), SHARD, ranged, "RetryAttemptsExhausted", 6, None
+    )
+    stack.sqs.send_message(QueueUrl=stack.ref("OnFailureQueue"), MessageBody=json.dumps(on_failure))
+
+    env = {"PATH": "/usr/bin:/bin", "AWS_ENDPOINT_URL": emulator_endpoint}
+    env["KESTREL_RUN_DIR"] = str(tmp_path)
+    packages = ("layers/core/python", "localstack", "training", "ops")
+    env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in packages)  # this checkout's
+    done = subprocess.run(
+        [sys.executable, "-m", "kestrel_ops", "redrive", "--stack-name", stack.name],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 1, done.stderr
+    summary = done.stderr.split("2 message(s) left because of an error or expiry:\n", 1)[-1]
+    refusals = [line for line in summary.splitlines() if "refused" in line]
+    assert len(refusals) == 2, done.stderr
+    assert all(f"names stream {name} ({foreign})" in line for line in refusals)
+    assert all(f"{stack.name}-transactions" in line for line in refusals)
+    assert len(records_on(stack, name)) == 1  # nothing put on the foreign stream
+    assert stack.bodies("PoisonDLQ") == [planted]  # left in place, unchanged
+    assert stack.bodies("OnFailureQueue") == [on_failure]
+    assert stack.stream_records() == []

@@ -75,6 +75,9 @@ class FakeSqs:
     def _find(self, url: str, receipt: str) -> dict[str, Any]:
         return next(m for m in self.queues[url] if m["ReceiptHandle"] == receipt)
 
+    def get_queue_url(self, **kw: Any) -> Mapping[str, Any]:
+        raise client_error("AWS.SimpleQueueService.NonExistentQueue")
+
     def delete_message(self, **kw: Any) -> Mapping[str, Any]:
         self.calls.append("delete")
         self.queues[kw["QueueUrl"]].remove(self._find(kw["QueueUrl"], kw["ReceiptHandle"]))
@@ -220,9 +223,8 @@ def tx(n: int, amount: float = 10.0) -> bytes:
 
 
 def run(sqs: FakeSqs, kinesis: FakeKinesis, lookup: Any = None, **kw: Any) -> RedriveReport:
-    return redrive(
-        sqs, kinesis, lookup or MemoryLookup(), QUEUE, wait_time_s=0, sleep=lambda _: None, **kw
-    )
+    options = {"streams": (STREAM_ARN, LABELS_ARN), "wait_time_s": 0, **kw}
+    return redrive(sqs, kinesis, lookup or MemoryLookup(), QUEUE, sleep=lambda _: None, **options)
 
 
 def adds_up(report: RedriveReport) -> bool:

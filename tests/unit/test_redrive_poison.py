@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -34,6 +35,8 @@ from kestrel_ops.redrive import (
     move_dead_letters,
     redrive,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_redrive_reputs_poison_once_its_schema_is_registered() -> None:
@@ -163,16 +166,27 @@ def test_move_dead_letters_raises_other_errors() -> None:
 
 
 class FakeClients:
-    """Stands in for `AwsClients` in the command line tests."""
+    """Stands in for `AwsClients` in the command line tests (the template binds to it)."""
 
     sqs: FakeSqs
     kinesis: FakeKinesis
 
     def __init__(self, endpoint: str | None, region: str = "us-east-1") -> None:
-        pass
+        self.region = region
 
     def client(self, service: str) -> Any:
         return {"sqs": self.sqs, "kinesis": self.kinesis}.get(service, object())
+
+    def account_id(self) -> str:
+        return "123456789012"
+
+    def queue_url_prefix(self) -> str:
+        return "http://127.0.0.1:1"
+
+
+# The real template bound to stack "k": its streams are k-transactions and k-labels, the
+# streams of redrive_doubles' STREAM_ARN and LABELS_ARN.
+STACK = ["--stack-name", "k", "--template", str(REPO / "template.yaml")]
 
 
 @pytest.mark.parametrize(
@@ -204,7 +218,7 @@ def test_main_exit_code_says_whether_something_was_left(
     monkeypatch.setattr(cli, "AwsClients", FakeClients)
     monkeypatch.setattr(cli, "redrive", _no_wait(redrive))
 
-    exit_code = cli.main(["redrive", "--queue-url", QUEUE, "--queue", "on-failure"])
+    exit_code = cli.main(["redrive", *STACK, "--queue-url", QUEUE, "--queue", "on-failure"])
 
     out, err = capsys.readouterr()
     assert exit_code == code
@@ -225,7 +239,7 @@ def test_main_exits_2_naming_the_option_when_the_queue_is_missing(
 
     monkeypatch.setattr(FakeClients.sqs, "get_queue_attributes", no_queue)
 
-    assert cli.main(["redrive", "--queue-url", missing]) == 2
+    assert cli.main(["redrive", *STACK, "--queue-url", missing]) == 2
     assert "--queue-url" in capsys.readouterr().err
 
 
