@@ -1,10 +1,12 @@
-"""Create a template's streams, queues, topics and buckets on an AWS endpoint, idempotently.
+"""Create a template's streams, queues, topics, buckets and keys on an endpoint, idempotently.
 
 The template is the only list of resources: nothing here names Kestrel's own. Physical
 names are the ones the template gives (Name, QueueName, BucketName, TopicName) or, when it
 gives none, `<stack>-<LogicalId>`. Stream consumers (enhanced fan-out) are registered on
-their stream under their ConsumerName. Functions and layers get local physical records so
-that Ref/GetAtt on them resolve, but nothing is deployed for them: the local runtime runs them.
+their stream under their ConsumerName. KMS keys (they have no name) are created first, with
+their key policy, and found again by the alias ``alias/<stack>-<LogicalId>`` given to them
+here. Functions and layers get local physical records so that Ref/GetAtt on them resolve,
+but nothing is deployed for them: the local runtime runs them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ STREAM, QUEUE, BUCKET, TOPIC = (
     "AWS::SNS::Topic",
 )
 STREAM_CONSUMER = "AWS::Kinesis::StreamConsumer"
+KEY = "AWS::KMS::Key"
 _NAME_PROPERTY = {STREAM: "Name", QUEUE: "QueueName", BUCKET: "BucketName", TOPIC: "TopicName"}
 _QUEUE_ATTRIBUTES = (
     "DelaySeconds",
@@ -232,8 +235,20 @@ def _with_url(physical: PhysicalResource, url: str) -> PhysicalResource:
 
 
 def _provision(stack: Stack, clients: AwsClients) -> list[str]:
-    """Create (or leave as they are) every stream, queue, topic and bucket; return a report."""
+    """Create (or leave as they are) every key, stream, queue, topic and bucket; report them."""
     report: list[str] = []
+    # Keys first: the resources below may name one (an encrypted topic's KmsMasterKeyId).
+    for logical_id, resource in stack.resources.items():
+        if resource["Type"] != KEY or not stack.resource_enabled(logical_id):
+            continue
+        props = stack.resolve(resource.get("Properties") or {}, f"{logical_id}.Properties")
+        name = physical_name(stack.stack_name, logical_id, KEY)
+        try:
+            outcome, physical = _key(clients, name, props)
+        except ClientError as exc:
+            raise TemplateError(f"{logical_id}: the endpoint refused it: {exc}") from None
+        stack.physical[logical_id] = physical
+        report.append(f"{KEY:<18} {logical_id:<24} {outcome}")
     ordered = sorted(
         (lid for lid in stack.physical if stack.resources[lid]["Type"] in _NAME_PROPERTY),
         # Queues without a redrive policy first, so dead-letter targets exist before sources.
@@ -289,6 +304,31 @@ def _stream(clients: AwsClients, physical: PhysicalResource, props: Mapping[str,
             StreamName=name, EncryptionType=encryption["EncryptionType"], KeyId=encryption["KeyId"]
         )
     return outcome, physical
+
+
+def _key(clients: AwsClients, name: str, props: Mapping[str, Any]) -> Created:
+    """The symmetric key behind ``alias/<name>``, created with the template's policy if none."""
+    kms = clients.client("kms")
+    alias = f"alias/{name}"
+    try:
+        metadata = kms.describe_key(KeyId=alias)["KeyMetadata"]
+        outcome = f"exists: {alias}"
+    except kms.exceptions.NotFoundException:
+        args: dict[str, Any] = {"KeyUsage": "ENCRYPT_DECRYPT"}
+        if props.get("Description"):
+            args["Description"] = str(props["Description"])
+        if props.get("KeyPolicy"):
+            policy = props["KeyPolicy"]
+            args["Policy"] = policy if isinstance(policy, str) else json.dumps(policy)
+        metadata = kms.create_key(**args)["KeyMetadata"]
+        kms.create_alias(AliasName=alias, TargetKeyId=metadata["KeyId"])
+        if props.get("EnableKeyRotation") in (True, "true"):
+            kms.enable_key_rotation(KeyId=metadata["KeyId"])
+        outcome = f"created: {alias}"
+    key_id = str(metadata["KeyId"])
+    return outcome, PhysicalResource(
+        ref=key_id, attributes={"Arn": str(metadata["Arn"]), "KeyId": key_id}
+    )
 
 
 def _consumer(clients: AwsClients, physical: PhysicalResource) -> Created:
@@ -362,6 +402,11 @@ def _bucket(clients: AwsClients, physical: PhysicalResource, props: Mapping[str,
             Bucket=name,
             PublicAccessBlockConfiguration={k: bool(v) for k, v in block.items()},
         )
+    versioning = props.get("VersioningConfiguration")
+    if versioning:
+        s3.put_bucket_versioning(
+            Bucket=name, VersioningConfiguration={"Status": str(versioning["Status"])}
+        )
     return outcome, physical
 
 
@@ -374,5 +419,13 @@ def _s3_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _topic(clients: AwsClients, physical: PhysicalResource, props: Mapping[str, Any]) -> Created:
-    arn = clients.client("sns").create_topic(Name=physical.attributes["TopicName"])["TopicArn"]
+    sns = clients.client("sns")
+    arn = sns.create_topic(Name=physical.attributes["TopicName"])["TopicArn"]
+    # Set apart from CreateTopic, which refuses an existing topic with other attributes.
+    if props.get("KmsMasterKeyId"):
+        sns.set_topic_attributes(
+            TopicArn=arn,
+            AttributeName="KmsMasterKeyId",
+            AttributeValue=str(props["KmsMasterKeyId"]),
+        )
     return f"ensured: {arn}", physical

@@ -18,6 +18,7 @@ _NO_MODEL = "moto 5.2.5 has no CloudFormation model for this type"
 UNSUPPORTED_BY_MOTO = {
     "AWS::CloudWatch::Alarm": _NO_MODEL,
     "AWS::CodeBuild::Project": _NO_MODEL,
+    "AWS::S3::BucketPolicy": _NO_MODEL,
     "AWS::SNS::Subscription": _NO_MODEL,
     "AWS::ApiGateway::Stage": _NO_MODEL,
     "AWS::ApiGateway::UsagePlan": _NO_MODEL,

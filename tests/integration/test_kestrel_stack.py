@@ -148,3 +148,44 @@ def test_invoke_cli_exits_non_zero_with_aws_error_shape_on_function_error(
     assert done.returncode == 1
     error = json.loads(done.stdout)
     assert set(error) >= {"errorMessage", "errorType", "stackTrace", "requestId"}
+
+
+def test_stack_provisions_encrypted_alarm_topic_and_versioned_bucket_idempotently(
+    stack: tuple[LocalApp, AwsClients], redis_url: str
+) -> None:
+    app, clients = stack
+    physical = app.stack.physical
+    kms, sns = clients.client("kms"), clients.client("sns")
+    key = kms.describe_key(KeyId=physical["AlarmTopicKey"].ref)["KeyMetadata"]
+    assert key["Arn"] == physical["AlarmTopicKey"].attributes["Arn"]
+    assert kms.get_key_rotation_status(KeyId=key["KeyId"])["KeyRotationEnabled"] is True
+    policy = json.loads(kms.get_key_policy(KeyId=key["KeyId"], PolicyName="default")["Policy"])
+    (cloudwatch,) = [s for s in policy["Statement"] if "Service" in s["Principal"]]
+    assert cloudwatch["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    topic = sns.get_topic_attributes(TopicArn=physical["AlarmTopic"].ref)["Attributes"]
+    assert topic["KmsMasterKeyId"] == key["Arn"]
+    bucket, s3 = physical["EventLogBucket"].ref, clients.client("s3")
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    # An overwritten model pointer comes back from its previous version (README's recipe).
+    pointer = "models/active.json"
+    for version in ("1", "2"):
+        s3.put_object(Bucket=bucket, Key=pointer, Body=json.dumps({"version": version}).encode())
+    versions = s3.list_object_versions(Bucket=bucket, Prefix=pointer)["Versions"]
+    (previous,) = [v["VersionId"] for v in versions if not v["IsLatest"]]
+    s3.copy_object(
+        Bucket=bucket,
+        Key=pointer,
+        CopySource={"Bucket": bucket, "Key": pointer, "VersionId": previous},
+    )
+    restored = json.loads(s3.get_object(Bucket=bucket, Key=pointer)["Body"].read())
+    assert restored == {"version": "1"}
+    # `make up` again finds the same key (by its alias) instead of making another one.
+    again, report = bind(
+        ROOT / "template.yaml",
+        clients,
+        app.stack.stack_name,
+        {"RedisUrl": redis_url},
+        create=True,
+    )
+    assert again.stack.physical["AlarmTopicKey"].ref == key["KeyId"]
+    assert any("AlarmTopicKey" in line and "exists" in line for line in report)

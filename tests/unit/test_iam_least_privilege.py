@@ -6,69 +6,36 @@ is walked: inline policies of roles, standalone and managed policies, resource p
 statement fails on ``Action: "*"``, a ``service:*`` action, ``NotAction``/``NotResource``, or
 ``Resource: "*"``, except for the actions AWS gives no resource-level permissions to (listed
 in `NO_RESOURCE_LEVEL`). A role may not carry AWS managed policies: theirs are ``"*"``.
+In the stack's bucket each role reads and writes only its own key prefixes, checked against
+the keys the code itself writes (the walk lives in iam_policies.py; the bucket policy,
+versioning and the topic's key in test_iam_least_privilege_bucket_and_topic.py).
 The same translation shows encryption at rest and the VPC wiring.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from iam_policies import (
+    NO_RESOURCE_LEVEL,
+    allowed,
+    as_list,
+    role_grants,
+    s3_grants,
+    statements,
+    translate,
+    wildcard_problems,
+)
 
+from kestrel.settings import Settings
 from kestrel_local.template import load_template
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = load_template(REPO / "template.yaml")
-
-# Actions that only accept Resource "*" (AWS's design, not ours).
-NO_RESOURCE_LEVEL = frozenset(
-    {
-        # Lambda's own network interfaces in the VPC (AWSLambdaVPCAccessExecutionRole).
-        "ec2:CreateNetworkInterface",
-        "ec2:DescribeNetworkInterfaces",
-        "ec2:DescribeSubnets",
-        "ec2:DeleteNetworkInterface",
-        "ec2:AssignPrivateIpAddresses",
-        "ec2:UnassignPrivateIpAddresses",
-        # Metrics: PutMetricData has no resource-level permissions (scope it by namespace).
-        "cloudwatch:PutMetricData",
-        # Tracing, should X-Ray be turned on.
-        "xray:PutTraceSegments",
-        "xray:PutTelemetryRecords",
-        "xray:GetSamplingRules",
-        "xray:GetSamplingTargets",
-    }
-)
-POLICY_HOLDERS = {
-    "AWS::IAM::Role",
-    "AWS::IAM::Policy",
-    "AWS::IAM::ManagedPolicy",
-    "AWS::SQS::QueuePolicy",
-    "AWS::S3::BucketPolicy",
-    "AWS::SNS::TopicPolicy",
-}
-
-
-def translate(template: dict[str, Any]) -> dict[str, Any]:
-    """`template` as CloudFormation, the way SAM deploys it (code URIs made S3 URIs)."""
-    # aws-sam-translator (a dev dependency, what cfn-lint and sam validate use) ships no types.
-    from samtranslator.parser.parser import Parser  # type: ignore[import-untyped]
-    from samtranslator.translator.translator import Translator  # type: ignore[import-untyped]
-
-    template = copy.deepcopy(template)
-    for resource in template["Resources"].values():
-        props = resource.get("Properties") or {}
-        for key in ("CodeUri", "ContentUri"):
-            if isinstance(props.get(key), str):
-                props[key] = "s3://kestrel-artifacts/code.zip"
-    translated: dict[str, Any] = Translator(managed_policy_map={}, sam_parser=Parser()).translate(
-        sam_template=template, parameter_values={}
-    )
-    return translated
 
 
 @pytest.fixture(scope="module")
@@ -76,62 +43,6 @@ def translated() -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
         return translate(TEMPLATE)
-
-
-def _branches(value: Any) -> Iterator[Any]:
-    """Both sides of an Fn::If (a conditional statement counts either way), minus NoValue."""
-    if isinstance(value, dict) and set(value) == {"Fn::If"}:
-        _condition, when_true, when_false = value["Fn::If"]
-        yield from _branches(when_true)
-        yield from _branches(when_false)
-    elif value != {"Ref": "AWS::NoValue"}:
-        yield value
-
-
-def _as_list(value: Any) -> list[Any]:
-    if isinstance(value, list):
-        return [item for entry in value for item in _branches(entry)]
-    return list(_branches(value))
-
-
-def _documents(resource_id: str, resource: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    props = resource.get("Properties") or {}
-    if resource["Type"] == "AWS::IAM::Role":
-        for policy in _as_list(props.get("Policies") or []):
-            yield f"{resource_id}.{policy.get('PolicyName')}", policy["PolicyDocument"]
-    elif "PolicyDocument" in props:
-        yield resource_id, props["PolicyDocument"]
-
-
-def statements(resources: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, statement) for every IAM statement of the translated resources."""
-    for resource_id, resource in resources.items():
-        if resource["Type"] not in POLICY_HOLDERS:
-            continue
-        for where, document in _documents(resource_id, resource):
-            for statement in _as_list(document.get("Statement") or []):
-                yield where, statement
-
-
-def wildcard_problems(statement: dict[str, Any]) -> list[str]:
-    """What is too broad in one Allow statement (empty when it is least privilege)."""
-    if statement.get("Effect") != "Allow":
-        return []
-    problems = [
-        f"{key} grants everything but a list"
-        for key in ("NotAction", "NotResource")
-        if key in statement
-    ]
-    actions = [a for a in _as_list(statement.get("Action")) if isinstance(a, str)]
-    for action in actions:
-        if action == "*" or action.endswith(":*"):
-            problems.append(f"wildcard action {action!r}")
-    resources = _as_list(statement.get("Resource"))
-    if "*" in resources:
-        unscoped = sorted(set(actions) - NO_RESOURCE_LEVEL)
-        if unscoped:
-            problems.append(f'Resource "*" for {unscoped}')
-    return problems
 
 
 def test_iam_least_privilege_no_wildcards_in_any_statement(translated: dict[str, Any]) -> None:
@@ -172,15 +83,6 @@ def test_iam_least_privilege_every_function_has_its_own_role(translated: dict[st
     }
 
 
-def _role_grants(resources: dict[str, Any], role: str) -> dict[str, list[Any]]:
-    grants: dict[str, list[Any]] = {}
-    for where, statement in statements({role: resources[role]}):
-        assert where.startswith(role)
-        for action in _as_list(statement["Action"]):
-            grants.setdefault(action, []).extend(_as_list(statement["Resource"]))
-    return grants
-
-
 @pytest.mark.parametrize(
     ("role", "stream"),
     [("TransactionsFunctionRole", "TransactionsStream"), ("LabelsFunctionRole", "LabelsStream")],
@@ -188,7 +90,7 @@ def _role_grants(resources: dict[str, Any], role: str) -> dict[str, list[Any]]:
 def test_iam_least_privilege_stream_roles_read_only_their_stream(
     translated: dict[str, Any], role: str, stream: str
 ) -> None:
-    grants = _role_grants(translated["Resources"], role)
+    grants = role_grants(translated["Resources"], role)
     # What the event source mapping needs to read the stream, on that stream only.
     for action in (
         "kinesis:DescribeStream",
@@ -217,7 +119,7 @@ def test_iam_least_privilege_stream_roles_read_only_their_stream(
 def test_iam_least_privilege_drift_role_reads_logged_transactions_and_writes_reports(
     translated: dict[str, Any],
 ) -> None:
-    grants = _role_grants(translated["Resources"], "DriftFunctionRole")
+    grants = role_grants(translated["Resources"], "DriftFunctionRole")
     plain = {a: r for a, r in grants.items() if not a.startswith(("ec2:", "logs:"))}
     bucket = {"Fn::GetAtt": ["EventLogBucket", "Arn"]}
     assert plain == {
@@ -242,6 +144,117 @@ def test_iam_least_privilege_drift_role_reads_logged_transactions_and_writes_rep
     }
 
 
+# --- S3: each role reads and writes only its own prefixes of EventLogBucket ---------------
+PARAMETERS = {name: str(p.get("Default", "")) for name, p in TEMPLATE["Parameters"].items()}
+SOURCE_KEY = PARAMETERS["TrainingSourceKey"]
+# MODEL_POINTER_KEY's default (the template leaves it unset).
+POINTER_KEY = {f.name: f.default for f in dataclasses.fields(Settings)}["model_pointer_key"]
+STREAM_ROLES = {"TransactionsFunctionRole", "LabelsFunctionRole"}
+
+
+class _RecordingS3:
+    """Just enough of an S3 client to record the keys an adapter writes."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def put_object(self, **kwargs: Any) -> dict[str, Any]:
+        self.keys.append(str(kwargs["Key"]))
+        return {}
+
+
+def written_keys(tmp_path: Path) -> dict[str, list[str]]:
+    """What the code writes to the bucket, by writer (the event log, drift, model export)."""
+    from kestrel_training import registry
+
+    from kestrel.adapters.s3_drift_reports import S3DriftReports
+    from kestrel.adapters.s3_event_log import S3EventLog
+
+    writers = {name: _RecordingS3() for name in ("transactions", "labels", "drift", "export")}
+    for kind, field in (("transactions", "event_time"), ("labels", "label_time")):
+        S3EventLog(writers[kind], "bucket").write_batch(kind, "batch", [{field: 0}], field)
+    S3DriftReports(cast(Any, writers["drift"]), "bucket").write(
+        {"checked_at": "2026-11-29T10:15:00Z"}
+    )
+    for name in ("model.onnx", "manifest.json"):
+        (tmp_path / name).write_bytes(b"{}")
+    manifest = {"model_name": "kestrel-fraud", "model_version": "7", "feature_set_hash": "h"}
+    registry.upload(tmp_path, manifest, "bucket", writers["export"])
+    return {name: writer.keys for name, writer in writers.items()}
+
+
+def test_iam_least_privilege_s3_writes_are_scoped_to_each_roles_prefixes(
+    translated: dict[str, Any],
+) -> None:
+    assert s3_grants(translated["Resources"], PARAMETERS, writes=True) == {
+        # The stream functions: their part of the event log, and the payloads of poison
+        # records too big for an SQS message.
+        "TransactionsFunctionRole": {"s3:PutObject": ["events/transactions/*", "dead-letters/*"]},
+        "LabelsFunctionRole": {"s3:PutObject": ["events/labels/*", "dead-letters/*"]},
+        "DriftFunctionRole": {"s3:PutObject": ["drift/*"]},
+        # The training and export path: models (the active pointer too) and its registry.
+        "RetrainRole": {"s3:PutObject": ["models/*", "mlflow/*"]},
+    }
+
+
+def test_iam_least_privilege_s3_reads_are_what_each_function_uses(
+    translated: dict[str, Any],
+) -> None:
+    assert s3_grants(translated["Resources"], PARAMETERS, writes=False) == {
+        # The scorers poll the model pointer and fetch the models it names.
+        "TransactionsFunctionRole": {"s3:GetObject": ["models/*"]},
+        "ApiFunctionRole": {"s3:GetObject": ["models/*"]},
+        # LabelsFunction scores nothing and reads nothing from the bucket.
+        "DriftFunctionRole": {
+            "s3:GetObject": ["events/transactions/*", "models/*"],
+            "s3:ListBucket": [""],
+        },
+        "RetrainRole": {
+            "s3:GetObject": [SOURCE_KEY, "models/*", "mlflow/*"],
+            "s3:GetObjectVersion": [SOURCE_KEY],
+            "s3:ListBucket": [""],
+            "s3:GetBucketLocation": [""],
+            "s3:GetBucketAcl": [""],
+        },
+    }
+
+
+def test_iam_least_privilege_each_key_the_code_writes_has_exactly_its_writer(
+    translated: dict[str, Any], tmp_path: Path
+) -> None:
+    resources = translated["Resources"]
+    writers = {
+        "transactions": {"TransactionsFunctionRole"},
+        "labels": {"LabelsFunctionRole"},
+        "drift": {"DriftFunctionRole"},
+        "export": {"RetrainRole"},
+    }
+    keys = written_keys(tmp_path)
+    assert keys["export"][-1] == POINTER_KEY == "models/active.json"
+
+    def writers_of(key: str) -> set[str]:
+        return allowed(resources, PARAMETERS, key, writes=True)
+
+    def readers_of(key: str) -> set[str]:
+        return allowed(resources, PARAMETERS, key, writes=False)
+
+    for writer, written in keys.items():
+        assert written, writer
+        for key in written:
+            assert writers_of(key) == writers[writer], key
+    # Oversized poison payloads: both stream functions, nobody else.
+    assert writers_of("dead-letters/transactions/x.bin") == STREAM_ROLES
+    # The retraining source is uploaded by whoever deploys; no role of the stack writes it.
+    assert writers_of(SOURCE_KEY) == set()
+    # Who reads what the others write (dead letters: the redrive tool, as the operator).
+    scorers = {"TransactionsFunctionRole", "ApiFunctionRole", "DriftFunctionRole"}
+    assert readers_of(POINTER_KEY) == scorers | {"RetrainRole"}
+    assert readers_of(keys["transactions"][0]) == {"DriftFunctionRole"}
+    assert readers_of(keys["labels"][0]) == set()
+    assert readers_of("dead-letters/transactions/x.bin") == set()
+    assert readers_of(SOURCE_KEY) == {"RetrainRole"}
+
+
 def test_iam_least_privilege_eni_permissions_only_in_a_vpc(translated: dict[str, Any]) -> None:
     for role in (
         "TransactionsFunctionRole",
@@ -256,7 +269,7 @@ def test_iam_least_privilege_eni_permissions_only_in_a_vpc(translated: dict[str,
             for s in policy["PolicyDocument"]["Statement"]
             if "Fn::If" in s
         }
-        assert all("*" not in _as_list(s["Resource"]) for s in plain), role
+        assert all("*" not in as_list(s["Resource"]) for s in plain), role
         # The fan-out consumer's statement is TransactionsFunctionRole's only other condition
         # (tested in test_template_freshness.py); it names the consumer, never "*".
         fan_out = {"TransactionsFanOut"} if role == "TransactionsFunctionRole" else set()
@@ -382,6 +395,6 @@ def test_iam_least_privilege_checker_sees_sam_generated_policies(
     resources = translate(sam)["Resources"]
     found = list(statements(resources))
     # SQSSendMessagePolicy expands to sqs:SendMessage* on the queue (a prefix, not "*").
-    assert any("sqs:SendMessage*" in _as_list(s["Action"]) for _, s in found)
+    assert any("sqs:SendMessage*" in as_list(s["Action"]) for _, s in found)
     assert any(wildcard_problems(s) for _, s in found)
     assert resources["FnRole"]["Properties"]["ManagedPolicyArns"]
