@@ -108,6 +108,16 @@ def test_scorer_explain_default_top_and_input_forms_match_reasons() -> None:
     assert scorer.explain(np.empty((0, N))) == []
 
 
+@pytest.mark.parametrize("size", [1, 15, 16, 17, 258])
+def test_scorer_explain_gives_the_same_reasons_for_small_and_large_batches(size: int) -> None:
+    scorer = shipped_scorer()
+    batch = rows()[-size:]  # ties and extremes first in every size
+    assert scorer.explain(batch) == [scorer.reasons(row) for row in batch]
+    assert scorer.explain(batch.tolist()) == [scorer.reasons(row) for row in batch]
+    with pytest.raises(ValueError, match="expected rows of"):
+        scorer.explain(np.ones((size, N - 1)))
+
+
 def test_scorer_explain_reports_ties_in_feature_order() -> None:
     scorer = shipped_scorer()
     manifest = scorer.manifest
