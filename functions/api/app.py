@@ -13,6 +13,7 @@ from chalicelib.telemetry import ApiMetrics
 
 from kestrel import clients
 from kestrel.serving import ScoringService
+from kestrel.settings import Settings
 from kestrel.telemetry import TelemetryService
 
 app = Chalice(app_name="kestrel-api")
@@ -39,16 +40,29 @@ def telemetry() -> TelemetryService:
     return snapshots
 
 
+def settings() -> Settings:
+    """The container's settings (logs once when no key can pass the app's own check)."""
+    config = clients.settings()
+    _say_if_closed(config.api_auth, bool(config.api_key))
+    return config
+
+
+@cache
+def _say_if_closed(api_auth: str, has_key: bool) -> None:
+    if api_auth == "app" and not has_key:
+        logger.error("KESTREL_API_KEY is empty: every keyed route answers 403 (fail closed)")
+
+
 @app.middleware("http")
 def guard(request: Request, get_response: web.Handler) -> Response:
     """API key, Server-Timing and request metrics around every route."""
     try:
-        return web.guarded(request, get_response, clients.settings().api_key, metrics.observe)
+        return web.guarded(request, get_response, settings(), metrics.observe)
     finally:
         logger.set_correlation_id(None)
 
 
-@app.route("/v1/score", methods=["POST"])
+@app.route("/v1/score", methods=["POST"], api_key_required=True)
 def score() -> Response:
     """Score one transaction as if it were applied now."""
     try:
@@ -61,7 +75,7 @@ def score() -> Response:
     return web.json_response(web.decision_body(records[0]))
 
 
-@app.route("/v1/score/batch", methods=["POST"])
+@app.route("/v1/score/batch", methods=["POST"], api_key_required=True)
 def score_batch() -> Response:
     """Score up to 100 transactions, answered in order."""
     try:
@@ -73,7 +87,7 @@ def score_batch() -> Response:
     return web.json_response({"results": [web.decision_body(r) for r in records]})
 
 
-@app.route("/v1/customers/{customer_id}/features", methods=["GET"])
+@app.route("/v1/customers/{customer_id}/features", methods=["GET"], api_key_required=True)
 def customer_features(customer_id: str) -> Response:
     """A customer's features now."""
     return web.entity(
@@ -82,7 +96,7 @@ def customer_features(customer_id: str) -> Response:
     )
 
 
-@app.route("/v1/terminals/{terminal_id}/features", methods=["GET"])
+@app.route("/v1/terminals/{terminal_id}/features", methods=["GET"], api_key_required=True)
 def terminal_features(terminal_id: str) -> Response:
     """A terminal's features now."""
     return web.entity(
@@ -91,7 +105,7 @@ def terminal_features(terminal_id: str) -> Response:
     )
 
 
-@app.route("/v1/decisions/{transaction_id}", methods=["GET"])
+@app.route("/v1/decisions/{transaction_id}", methods=["GET"], api_key_required=True)
 def decision(transaction_id: str) -> Response:
     """The stream's decision for a transaction."""
     return web.stored_decision(
@@ -100,7 +114,7 @@ def decision(transaction_id: str) -> Response:
     )
 
 
-@app.route("/v1/telemetry", methods=["GET"])
+@app.route("/v1/telemetry", methods=["GET"], api_key_required=True)
 def stream_telemetry() -> Response:
     """The stream's live figures over the last `window` seconds (default 60)."""
     return web.telemetry(lambda window: telemetry().snapshot(window), web.current(app))
@@ -108,11 +122,12 @@ def stream_telemetry() -> Response:
 
 @app.route("/health", methods=["GET"])
 def health() -> Response:
-    """The feature store, model and schema registry checks."""
-    return web.json_response(service().health())
+    """``ok`` or ``degraded``; with the key, each check and why it failed."""
+    detailed = web.carries_key(web.current(app).headers, settings())
+    return web.json_response(web.health_body(service().health(), detailed))
 
 
-@app.route("/metrics", methods=["GET"])
+@app.route("/metrics", methods=["GET"], api_key_required=True)
 def prometheus() -> Response:
     """Prometheus text of this process, and the stream's figures."""
     service()

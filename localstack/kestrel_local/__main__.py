@@ -132,10 +132,13 @@ def _cmd_run(args: argparse.Namespace, settings: LocalSettings) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: LocalSettings) -> int:
+    key = api_key(settings.run_dir)  # first: no key, nothing else is done
     app, clients = _bind(args, settings, create=False)
     spec = app.function(args.function)
     environment = function_environment(spec, clients.credentials_env())
-    environment["KESTREL_API_KEY"] = api_key(settings.run_dir)
+    environment["KESTREL_API_KEY"] = key
+    # No API Gateway here: the app checks the key itself (the template says gateway for AWS).
+    environment["KESTREL_API_AUTH"] = "app"
     chalice_app = load_app(spec, environment)
     server = build_server(chalice_app, spec, args.host, args.port)
     print(f"health: {warm_up(chalice_app)}", file=sys.stderr)

@@ -13,7 +13,9 @@ a loopback address, with two changes that matter for latency and noise:
   instead of http.server's 501.
 
 The API key is KESTREL_API_KEY when set, else a random key kept in ``<run dir>/api-key``
-(mode 0600), created on first use and printed at start, so the local API is never open.
+(mode 0600), created on first use and printed at start, so the local API is never open: an
+empty key file is refused, and the app checks the key itself (KESTREL_API_AUTH=app, whatever
+the template says for AWS, where API Gateway checks it).
 """
 
 from __future__ import annotations
@@ -107,14 +109,28 @@ class NoDelayRequestHandler(ChaliceRequestHandler):
 
 
 def api_key(run_dir: str, env: Mapping[str, str] | None = None) -> str:
-    """KESTREL_API_KEY, or the run directory's key file, created with a random key if absent."""
+    """KESTREL_API_KEY, or the run directory's key file, created with a random key if absent.
+
+    Raises:
+        ServeError: The key file exists but holds no key (the API would be open), or
+            cannot be read.
+    """
     env = os.environ if env is None else env
     configured = env.get("KESTREL_API_KEY", "").strip()
     if configured:
         return configured
     path = Path(run_dir) / API_KEY_FILE
-    if path.is_file():
-        return path.read_text(encoding="utf-8").strip()
+    if path.exists():
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ServeError(f"{path}: cannot read the API key ({exc})") from None
+        if not key:
+            raise ServeError(
+                f"{path} is empty: put a key in it, set KESTREL_API_KEY, or delete the file "
+                "to have a new key made"
+            )
+        return key
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -40,7 +40,8 @@ from kestrel_training.avro_encoding import avro_encoders
 from kestrel_training.producer import DeliveryError, produce, rate_pacer
 
 from kestrel.adapters.glue_registry import GlueSchemaRegistry
-from kestrel.settings import LocalSettings
+from kestrel.settings import LocalSettings, redact_url
+from kestrel_local.api_server import ServeError, api_key
 from kestrel_local.aws import AwsClients
 from kestrel_local.demo_input import (
     label_records,
@@ -125,14 +126,16 @@ class Children:
             stop_child(process, 20.0)
 
 
-def wait_http(port: int, path: str, timeout_s: float, children: Children) -> dict[str, Any]:
-    """GET `path` until it answers 200; its JSON body."""
+def wait_http(
+    port: int, path: str, timeout_s: float, children: Children, key: str
+) -> dict[str, Any]:
+    """GET `path` with the API key until it answers 200; its JSON body."""
     deadline = time.monotonic() + timeout_s
     while True:
         children.check()
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", path)
+            conn.request("GET", path, headers={"x-api-key": key})
             response = conn.getresponse()
             body = response.read()
             conn.close()
@@ -144,6 +147,14 @@ def wait_http(port: int, path: str, timeout_s: float, children: Children) -> dic
         if time.monotonic() > deadline:
             raise DemoError(f"127.0.0.1:{port}{path} did not answer in {timeout_s:.0f} s")
         time.sleep(0.5)
+
+
+def demo_key(run_dir: Path) -> str:
+    """The key `kestrel_local serve` uses (KESTREL_API_KEY or the run directory's file)."""
+    try:
+        return api_key(str(run_dir))
+    except ServeError as exc:
+        raise DemoError(str(exc)) from None
 
 
 def _until(stop: threading.Event, records: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -159,7 +170,8 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
     if down:
         raise DemoError(f"{' and '.join(down)} not running: run `make up` (make demo does)")
     if not settings.embedded_redis and not args.reset_redis:
-        raise DemoError(f"REDIS_URL={settings.redis} is yours: pass --reset-redis to flush it")
+        shown = redact_url(settings.redis)
+        raise DemoError(f"REDIS_URL={shown} is yours: pass --reset-redis to flush it")
     clients = AwsClients(settings.endpoint)
     app, _ = bind(args.template, clients, args.stack_name, {}, create=False)
     checkpoints = Path(settings.run_dir) / "checkpoints" / f"{args.stack_name}.db"
@@ -169,7 +181,7 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
     say(f"stack {args.stack_name}: streams re-created empty, dead-letter queues purged")
     store = redis.Redis.from_url(settings.redis)
     store.flushdb()
-    say(f"flushed Redis {settings.redis}: the demo starts with no history")
+    say(f"flushed Redis {redact_url(settings.redis)}: the demo starts with no history")
 
     events = int(args.rate * args.duration)
     say(f"simulating {events:,} transactions (seed {args.seed})")
@@ -186,10 +198,10 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
         stack_args += ["--parameter-overrides", f"RedisUrl={settings.redis}"]
         log = children.start("runtime", ["run", *stack_args])
         say(f"local Lambda runtime started (log: {log})")
+        key = demo_key(run_dir)  # made before the server starts, which then reads it
         log = children.start("api", ["serve", *stack_args, "--port", str(args.port)])
-        health = wait_http(args.port, "/health", 120.0, children)
+        health = wait_http(args.port, "/health", 120.0, children, key)
         summary.model_version = str(health.get("checks", {}).get("model", {}).get("version") or "")
-        key = (run_dir / "api-key").read_text().strip()
         say(f"API on http://127.0.0.1:{args.port} (log: {log}), model {summary.model_version}")
 
         encoders = avro_encoders(GlueSchemaRegistry(clients.client("glue"), args.stack_name))
@@ -290,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write_text(summary.as_json() + "\n")
         say(f"summary written to {out}")
         if not args.exit:
-            key = (Path(settings.run_dir) / "api-key").read_text().strip()
+            key = demo_key(Path(settings.run_dir))
             say(f"dashboard: http://127.0.0.1:{args.port}/dashboard#key={key}")
             say("serving the API and the dashboard; Ctrl-C stops them, `make down` the rest")
             threading.Event().wait()

@@ -25,7 +25,7 @@ from typing import Literal
 
 import redis
 
-from kestrel.settings import LocalSettings
+from kestrel.settings import LocalSettings, redact_url
 from kestrel_local.processes import (
     LOOPBACK,
     free_port,
@@ -71,7 +71,7 @@ class ServiceStatus:
         name: "emulator" or "redis".
         embedded: True when `up` manages it, False when an external URL is configured.
         pid: the pid from the pid file if that process is alive and ours, else None.
-        address: the URL clients use.
+        address: the URL clients use (any password masked).
         healthy: True when the address answers a health check.
     """
 
@@ -340,7 +340,8 @@ def status(settings: LocalSettings) -> list[ServiceStatus]:
     for name in SERVICES:
         embedded, address, _, _ = _config(settings, name)
         pid = read_pid(settings, name) if embedded else None
-        rows.append(ServiceStatus(name, embedded, pid, address, _healthy(name, address, embedded)))
+        healthy = _healthy(name, address, embedded)
+        rows.append(ServiceStatus(name, embedded, pid, redact_url(address), healthy))
     return rows
 
 
@@ -363,10 +364,10 @@ def up(settings: LocalSettings, timeout_s: float = HEALTH_TIMEOUT_S) -> list[str
             if not _healthy(name, address, False):
                 setting = EXTERNAL_SETTING[name]
                 raise ServiceError(
-                    f"{name}: external {setting}={address} does not answer; "
+                    f"{name}: external {setting}={redact_url(address)} does not answer; "
                     f"start it, or unset {setting} to use the embedded one"
                 )
-            lines.append(f"{name}: external {address} answers; nothing started")
+            lines.append(f"{name}: external {redact_url(address)} answers; nothing started")
             continue
         pid = read_pid(settings, name)
         if pid is not None:  # ours: on the configured port, and it may still be starting

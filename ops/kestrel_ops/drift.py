@@ -27,7 +27,7 @@ from kestrel.adapters.s3_event_window import DEFAULT_MAX_OBJECTS, S3EventWindow
 from kestrel.adapters.scipy_drift import ScipyDriftStatistics
 from kestrel.drift import Status, Thresholds
 from kestrel.drift_job import DriftJob, DriftReportSink, render_table
-from kestrel.settings import LocalSettings, default_model_dir
+from kestrel.settings import LocalSettings, default_model_dir, redact_url
 from kestrel_local.aws import AwsClients
 from kestrel_local.provision import bind
 from kestrel_local.template import TemplateError
@@ -134,7 +134,8 @@ def run_drift(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         report, locations = job.run(args.end)
     except redis.exceptions.ConnectionError as exc:
-        raise ValueError(f"Redis at {settings.redis} does not answer ({exc}): make up?") from None
+        shown = redact_url(settings.redis)
+        raise ValueError(f"Redis at {shown} does not answer ({exc}): make up?") from None
     out.write(render_table(report) + "\n")
     for location in locations:
         out.write(f"report: {location}\n")

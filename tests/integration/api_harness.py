@@ -86,6 +86,8 @@ def running_api(
         "KESTREL_API_KEY": key,
         **(extra_env or {}),
     }
+    if os.environ.get("PYTHONPATH"):  # the server runs the same code as this process
+        env.setdefault("PYTHONPATH", os.environ["PYTHONPATH"])
     command = [
         sys.executable, "-m", "kestrel_local", "serve",
         "--template", str(TEMPLATE),

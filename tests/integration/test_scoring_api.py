@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -250,7 +251,9 @@ def test_api_answers_every_route_over_one_keep_alive_connection(
     assert telemetry.json()["totals"]["applied"] == len(stack.streamed)  # the history
     assert telemetry.json()["model_version"] == decided["model_version"]
 
-    health = client.request("GET", "/health", key=None)
+    stranger = client.request("GET", "/health", key=None)
+    assert stranger.status == 200 and stranger.json() == {"status": "ok"}, stranger.body
+    health = client.request("GET", "/health")
     assert health.status == 200, health.body
     checks = health.json()["checks"]
     assert health.json()["status"] == "ok", checks
@@ -397,6 +400,26 @@ def test_api_score_of_an_unstorable_amount_does_not_open_the_breaker(
     assert after["degraded"] is False, after
     assert features.status == 200, features.body
     assert health["checks"]["redis"]["breaker"] == "closed", health
+
+
+def redis_pings(store: redis.Redis) -> int:
+    """PING commands the session's redis-server has answered so far (all clients)."""
+    stats = store.info("commandstats").get("cmdstat_ping") or {}
+    return int(stats.get("calls", 0))
+
+
+def test_api_health_flood_reaches_redis_about_once_a_second(
+    stack: ScoringStack, client: ApiClient
+) -> None:
+    before, started = redis_pings(stack.store), time.monotonic()
+    for i in range(200):
+        reply = client.request("GET", "/health", key=None if i % 2 else "")
+        assert reply.status == 200, reply.body
+        assert ("checks" in reply.json()) is (i % 2 == 0)  # details only with the key
+    elapsed = time.monotonic() - started
+    pinged = redis_pings(stack.store) - before
+    print(f"200 x /health in {elapsed:.2f} s: {pinged} Redis PING")
+    assert pinged <= math.ceil(elapsed) + 1
 
 
 def test_api_decodes_path_parameters_once_as_api_gateway_does(client: ApiClient) -> None:

@@ -106,6 +106,23 @@ def test_services_up_on_busy_port_names_port_and_setting(
     assert pids(stack_env) == {}  # ports are checked before anything starts
 
 
+def test_services_never_show_an_external_redis_password(
+    stack_env: dict[str, str], emulator_endpoint: str
+) -> None:
+    # An external Redis that does not answer: `up` says so, `status` lists it; neither
+    # shows the password in its URL.
+    stack_env |= {
+        "AWS_ENDPOINT_URL": emulator_endpoint,
+        "REDIS_URL": f"redis://kestrel:hunter2-Zq9@127.0.0.1:{free_port()}/0",
+    }
+    up = services("up", stack_env)
+    assert up.returncode == 1 and "does not answer" in up.stderr
+    assert "redis://kestrel:***@127.0.0.1:" in up.stderr
+    status = services("status", stack_env)
+    assert status.returncode == 0 and "redis://kestrel:***@127.0.0.1:" in status.stdout
+    assert "hunter2-Zq9" not in up.stdout + up.stderr + status.stdout + status.stderr
+
+
 def test_running_services_serves_and_stops_both(tmp_path: Path) -> None:
     with running_services(tmp_path) as stack:
         assert redis.Redis.from_url(stack.redis_url).ping()

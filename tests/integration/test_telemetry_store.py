@@ -61,9 +61,9 @@ def test_redis_telemetry_adds_counters_keeps_maxima_and_expires_buckets(
     assert totals[b"applied"] == b"6" and totals[b"model_version"] == b"3"
     assert totals[b"last_batch_ms"] == str((SECOND + 2) * 1000).encode()
     assert b"freshness:30" not in totals  # histograms only per second
-    buckets, read_totals = store.read(SECOND, SECOND + 2)
-    assert [b.get("applied") for b in buckets] == [5.0, None, 1.0]
-    assert buckets[0]["freshness_max_ms"] == 40.5 and read_totals["applied"] == "6"
+    window, read_totals = store.read(SECOND, SECOND + 2)
+    assert window.events == (5, 0, 1) and window.figures["applied"] == 6.0
+    assert window.figures["freshness_max_ms"] == 40.5 and read_totals["applied"] == "6"
 
 
 def test_redis_telemetry_survives_a_script_flush(client: redis.Redis) -> None:
@@ -104,16 +104,21 @@ def test_redis_drift_status_round_trips_and_ignores_what_is_not_a_status(
 
 def test_redis_telemetry_on_a_cluster_keeps_every_key_in_one_slot(redis_cluster_url: str) -> None:
     cluster = RedisCluster.from_url(redis_cluster_url)
+    keys = [bucket_key(SECOND + s) for s in range(3)]
+    keys += [bucket_key(SECOND // size * size, size) for size in (10, 60)]  # the rollups
     try:
         store = RedisTelemetry(cluster)
         for offset in range(3):
             store.record(figures(SECOND + offset, offset + 1, 5.0))
-        slots = {key_slot(bucket_key(SECOND + s).encode()) for s in range(3)}
+        assert all(cluster.exists(key) for key in keys)
+        slots = {key_slot(key.encode()) for key in keys}
         assert slots == {key_slot(TOTALS_KEY.encode())}
         snap = TelemetryService(store, clock=lambda: SECOND + 2.5).snapshot(3)
         assert snap.events == (1, 2, 3) and snap.totals["batches"] == 3
+        hour = TelemetryService(store, clock=lambda: SECOND + 1800.5).snapshot(3600)
+        assert sum(hour.events) == 6 and hour.counts["applied"] == 6
     finally:
-        for s in range(3):
-            cluster.delete(bucket_key(SECOND + s))
+        for key in keys:
+            cluster.delete(key)
         cluster.delete(TOTALS_KEY)
         cluster.close()

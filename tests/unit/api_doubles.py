@@ -18,6 +18,7 @@ import pybreaker
 import pytest
 from chalice.test import Client, HTTPResponse
 from openapi_schema_validator import OAS30Validator
+from serving_doubles import Registry
 from stream_doubles import MemoryDecisions, shipped_scorer
 from telemetry_doubles import FixedDepths, MemoryDrift, MemoryTelemetry
 
@@ -122,6 +123,16 @@ class StoreDecisions(MemoryDecisions):
         return super().decision(transaction_id)
 
 
+class Clock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class Api:
     """The app under test, its HTTP client, and the doubles behind its service."""
@@ -134,6 +145,8 @@ class Api:
     stream: MemoryTelemetry
     depths: FixedDepths
     drift: MemoryDrift
+    registry: Registry
+    clock: Clock
 
     def post(self, path: str, body: Any, headers: Mapping[str, str] = JSON_AUTH) -> HTTPResponse:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -145,7 +158,7 @@ class Api:
 
 def serve_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     """The `api` fixture's body: the real app over a ScoringService built on the doubles."""
-    reader = MemoryReader()
+    reader, registry, clock = MemoryReader(), Registry(), Clock()
     decisions = StoreDecisions(reader)
     service = ScoringService(
         reader=reader,
@@ -153,7 +166,8 @@ def serve_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
         decisions=decisions,
         rules=Rules(review_amount=150.0, night_review_amount=100.0, decline_amount=220.0),
         breaker=pybreaker.CircuitBreaker(fail_max=3, reset_timeout=60, name="redis"),
-        registry_check=lambda: None,
+        registry_check=registry.check,
+        monotonic=clock,
     )
     settings = Settings.from_env({"KESTREL_API_KEY": KEY})
     stream, depths, drift = MemoryTelemetry(), FixedDepths({"poison": 0}), MemoryDrift()
@@ -163,7 +177,9 @@ def serve_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     monkeypatch.setattr(clients, "telemetry_service", lambda: telemetry)
     module = load_app()
     with Client(module.app, project_dir=str(API_DIR)) as client:
-        yield Api(module, client, reader, decisions, service, stream, depths, drift)
+        yield Api(
+            module, client, reader, decisions, service, stream, depths, drift, registry, clock
+        )
 
 
 def transaction(**overrides: Any) -> dict[str, Any]:

@@ -186,6 +186,7 @@ def service(
     cb: pybreaker.CircuitBreaker | None = None,
     decisions: MemoryDecisions | None = None,
     registry: Callable[[], Any] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> ScoringService:
     return ScoringService(
         reader=reader,
@@ -195,6 +196,7 @@ def service(
         breaker=cb or breaker()[0],
         registry_check=registry or (lambda: None),
         clock_ms=lambda: NOW,
+        monotonic=monotonic,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kestrel.telemetry import BatchFigures
+from kestrel.telemetry import BatchFigures, TelemetryWindow, combine, events_of
 
 
 class MemoryTelemetry:
@@ -38,12 +38,13 @@ class MemoryTelemetry:
             self.totals["model_version"] = figures.model_version
         self.totals["last_batch_ms"] = str(figures.second * 1000)
 
-    def read(self, first_s: int, last_s: int) -> tuple[list[dict[str, float]], dict[str, str]]:
+    def read(self, first_s: int, last_s: int) -> tuple[TelemetryWindow, dict[str, str]]:
         if self.down is not None:
             raise self.down
         self.reads.append((first_s, last_s))
-        buckets = [dict(self.buckets.get(s, {})) for s in range(first_s, last_s + 1)]
-        return buckets, dict(self.totals)
+        buckets = [self.buckets.get(s, {}) for s in range(first_s, last_s + 1)]
+        window = TelemetryWindow(combine(buckets), tuple(events_of(b) for b in buckets))
+        return window, dict(self.totals)
 
 
 class FixedDepths:

@@ -148,7 +148,9 @@ def test_api_template_key_rule_is_the_apps_own(
         for path, operations in spec_paths.items()
         for method, operation in operations.items()
     }
+    declared_rule = {route: bool(entry.api_key_required) for route, entry in chalice_routes.items()}
     assert app_rule == template_rule
+    assert declared_rule == template_rule  # what `chalice package` deploys
     assert spec_rule == {route: v for route, v in template_rule.items() if route[1] not in UI_PATHS}
 
 
@@ -217,6 +219,18 @@ def test_api_template_never_sets_kestrel_api_key() -> None:
     assert not [text for text in _walk(TEMPLATE) if "KESTREL_API_KEY" in text]
 
 
+def test_api_template_leaves_the_key_check_to_api_gateway_on_the_api_function_only() -> None:
+    # API Gateway checks the key on AWS, so the app's own check is off there, explicitly.
+    assert API_FUNCTION["Environment"]["Variables"]["KESTREL_API_AUTH"] == "gateway"
+    others = [
+        name
+        for name, resource in RESOURCES.items()
+        if name != "ApiFunction" and "KESTREL_API_AUTH" in json.dumps(resource)
+    ]
+    assert others == []
+    assert "KESTREL_API_AUTH" not in json.dumps(TEMPLATE.get("Globals", {}))
+
+
 def test_api_template_translates_to_key_checks_per_method(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -263,6 +277,8 @@ def test_api_template_local_runtime_gives_api_function_no_mappings() -> None:
     assert api.timeout_s == API_FUNCTION["Timeout"]
     assert len(api.layer_dirs) == 3
     assert "KESTREL_API_KEY" not in api.environment
+    assert api.environment["KESTREL_API_AUTH"] == "gateway"  # make invoke: past the gateway
+    assert "KESTREL_API_AUTH" not in specs["TransactionsFunction"].environment
     # The stream functions keep their mappings.
     assert specs["TransactionsFunction"].kinesis and specs["LabelsFunction"].kinesis
 

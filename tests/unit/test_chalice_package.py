@@ -1,5 +1,10 @@
 """`chalice package` builds functions/api into a SAM template offline, with every route of the API.
 
+It packages the ``prod`` stage, the one for AWS: every data route requires the API key at
+API Gateway (``api_key_required``), exactly as in template.yaml, and the app leaves the
+check to it (KESTREL_API_AUTH=gateway). The ``dev`` stage, which ``chalice local`` runs,
+keeps the app's own check.
+
 The app is packaged from a copy (chalice caches build output under `.chalice/deployments`,
 which must not land in the working tree). The subprocess runs with sockets disabled by a
 `sitecustomize` module, so any attempt to reach the network (pip, a credentials lookup on
@@ -25,7 +30,7 @@ from kestrel_local.template import load_template
 REPO = Path(__file__).resolve().parents[2]
 API_DIR = REPO / "functions" / "api"
 TEMPLATE = load_template(REPO / "template.yaml")
-STAGE = "dev"
+STAGE = "prod"
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
 # Imported by every Python process of the subprocess tree (PYTHONPATH): refuses and records
@@ -131,6 +136,20 @@ def template_api_routes() -> Counter[tuple[str, str]]:
     )
 
 
+def template_key_rule() -> dict[tuple[str, str], bool]:
+    """(METHOD, path) -> does template.yaml's API Gateway demand the key on that route?"""
+    events = TEMPLATE["Resources"]["ApiFunction"]["Properties"]["Events"]
+    default = TEMPLATE["Resources"]["ScoringApi"]["Properties"]["Auth"]["ApiKeyRequired"]
+    rule = {}
+    for event in events.values():
+        props = event["Properties"]
+        own = (props.get("Auth") or {}).get("ApiKeyRequired")
+        rule[(str(props["Method"]).upper(), str(props["Path"]))] = bool(
+            default if own is None else own
+        )
+    return rule
+
+
 def packaged_routes(sam: dict[str, Any]) -> Counter[tuple[str, str]]:
     """(METHOD, path) of every operation in the packaged REST API (CORS preflights left out)."""
     apis = [r for r in sam["Resources"].values() if r["Type"] == "AWS::Serverless::Api"]
@@ -193,7 +212,45 @@ def test_chalice_package_function_matches_template_function(
     )
     variables = (packaged_fn.get("Environment") or {}).get("Variables") or {}
     assert "KESTREL_API_KEY" not in variables
-    assert set(variables) <= set(function_globals["Environment"]["Variables"])
+    template_variables = {
+        **function_globals["Environment"]["Variables"],
+        **template_fn["Environment"]["Variables"],
+    }
+    assert set(variables) <= set(template_variables)
+    # API Gateway checks the key, as in template.yaml; the app does not hold one.
+    assert variables["KESTREL_API_AUTH"] == template_variables["KESTREL_API_AUTH"] == "gateway"
+
+
+def test_chalice_package_requires_the_api_key_on_every_data_route(
+    packaged: tuple[Path, list[str]],
+) -> None:
+    sam = json.loads((packaged[0] / "sam.json").read_text())
+    (api,) = [r for r in sam["Resources"].values() if r["Type"] == "AWS::Serverless::Api"]
+    body = api["Properties"]["DefinitionBody"]
+    assert body["securityDefinitions"]["api_key"] == {
+        "type": "apiKey",
+        "name": "x-api-key",
+        "in": "header",
+    }
+    packaged_rule = {
+        (method.upper(), path): op.get("security") == [{"api_key": []}]
+        for path, operations in body["paths"].items()
+        for method, op in operations.items()
+        if method in HTTP_METHODS and method != "options"
+    }
+    assert packaged_rule == template_key_rule()
+    keyed = {route for route, needs_key in packaged_rule.items() if needs_key}
+    assert {path for _, path in keyed} >= {"/v1/score", "/v1/telemetry", "/metrics"}
+    assert all(path.startswith("/v1/") or path == "/metrics" for _, path in keyed)
+
+
+def test_chalice_package_gateway_mode_is_only_in_the_stage_for_aws() -> None:
+    # `chalice local` runs the dev stage by default: there the app must check the key itself.
+    config = json.loads((API_DIR / ".chalice" / "config.json").read_text())
+    assert "KESTREL_API_AUTH" not in config.get("environment_variables", {})
+    assert "KESTREL_API_AUTH" not in config["stages"]["dev"].get("environment_variables", {})
+    assert config["stages"][STAGE]["environment_variables"]["KESTREL_API_AUTH"] == "gateway"
+    assert (API_DIR / ".chalice" / config["stages"][STAGE]["iam_policy_file"]).is_file()
 
 
 def test_chalice_package_bundles_app_without_third_party_deps(

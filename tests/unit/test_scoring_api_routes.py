@@ -122,7 +122,7 @@ def test_api_decision_answers_the_stored_decision_or_404(api: Api) -> None:
 
 
 def test_api_health_reports_each_check(api: Api) -> None:
-    response = api.get("/health", headers={})
+    response = api.get("/health")
     assert response.status_code == 200
     body = response.json_body
     assert body["status"] == "ok"

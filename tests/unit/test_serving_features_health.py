@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis.exceptions
@@ -28,6 +32,7 @@ from kestrel.features import (
 )
 from kestrel.serving import (
     CUSTOMER_FEATURES,
+    HEALTH_MAX_AGE_S,
     TERMINAL_FEATURES,
     EntityFeatures,
     ScoringService,
@@ -142,8 +147,8 @@ def test_scoring_service_health_is_ok_when_every_check_passes() -> None:
 
 
 def test_scoring_service_health_reports_each_failing_check_and_degraded() -> None:
-    reader, registry = MemoryReader(), Registry()
-    svc = service(reader, shipped_scorer(), registry=registry.check)
+    reader, registry, clock = MemoryReader(), Registry(), [0.0]
+    svc = service(reader, shipped_scorer(), registry=registry.check, monotonic=lambda: clock[0])
     reader.down = redis.exceptions.ConnectionError("Connection refused")
     health = svc.health()
     assert health["status"] == "degraded"
@@ -154,6 +159,7 @@ def test_scoring_service_health_reports_each_failing_check_and_degraded() -> Non
 
     reader.down = None
     registry.error = PermissionError("AccessDeniedException: glue:GetRegistry")
+    clock[0] += HEALTH_MAX_AGE_S  # the last answer is a second old: checked again
     health = svc.health()
     assert health["status"] == "degraded"
     assert health["checks"]["redis"]["ok"] is True
@@ -161,3 +167,50 @@ def test_scoring_service_health_reports_each_failing_check_and_degraded() -> Non
         "ok": False,
         "detail": "PermissionError: AccessDeniedException: glue:GetRegistry",
     }
+
+
+def test_scoring_service_health_is_checked_at_most_once_a_second() -> None:
+    reader, registry, clock = MemoryReader(), Registry(), [0.0]
+    svc = service(reader, shipped_scorer(), registry=registry.check, monotonic=lambda: clock[0])
+    first = svc.health()
+    for step in range(100):  # a flood within the second
+        clock[0] = step * 0.0099
+        assert svc.health() == first
+    assert reader.calls == Counter({"ping": 1}) and registry.checks == 1
+    first["status"] = "changed by a caller"  # each caller gets its own copy
+    assert svc.health()["status"] == "ok"
+    clock[0] = HEALTH_MAX_AGE_S
+    reader.down = redis.exceptions.ConnectionError("Connection refused")
+    assert svc.health()["status"] == "degraded"
+    assert reader.calls == Counter({"ping": 2}) and registry.checks == 2
+
+
+def test_scoring_service_health_flood_from_threads_costs_one_check() -> None:
+    reader, gate = MemoryReader(), threading.Event()
+    calls = Counter[str]()
+
+    def slow_registry() -> None:
+        calls["registry"] += 1
+        gate.wait(5)  # every other thread arrives while this check runs
+
+    svc = service(reader, shipped_scorer(), registry=slow_registry)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = [pool.submit(svc.health) for _ in range(64)]
+        time.sleep(0.2)
+        gate.set()
+        statuses = {future.result(timeout=10)["status"] for future in answers}
+    assert statuses == {"ok"}
+    assert calls["registry"] == 1 and reader.calls == Counter({"ping": 1})
+
+
+def test_scoring_service_health_logs_a_degraded_check_once_per_refresh(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reader, clock = MemoryReader(), [0.0]
+    svc = service(reader, shipped_scorer(), monotonic=lambda: clock[0])
+    reader.down = redis.exceptions.ConnectionError("Error 111 connecting to cache.internal:6379")
+    with caplog.at_level(logging.WARNING, logger="kestrel.serving"):
+        for _ in range(10):
+            svc.health()
+    degraded = [r.getMessage() for r in caplog.records if "health degraded" in r.getMessage()]
+    assert len(degraded) == 1 and "cache.internal:6379" in degraded[0]

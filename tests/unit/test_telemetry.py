@@ -16,6 +16,7 @@ from kestrel.telemetry import (
     SCORE_BINS,
     TelemetryService,
     TelemetryUnavailable,
+    TelemetryWindow,
     error_figures,
     freshness_bins,
     freshness_edges,
@@ -166,7 +167,7 @@ def test_telemetry_snapshot_adds_depths_drift_and_model_version() -> None:
 
 @pytest.mark.parametrize("drift", [{"state": "drift"}, {"status": 3}])
 def test_telemetry_drift_without_a_string_status_is_unknown(drift: dict[str, object]) -> None:
-    snap = summarize([{}], {}, 0, 0, {}, drift)
+    snap = summarize(TelemetryWindow({}, (0,)), {}, 0, 0, {}, drift)
     assert snap.drift == {"status": "unknown"}
 
 

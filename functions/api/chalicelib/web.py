@@ -19,6 +19,7 @@ from chalice.app import Chalice, Request, Response
 from kestrel.decisions import DecisionRecord
 from kestrel.events import PoisonRecord, Transaction, transaction_from_mapping, valid_identifier
 from kestrel.serving import EntityFeatures, StoreUnavailable
+from kestrel.settings import Settings
 from kestrel.telemetry import MAX_WINDOW_S, TelemetrySnapshot, TelemetryUnavailable
 
 Handler = Callable[[Request], Response]
@@ -187,22 +188,44 @@ def telemetry(fetch: Callable[[int], TelemetrySnapshot], request: Request) -> Re
 
 
 def key_is_valid(headers: Mapping[str, str], expected: str) -> bool:
-    """True when `expected` is empty (the gateway checks keys) or the header matches it."""
+    """True when the x-api-key header matches `expected`; never when `expected` is empty."""
     if not expected:
-        return True
+        return False
     provided = headers.get("x-api-key") or ""
     return hmac.compare_digest(provided.encode(), expected.encode())
+
+
+def carries_key(headers: Mapping[str, str], settings: Settings) -> bool:
+    """True when the app checks keys itself (KESTREL_API_AUTH=app) and the header matches."""
+    # Behind API Gateway the app holds no key to compare with: False there.
+    return settings.api_auth == "app" and key_is_valid(headers, settings.api_key)
+
+
+def authorized(request: Request, settings: Settings) -> bool:
+    """May the request reach its view: an open path, or a keyed one with the key?"""
+    # With KESTREL_API_AUTH=gateway, API Gateway refused keyless requests before the
+    # function ran; otherwise an empty KESTREL_API_KEY refuses every keyed request.
+    return (
+        request.path in OPEN_PATHS
+        or settings.api_auth == "gateway"
+        or carries_key(request.headers, settings)
+    )
+
+
+def health_body(health: dict[str, Any], detailed: bool) -> dict[str, Any]:
+    """The /health answer: only ``status`` unless `detailed` (the caller has the key)."""
+    return health if detailed else {"status": health["status"]}
 
 
 def guarded(
     request: Request,
     get_response: Handler,
-    api_key: str,
+    settings: Settings,
     observe: Callable[[str, str, int, float], None],
 ) -> Response:
     """Check the API key, run the view, time it (Server-Timing) and record metrics."""
     started = time.perf_counter_ns()
-    if request.path not in OPEN_PATHS and not key_is_valid(request.headers, api_key):
+    if not authorized(request, settings):
         response = json_response({"message": "Forbidden"}, 403)
     else:
         response = get_response(request)

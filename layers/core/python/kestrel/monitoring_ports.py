@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from kestrel.drift import ScoredWindow
-    from kestrel.telemetry import BatchFigures
+    from kestrel.telemetry import BatchFigures, TelemetryWindow
 
 
 class TelemetrySink(Protocol):
@@ -29,13 +29,18 @@ class TelemetrySink(Protocol):
 
 
 class TelemetrySource(Protocol):
-    """Reads back what `TelemetrySink.record` wrote, for snapshots (the API, /metrics)."""
+    """Reads back what `TelemetrySink.record` wrote, for snapshots (the API, /metrics).
 
-    def read(self, first_s: int, last_s: int) -> tuple[list[dict[str, float]], dict[str, str]]:
-        """The buckets of seconds `first_s`..`last_s` (inclusive) and the all-time totals.
+    A read costs a bounded number of store calls whatever the window (up to an hour): an
+    implementation keeps rollups of the per-second buckets rather than reading each second.
+    """
 
-        One mapping per second, oldest first (empty: no batch); totals map field -> text.
-        Store errors (connection, timeout) raise unchanged.
+    def read(self, first_s: int, last_s: int) -> tuple[TelemetryWindow, dict[str, str]]:
+        """The window of seconds `first_s`..`last_s` (inclusive) and the all-time totals.
+
+        The window's figures equal its per-second buckets combined
+        (`kestrel.telemetry.combine`), with one events count per second, oldest first;
+        totals map field -> text. Store errors (connection, timeout) raise unchanged.
         """
         ...
 

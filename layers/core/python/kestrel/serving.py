@@ -12,12 +12,15 @@ opens and the store is not called for BREAKER_RESET_S seconds, then one trial ca
 half-opens it and a success closes it. While the store is unavailable, or when no model
 is loaded, a transaction is decided by `kestrel.decisions.Rules` on the request alone
 and flagged `degraded`. Reads that have no fallback (entity features, stored decisions)
-raise `StoreUnavailable` instead.
+raise `StoreUnavailable` instead. `health` checks the store and the schema registry at most
+once per HEALTH_MAX_AGE_S, so a flood of health probes costs one check a second.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +52,8 @@ from kestrel.scoring import NoModelError, Scorer
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+HEALTH_MAX_AGE_S = 1.0  # a /health answer is reused this long: a flood costs one check a second
 
 _NO_CUSTOMER = CustomerAggregates((0,) * len(CUSTOMER_WINDOWS), (0,) * len(CUSTOMER_WINDOWS), None)
 _NO_TERMINAL = TerminalAggregates((0,) * len(TERMINAL_WINDOWS), (0,) * len(TERMINAL_WINDOWS))
@@ -106,10 +111,15 @@ class ScoringService:
         breaker: pybreaker.CircuitBreaker,
         registry_check: Callable[[], Any],
         clock_ms: Callable[[], int] = now_ms,
+        health_max_age_s: float = HEALTH_MAX_AGE_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._reader, self._scorer, self._decisions = reader, scorer, decisions
         self._rules, self._breaker = rules, breaker
         self._registry_check, self._clock_ms = registry_check, clock_ms
+        self._health_max_age_s, self._monotonic = health_max_age_s, monotonic
+        self._health: tuple[float, dict[str, Any]] | None = None
+        self._health_lock = threading.Lock()
 
     @property
     def breaker_state(self) -> str:
@@ -162,7 +172,19 @@ class ScoringService:
         return self._store(self._decisions.decision, transaction_id)
 
     def health(self) -> dict[str, Any]:
-        """Each dependency's state: the store, the model, the schema registry."""
+        """Each dependency's state (store, model, registry), checked at most once a max age."""
+        # Concurrent callers wait for the one check under way; a degraded result is logged
+        # with its details, which /health shows only to a caller with the key.
+        with self._health_lock:
+            cached = self._health
+            if cached is None or self._monotonic() - cached[0] >= self._health_max_age_s:
+                fresh = self._check_health()
+                if fresh["status"] != "ok":
+                    logger.warning("health degraded: %s", fresh["checks"])
+                cached = self._health = (self._monotonic(), fresh)
+        return copy.deepcopy(cached[1])
+
+    def _check_health(self) -> dict[str, Any]:
         checks: dict[str, dict[str, Any]] = {}
         started = time.perf_counter()
         try:

@@ -7,14 +7,23 @@ table lists the same names.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Literal, TypeVar
 from urllib.parse import urlparse
 
 from kestrel.events import DEFAULT_MAX_FUTURE_S
 
 T = TypeVar("T")
+
+ApiAuth = Literal["app", "gateway"]
+API_AUTH_MODES: tuple[ApiAuth, ...] = ("app", "gateway")
+# Fields never shown by repr (a URL field shows with its password masked, see `redact_url`).
+_SECRET_FIELDS = frozenset({"api_key", "redis_password"})
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:/*")  # also the malformed redis:/ or redis:
+# A query parameter that may carry a secret (redis-py reads ?password=... too).
+_SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:pass|secret|token)[^=&#]*=)[^&#]*", re.IGNORECASE)
 
 
 class SettingsError(ValueError):
@@ -38,19 +47,58 @@ def _parse(
     try:
         return parse(raw)
     except (TypeError, ValueError) as exc:
-        # A secret's value (a Redis URL may carry a password) never reaches the message.
-        shown = _redacted_url(raw) if secret else repr(raw)
-        raise SettingsError(f"{key}: {exc} (got {shown})") from None
+        # A secret's value (a Redis URL may carry a password) never reaches the message,
+        # not even through the parser's own words.
+        problem, shown = str(exc), repr(raw)
+        if secret:
+            problem = _scrub(problem, raw)
+            shown = repr(redact_url(raw)) if "://" in raw else "a value without scheme://"
+        raise SettingsError(f"{key}: {problem} (got {shown})") from None
 
 
-def _redacted_url(raw: str) -> str:
-    """`raw` with the password of its user-info part replaced by ***."""
-    parsed = urlparse(raw)
-    if parsed.password is None:
-        return repr(raw)
-    netloc = parsed.netloc.rsplit("@", 1)[1]
-    user = f"{parsed.username}:" if parsed.username else ":"
-    return repr(parsed._replace(netloc=f"{user}***@{netloc}").geturl())
+def redact_url(raw: str) -> str:
+    """`raw` with any password in it masked, however malformed the URL.
+
+    Everything between the scheme (``redis://``, or a malformed ``redis:/``) and the last
+    ``@`` is user-info: the user name before its first ``:`` stays, the rest becomes
+    ``***``; so does the value of a query parameter named like a password, secret or token.
+    A value with no scheme becomes ``***`` as a whole, since it may be a bare password.
+    """
+    scheme = _SCHEME.match(raw)
+    if scheme is None:
+        return "***"
+    rest = _SECRET_QUERY.sub(r"\1***", raw[scheme.end() :])
+    if "@" not in rest:
+        return scheme.group() + rest
+    userinfo, host = rest.rsplit("@", 1)
+    user, colon, _ = userinfo.partition(":")
+    masked = f"{user}:***" if colon else "***"
+    return f"{scheme.group()}{masked}@{host}"
+
+
+def _scrub(text: str, raw: str) -> str:
+    """`text` without the secret part of `raw`: its user-info, or all of it if no URL."""
+    scheme = _SCHEME.match(raw)
+    rest = raw[scheme.end() :] if scheme else raw
+    secret = rest.rsplit("@", 1)[0] if "@" in rest else ("" if "://" in raw else raw)
+    return text.replace(secret, "***") if secret else text
+
+
+def _safe_repr(value: Settings | LocalSettings) -> str:
+    """`repr(value)` of a settings dataclass: secrets as ***, URLs without their password."""
+    shown = []
+    for item in fields(value):
+        if not item.repr:
+            continue
+        got = getattr(value, item.name)
+        if item.name in _SECRET_FIELDS:
+            text = "'***'" if got else "''"
+        elif isinstance(got, str) and ("@" in got or _SECRET_QUERY.search(got)):
+            text = repr(redact_url(got))
+        else:
+            text = repr(got)
+        shown.append(f"{item.name}={text}")
+    return f"{type(value).__name__}({', '.join(shown)})"
 
 
 def _port(raw: str) -> int:
@@ -103,7 +151,10 @@ def _positive_float(raw: str) -> float:
 
 
 def _redis_url(raw: str) -> str:
-    scheme = urlparse(raw).scheme
+    try:
+        scheme = urlparse(raw).scheme
+    except ValueError:  # e.g. an unclosed [IPv6] host; urllib's message may quote the URL
+        raise ValueError("is not a valid URL") from None
     if scheme not in {"redis", "rediss", "unix"}:
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
     return raw
@@ -120,6 +171,12 @@ def _http_url(raw: str) -> str:
     if parsed.scheme not in {"http", "https"} or not parsed.netloc:
         raise ValueError("must be an http:// or https:// URL")
     return raw.rstrip("/")
+
+
+def _api_auth(raw: str) -> ApiAuth:
+    if raw not in API_AUTH_MODES:
+        raise ValueError("must be app (the app checks x-api-key) or gateway (API Gateway does)")
+    return raw
 
 
 def _loopback(raw: str) -> str:
@@ -149,6 +206,7 @@ class Settings:
     model_pointer_key: str = "models/active.json"
     model_refresh_s: float = 15.0
     api_key: str = ""
+    api_auth: ApiAuth = "app"
     redis_password: str = field(default="", repr=False)
     redis_tls_ca_certs: str | None = None
     redis_budget_ms: float = 20.0
@@ -167,6 +225,10 @@ class Settings:
     drift_min_rows: int = 500
     drift_status_ttl_s: int = 3 * 3600
 
+    def __repr__(self) -> str:
+        """The fields, with the API key and Redis password masked (see `redact_url`)."""
+        return _safe_repr(self)
+
     @property
     def dlq_urls(self) -> dict[str, str]:
         """The dead-letter queue URLs by role (``poison``, ``on_failure``)."""
@@ -182,6 +244,13 @@ class Settings:
         if ca_certs and urlparse(redis_url).scheme != "rediss":
             raise SettingsError(
                 "REDIS_TLS_CA_CERTS: applies to TLS connections only; REDIS_URL must be rediss://"
+            )
+        api_key = _read(env, "KESTREL_API_KEY", "")
+        api_auth = _parse(env, "KESTREL_API_AUTH", "app", _api_auth)
+        if api_auth == "gateway" and api_key:
+            raise SettingsError(
+                "KESTREL_API_AUTH: gateway leaves the key check to API Gateway, so "
+                "KESTREL_API_KEY must be unset (or set KESTREL_API_AUTH=app)"
             )
         return cls(
             region=_read(env, "AWS_REGION", _read(env, "AWS_DEFAULT_REGION", "us-east-1")),
@@ -202,7 +271,8 @@ class Settings:
             model_bucket=_read(env, "MODEL_BUCKET", ""),
             model_pointer_key=_read(env, "MODEL_POINTER_KEY", "models/active.json"),
             model_refresh_s=_parse(env, "MODEL_REFRESH_S", "15", _non_negative_float),
-            api_key=_read(env, "KESTREL_API_KEY", ""),
+            api_key=api_key,
+            api_auth=api_auth,
             # Not stripped: a password is taken as it is. A password in REDIS_URL wins.
             redis_password=env.get("REDIS_PASSWORD", ""),
             redis_tls_ca_certs=ca_certs,
@@ -245,6 +315,10 @@ class LocalSettings:
     retry_backoff_s: float
     poll_interval_s: float
     short_read_pause_s: float = 0.1
+
+    def __repr__(self) -> str:
+        """The fields, with any Redis password masked (see `redact_url`)."""
+        return _safe_repr(self)
 
     @property
     def endpoint(self) -> str:

@@ -5,9 +5,11 @@ Write side: `transaction_figures` and `label_figures` turn one batch's `BatchOut
 labels and frauds), a log-scale histogram of freshness (handler time minus the record's
 Kinesis ``approximateArrivalTimestamp``), a histogram of scores and the freshness maximum.
 A `kestrel.monitoring_ports.TelemetrySink` adds them to the bucket of their second and to all-time
-totals. Read side: `summarize` turns a window of per-second buckets into a
-`TelemetrySnapshot` (rates, freshness percentiles estimated from the histogram, decisions,
-fraud rate, score distribution), whose `to_dict` is the ``GET /v1/telemetry`` body.
+totals. Read side: a `kestrel.monitoring_ports.TelemetrySource` gives a window's figures summed
+(`TelemetryWindow`: what `combine` makes of its per-second buckets, and each second's
+events), and `summarize` turns them into a `TelemetrySnapshot` (rates, freshness
+percentiles estimated from the histogram, decisions, fraud rate, score distribution),
+whose `to_dict` is the ``GET /v1/telemetry`` body.
 
 Telemetry counts attempts, not events: it is **not** exactly once. A batch that is retried
 (a crash, a partial failure) is counted again, so duplicates and retries show up here while
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +107,37 @@ class BatchFigures:
     histograms: dict[str, int] = field(default_factory=dict)
     maxima: dict[str, float] = field(default_factory=dict)
     model_version: str | None = None
+
+
+def events_of(figures: Mapping[str, float]) -> int:
+    """A second's (or a batch's) events: records applied plus duplicates."""
+    return int(figures.get("applied", 0) + figures.get("duplicates", 0))
+
+
+def combine(buckets: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """The figures of disjoint buckets as one: every field summed, the maxima the largest."""
+    summed: dict[str, float] = {}
+    for bucket in buckets:
+        for name, value in bucket.items():
+            if name == FRESHNESS_MAX:
+                summed[name] = max(summed.get(name, value), value)
+            else:
+                summed[name] = summed.get(name, 0.0) + value
+    return summed
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryWindow:
+    """What the stream wrote over a window of seconds.
+
+    Attributes:
+        figures: `combine` of the window's per-second buckets (counters and histograms
+            summed, ``freshness_max_ms`` the largest; fields with nothing left out).
+        events: Each second's events (`events_of`), oldest first.
+    """
+
+    figures: dict[str, float]
+    events: tuple[int, ...]
 
 
 def transaction_figures(outcome: BatchOutcome, now_s: float) -> BatchFigures:
@@ -256,33 +289,26 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 
 def summarize(
-    buckets: Sequence[Mapping[str, float]],
+    window: TelemetryWindow,
     totals: Mapping[str, str],
     start_s: int,
     now_ms: int,
     dlq: Mapping[str, int | None],
     drift: Mapping[str, Any] | None,
 ) -> TelemetrySnapshot:
-    """The snapshot of one bucket per second from `start_s` on (oldest first) and the totals."""
-    summed: dict[str, float] = {}
-    freshness_max: float | None = None
-    for bucket in buckets:
-        for name, value in bucket.items():
-            if name == FRESHNESS_MAX:
-                freshness_max = value if freshness_max is None else max(freshness_max, value)
-            else:
-                summed[name] = summed.get(name, 0.0) + value
+    """The snapshot of a window that starts at `start_s`, and the all-time totals."""
+    summed = window.figures
     counter_names = (*COUNTERS, *map(decision_field, DECISION_TYPES))
     last = totals.get("last_batch_ms")
     return TelemetrySnapshot(
-        window_s=len(buckets),
+        window_s=len(window.events),
         generated_at_ms=now_ms,
         start_s=start_s,
-        events=tuple(int(b.get("applied", 0) + b.get("duplicates", 0)) for b in buckets),
+        events=window.events,
         counts={name: int(summed.get(name, 0)) for name in counter_names},
         totals={name: int(totals.get(name, 0)) for name in counter_names},
         freshness=tuple(int(summed.get(f"freshness:{i}", 0)) for i in range(FRESHNESS_BINS)),
-        freshness_max_ms=freshness_max,
+        freshness_max_ms=summed.get(FRESHNESS_MAX),
         scores=tuple(int(summed.get(f"score:{i}", 0)) for i in range(SCORE_BINS)),
         model_version=totals.get("model_version") or None,
         last_batch_ms=int(last) if last else None,
@@ -336,11 +362,11 @@ class TelemetryService:
         last_s = int(now)
         start_s = last_s - window_s + 1
         try:
-            buckets, totals = self._source.read(start_s, last_s)
+            window, totals = self._source.read(start_s, last_s)
             drift = self._drift.latest() if self._drift is not None else None
         except Exception as exc:  # any store failure: unavailable
             raise TelemetryUnavailable(f"{type(exc).__name__}: {exc}") from exc
         dlq: dict[str, int | None] = dict.fromkeys(DLQ_ROLES)
         if self._depths is not None:
             dlq |= self._depths.depths()
-        return summarize(buckets, totals, start_s, int(now * 1000), dlq, drift)
+        return summarize(window, totals, start_s, int(now * 1000), dlq, drift)

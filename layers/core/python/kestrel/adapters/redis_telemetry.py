@@ -1,23 +1,31 @@
-"""Stream telemetry and the drift status in Redis: per-second buckets, totals, one JSON status.
+"""Stream telemetry and the drift status in Redis: per-second buckets, rollups, totals, status.
 
 Key layout (``{tm}`` is a Redis Cluster hash tag: every telemetry key is in one slot, so a
 window is read with one pipeline to one node)::
 
-    kestrel:{tm}:s:<epoch_s>  hash    one second's figures, expire after BUCKET_TTL_S (1 h 5 min)
-    kestrel:{tm}:totals       hash    all-time counters, model_version, last_batch_ms
-    kestrel:{drift}:latest    string  the drift job's latest status (JSON), see below
+    kestrel:{tm}:s:<epoch_s>      hash    one second's figures
+    kestrel:{tm}:s10:<epoch_s>    hash    the 10 seconds from <epoch_s> (a multiple of 10)
+    kestrel:{tm}:s60:<epoch_s>    hash    the minute from <epoch_s> (a multiple of 60)
+    kestrel:{tm}:totals           hash    all-time counters, model_version, last_batch_ms
+    kestrel:{drift}:latest        string  the drift job's latest status (JSON), see below
 
-Fields of a second's hash (integers unless said): ``applied``, ``duplicates``, ``poison``,
-``failed`` (records to retry), ``batches``, ``batch_errors`` (attempts that failed as a
-whole), ``labels``, ``frauds``, ``decision:approve|review|decline``, ``freshness:<bin>``
-(the log-scale bins of `kestrel.telemetry.freshness_edges`), ``score:<bin>`` (20 bins on
-[0, 1]) and ``freshness_max_ms`` (a decimal). The totals hold the same counters (no
-histograms) plus ``model_version`` (the model of the last scored batch) and
-``last_batch_ms``. The counters are per attempt: a retried batch counts again (telemetry is
-not exactly once; the feature keys are), so state comparisons leave ``kestrel:{tm}:*`` and
-``kestrel:{drift}:*`` out.
+Buckets expire BUCKET_TTL_S (1 h 5 min) after their last write. Fields of a bucket
+(integers unless said): ``applied``, ``duplicates``, ``poison``, ``failed`` (records to
+retry), ``batches``, ``batch_errors`` (attempts that failed as a whole), ``labels``,
+``frauds``, ``decision:approve|review|decline``, ``freshness:<bin>`` (the log-scale bins
+of `kestrel.telemetry.freshness_edges`), ``score:<bin>`` (20 bins on [0, 1]) and
+``freshness_max_ms`` (a decimal). A rollup (``s10``, ``s60``) holds the sums of its
+seconds' fields (the largest ``freshness_max_ms``) and ``e:<epoch_s>``, each of its
+seconds' events (applied + duplicates) for the per-second series. The totals hold the
+same counters (no histograms) plus ``model_version`` (the model of the last scored batch)
+and ``last_batch_ms``. The counters are per attempt: a retried batch counts again
+(telemetry is not exactly once; the feature keys are), so state comparisons leave
+``kestrel:{tm}:*`` and ``kestrel:{drift}:*`` out.
 
-Each batch costs one EVALSHA (one round trip, a few dozen HINCRBY inside Redis).
+Each batch costs one EVALSHA (one round trip; inside Redis, a few dozen HINCRBY for each
+of the three buckets its second is in). A window is read with the fewest aligned buckets
+that cover it exactly (`cover`): at most 86 hashes for any window up to an hour,
+where per-second buckets alone would take up to 3,600.
 
 The drift status is a JSON object written by the drift job with `RedisDriftStatus.publish`
 (``SET kestrel:{drift}:latest``)::
@@ -37,7 +45,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from kestrel.telemetry import BUCKET_TTL_S, BatchFigures
+from kestrel.telemetry import BUCKET_TTL_S, BatchFigures, TelemetryWindow, combine, events_of
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -48,37 +56,72 @@ TOTALS_KEY = TELEMETRY_PREFIX + "totals"
 DRIFT_KEY = "kestrel:{drift}:latest"
 # Key prefixes whose values are not exactly-once state (left out of state comparisons).
 NON_STATE_PREFIXES = (TELEMETRY_PREFIX, "kestrel:{drift}:")
+# Seconds per bucket, coarsest first; each size divides the one before it.
+BUCKET_SIZES = (60, 10, 1)
+EVENTS_FIELD = "e:"  # a rollup's ``e:<epoch_s>``: that second's events
 
-# KEYS: the second's bucket, the totals. ARGV: ttl (s), then one JSON object: "c" counters,
-# "h" histogram fields, "m" maxima (field -> number), "v" model version or null, "t" now (ms).
-# One JSON argument instead of a hundred: redis-py packs each argument in Python.
+# KEYS: the totals, then the second's bucket and its rollups (finest first). ARGV: ttl (s),
+# then one JSON object: "c" counters, "h" histogram fields, "m" maxima (field -> number),
+# "e" the batch's events and "f" their rollup field, "v" model version or null, "t" now
+# (ms). One JSON argument instead of a hundred: redis-py packs each argument in Python.
 RECORD_LUA = """
 local d = cjson.decode(ARGV[2])
+local ttl = tonumber(ARGV[1])
 for name, n in pairs(d.c) do
   redis.call('HINCRBY', KEYS[1], name, n)
-  redis.call('HINCRBY', KEYS[2], name, n)
 end
-for name, n in pairs(d.h) do
-  redis.call('HINCRBY', KEYS[1], name, n)
-end
-for name, value in pairs(d.m) do
-  local old = tonumber(redis.call('HGET', KEYS[1], name))
-  if old == nil or old < value then
-    redis.call('HSET', KEYS[1], name, value)
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  for name, n in pairs(d.c) do
+    redis.call('HINCRBY', key, name, n)
   end
+  for name, n in pairs(d.h) do
+    redis.call('HINCRBY', key, name, n)
+  end
+  for name, value in pairs(d.m) do
+    local old = tonumber(redis.call('HGET', key, name))
+    if old == nil or old < value then
+      redis.call('HSET', key, name, value)
+    end
+  end
+  if i > 2 and d.e > 0 then
+    redis.call('HINCRBY', key, d.f, d.e)
+  end
+  redis.call('EXPIRE', key, ttl)
 end
 if type(d.v) == 'string' then
-  redis.call('HSET', KEYS[2], 'model_version', d.v)
+  redis.call('HSET', KEYS[1], 'model_version', d.v)
 end
-redis.call('HSET', KEYS[2], 'last_batch_ms', d.t)
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+redis.call('HSET', KEYS[1], 'last_batch_ms', d.t)
 return 1
 """
 
 
-def bucket_key(second: int) -> str:
-    """The hash of one epoch second's figures."""
-    return f"{TELEMETRY_PREFIX}s:{second}"
+def bucket_key(start_s: int, size: int = 1) -> str:
+    """The hash of the `size` seconds from epoch second `start_s` (a multiple of `size`)."""
+    return f"{TELEMETRY_PREFIX}s:{start_s}" if size == 1 else f"{TELEMETRY_PREFIX}s{size}:{start_s}"
+
+
+def cover(
+    first_s: int, last_s: int, sizes: tuple[int, ...] = BUCKET_SIZES
+) -> list[tuple[int, int]]:
+    """(size, start) of the aligned buckets that cover `first_s`..`last_s` exactly, in order.
+
+    Whole buckets of the largest size in the middle, the finer sizes at both ends: for a
+    window of up to an hour, at most 86 buckets (58 minutes, then 5 ten-second and 9
+    one-second buckets at each end).
+    """
+    if first_s > last_s:
+        return []
+    size, finer = sizes[0], sizes[1:]
+    if not finer:
+        return [(size, s) for s in range(first_s, last_s + 1, size)]
+    start = -(-first_s // size) * size  # the first bucket boundary at or after first_s
+    end = (last_s + 1) // size * size  # the last boundary at or before last_s + 1
+    if start >= end:
+        return cover(first_s, last_s, finer)
+    whole = [(size, s) for s in range(start, end, size)]
+    return [*cover(first_s, start - 1, finer), *whole, *cover(end, last_s, finer)]
 
 
 def _text(value: bytes | str) -> str:
@@ -90,7 +133,7 @@ class RedisTelemetry:
 
     Args:
         client: The container's Redis client (the stream's, or one for reading).
-        ttl_s: How long a second's bucket is kept (seconds).
+        ttl_s: How long a bucket is kept after its last write (seconds).
 
     ``last_batch_ms`` in the totals is the start of the last batch's second (ms).
     """
@@ -102,27 +145,48 @@ class RedisTelemetry:
 
     def record(self, figures: BatchFigures) -> None:
         """Add one batch's non-zero figures in one EVALSHA; raise on any Redis error."""
+        second = figures.second
         body = {
             "c": {k: v for k, v in figures.counters.items() if v},
             "h": {k: v for k, v in figures.histograms.items() if v},
             "m": {k: round(v, 3) for k, v in figures.maxima.items()},
+            "e": events_of(figures.counters),
+            "f": f"{EVENTS_FIELD}{second}",
             "v": figures.model_version,
-            "t": figures.second * 1000,
+            "t": second * 1000,
         }
         payload = json.dumps(body, separators=(",", ":"), allow_nan=False)
-        self._script(keys=[bucket_key(figures.second), TOTALS_KEY], args=[self._ttl_s, payload])
+        buckets = [bucket_key(second // size * size, size) for size in reversed(BUCKET_SIZES)]
+        self._script(keys=[TOTALS_KEY, *buckets], args=[self._ttl_s, payload])
 
-    def read(self, first_s: int, last_s: int) -> tuple[list[dict[str, float]], dict[str, str]]:
-        """Every second's bucket from `first_s` to `last_s` and the totals, in one pipeline."""
+    def read(self, first_s: int, last_s: int) -> tuple[TelemetryWindow, dict[str, str]]:
+        """The window `first_s`..`last_s` from the buckets of `cover`, and the totals.
+
+        One pipeline of at most 87 HGETALL (86 buckets and the totals) for up to an hour.
+        """
+        blocks = cover(first_s, last_s)
         pipe = self._client.pipeline(transaction=False)
-        for second in range(first_s, last_s + 1):
-            pipe.hgetall(bucket_key(second))
+        for size, start in blocks:
+            pipe.hgetall(bucket_key(start, size))
         pipe.hgetall(TOTALS_KEY)
-        *buckets, totals = pipe.execute()
-        return (
-            [{_text(k): float(v) for k, v in bucket.items()} for bucket in buckets],
-            {_text(k): _text(v) for k, v in totals.items()},
-        )
+        *hashes, totals = pipe.execute()
+        events = [0] * (last_s - first_s + 1)
+        parts: list[dict[str, float]] = []
+        for (size, start), raw in zip(blocks, hashes, strict=True):
+            bucket: dict[str, float] = {}
+            for key, value in raw.items():
+                name = _text(key)
+                if not name.startswith(EVENTS_FIELD):
+                    bucket[name] = float(value)
+                    continue
+                second = name[len(EVENTS_FIELD) :]
+                if second.isdigit() and first_s <= int(second) <= last_s:
+                    events[int(second) - first_s] += int(value)
+            if size == 1:
+                events[start - first_s] = events_of(bucket)
+            parts.append(bucket)
+        window = TelemetryWindow(combine(parts), tuple(events))
+        return window, {_text(k): _text(v) for k, v in totals.items()}
 
 
 class RedisDriftStatus:
