@@ -28,7 +28,9 @@ that comes after every stored one (the stream's normal case) appends one entry a
 each pointer past the entries that left its window, reading only those (gallop, then
 bisect, so a long jump costs log of its length): one HGET of the state, usually one HMGET
 of the entries that left windows, one HSET of the new entry and state (and, for
-terminals with frauds, one count per window), whatever the history. A late transaction
+terminals with frauds, one count per window), whatever the history. When every pointer
+moves at most two entries (nearly always) this runs as a straight-line path that makes no
+Lua closures or caches; longer moves take the general path. A late transaction
 is inserted at its place: the entries after it move one seq up with their running totals
 corrected (it repairs only what it changes) and each pointer is patched in constant time.
 A replay, a preview of the past and a peek at the past find positions by bisection:
