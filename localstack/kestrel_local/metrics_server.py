@@ -4,9 +4,9 @@
 off) with the same collector as the scoring API's ``/metrics``
 (`kestrel.adapters.prometheus_telemetry.StreamCollector`), so a Prometheus scraping either
 process sees the same stream figures. The figures are read from the Redis the functions
-write to (their ``REDIS_URL``) and the template's dead-letter queues: the functions'
-``POISON_DLQ_URL`` and ``ON_FAILURE_QUEUE_URL`` (else the on-failure destination of their
-Kinesis event sources).
+write to (their ``REDIS_URL``, a cluster when their ``REDIS_CLUSTER`` is true) and the
+template's dead-letter queues: the functions' ``POISON_DLQ_URL`` and
+``ON_FAILURE_QUEUE_URL`` (else the on-failure destination of their Kinesis event sources).
 """
 
 from __future__ import annotations
@@ -14,14 +14,18 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from functools import cache
+from typing import cast
 from wsgiref.simple_server import WSGIServer
 
-import redis
 from prometheus_client import CollectorRegistry, start_http_server
 
 from kestrel.adapters.prometheus_telemetry import StreamCollector
 from kestrel.adapters.redis_telemetry import RedisDriftStatus, RedisTelemetry
 from kestrel.adapters.sqs_queue_depths import SqsQueueDepths
+from kestrel.connections import Deferred, RedisClient, connect_redis
+from kestrel.monitoring_ports import DriftStatusReader, TelemetrySource
+from kestrel.settings import Settings
 from kestrel.telemetry import CachedDepths, TelemetryService
 from kestrel_local.aws import AwsClients
 from kestrel_local.provision import LocalApp
@@ -64,12 +68,21 @@ def dlq_urls(app: LocalApp, clients: AwsClients) -> dict[str, str]:
 
 def stream_telemetry(app: LocalApp, clients: AwsClients, default_redis: str) -> TelemetryService:
     """Telemetry snapshots of `app`'s stream functions (their Redis, their queues)."""
-    url = _functions_env(app, "REDIS_URL") or default_redis
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    config = Settings.from_env(
+        {
+            "REDIS_URL": _functions_env(app, "REDIS_URL") or default_redis,
+            "REDIS_CLUSTER": _functions_env(app, "REDIS_CLUSTER"),
+        }
+    )
+
+    @cache
+    def client() -> RedisClient:
+        return connect_redis(config, socket_connect_timeout=2, socket_timeout=2)
+
     return TelemetryService(
-        RedisTelemetry(client),
+        cast("TelemetrySource", Deferred(lambda: RedisTelemetry(client()))),
         CachedDepths(SqsQueueDepths(clients.client("sqs"), dlq_urls(app, clients))),
-        RedisDriftStatus(client),
+        cast("DriftStatusReader", Deferred(lambda: RedisDriftStatus(client()))),
     )
 
 

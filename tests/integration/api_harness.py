@@ -32,11 +32,21 @@ SERVE_START_TIMEOUT_S = 60.0
 Json = dict[str, Any]
 
 
-def provision(endpoint: str, redis_url: str, prefix: str = "api") -> tuple[LocalApp, AwsClients]:
-    """Kestrel's template as a fresh stack on the emulator, its schemas registered."""
+def provision(
+    endpoint: str,
+    redis_url: str,
+    prefix: str = "api",
+    parameters: Mapping[str, str] | None = None,
+) -> tuple[LocalApp, AwsClients]:
+    """Kestrel's template as a fresh stack on the emulator, its schemas registered.
+
+    `parameters` are template parameters beyond RedisUrl (e.g. RedisCluster).
+    """
     clients = AwsClients(endpoint)
     name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    app, _ = bind(TEMPLATE, clients, name, {"RedisUrl": redis_url}, create=True)
+    app, _ = bind(
+        TEMPLATE, clients, name, {"RedisUrl": redis_url, **(parameters or {})}, create=True
+    )
     register_all(GlueSchemaRegistry(clients.client("glue"), name))
     return app, clients
 
@@ -70,8 +80,11 @@ def running_api(
     redis_url: str,
     run_dir: Path,
     extra_env: Mapping[str, str] | None = None,
+    parameters: Mapping[str, str] | None = None,
 ) -> Iterator[ApiServer]:
     """`python -m kestrel_local serve` for `app`'s stack, ready (warm-up answered 200).
+
+    `parameters` are template parameters beyond RedisUrl, as `provision` took them.
 
     The server is stopped (SIGTERM to its process group, SIGKILL after 10 s) on exit,
     whatever happened.
@@ -81,6 +94,8 @@ def running_api(
     key = secrets.token_urlsafe(18)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        # The packages this test session imports (a checkout's own, not an installed copy).
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
         "AWS_ENDPOINT_URL": endpoint,
         "KESTREL_RUN_DIR": str(run_dir),
         "KESTREL_API_KEY": key,
@@ -94,7 +109,8 @@ def running_api(
         "--stack-name", app.stack.stack_name,
         "--host", LOOPBACK,
         "--port", str(port),
-        "--parameter-overrides", f"RedisUrl={redis_url}",
+        "--parameter-overrides",
+        " ".join(f"{k}={v}" for k, v in {"RedisUrl": redis_url, **(parameters or {})}.items()),
     ]  # fmt: skip
     log_file = run_dir / "serve.log"
     with log_file.open("wb") as log:

@@ -26,7 +26,8 @@ def ca_file(tmp_path: Path) -> str:
 @pytest.fixture
 def fresh_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """An environment of our own for `clients.settings()`, and no cached clients either side."""
-    for key in ("REDIS_URL", "REDIS_PASSWORD", "REDIS_TLS_CA_CERTS", "REDIS_BUDGET_MS"):
+    for key in ("REDIS_URL", "REDIS_PASSWORD", "REDIS_TLS_CA_CERTS", "REDIS_BUDGET_MS",
+                "REDIS_CLUSTER"):  # fmt: skip
         monkeypatch.delenv(key, raising=False)
     clients.reset()
     yield monkeypatch
@@ -85,6 +86,7 @@ def test_settings_redis_tls_plain_url_gives_plain_connections(
 ) -> None:
     fresh_clients.setenv("REDIS_URL", "redis://cache.internal:6390/2")
     client = clients.redis_client()
+    assert isinstance(client, redis.Redis)  # one server: REDIS_CLUSTER is unset
     pool = client.connection_pool
     assert pool.connection_class is redis.Connection
     kwargs = pool.connection_kwargs
@@ -125,6 +127,8 @@ def test_settings_redis_tls_url_credentials_win(
 def test_settings_redis_tls_api_client_keeps_its_budget(fresh_clients: pytest.MonkeyPatch) -> None:
     fresh_clients.setenv("REDIS_URL", "rediss://cache.internal:6379")
     fresh_clients.setenv("REDIS_BUDGET_MS", "15")
-    kwargs = clients.api_redis_client().connection_pool.connection_kwargs
+    client = clients.api_redis_client()
+    assert isinstance(client, redis.Redis)
+    kwargs = client.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == pytest.approx(0.015)
     assert kwargs["socket_connect_timeout"] == pytest.approx(0.015)

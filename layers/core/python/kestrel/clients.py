@@ -11,7 +11,6 @@ from __future__ import annotations
 from functools import cache
 from typing import cast
 
-import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -28,7 +27,10 @@ from kestrel.adapters.sqs_queue_depths import SqsQueueDepths
 from kestrel.codec import label_decoder, transaction_decoder
 from kestrel.connections import (
     BOTO_CONFIG,
+    Deferred,
+    RedisClient,
     boto_session,
+    connect_redis,
 )
 from kestrel.connections import (
     kinesis_client as kinesis_client,
@@ -49,7 +51,15 @@ from kestrel.connections import (
     sqs_client as sqs_client,
 )
 from kestrel.decisions import Rules
-from kestrel.ports import DeadLetterSink, DecisionSink, EventLog, FeatureStore
+from kestrel.monitoring_ports import DriftStatusReader, TelemetrySource
+from kestrel.ports import (
+    DeadLetterSink,
+    DecisionLookup,
+    DecisionSink,
+    EventLog,
+    FeatureReader,
+    FeatureStore,
+)
 from kestrel.scoring import Scorer
 from kestrel.serving import ScoringService, make_breaker
 from kestrel.streaming import LabelPath, TransactionPath
@@ -57,16 +67,16 @@ from kestrel.telemetry import CachedDepths, TelemetryService
 
 
 @cache
-def api_redis_client() -> redis.Redis:
+def api_redis_client() -> RedisClient:
     """The API's Redis client: every call must answer within REDIS_BUDGET_MS, no retries.
 
     A slow or failed call raises at once, so the circuit breaker counts it and the request
-    falls back to rules instead of waiting.
+    falls back to rules instead of waiting. On a cluster the failed call also makes the
+    client read the slot map again, so the next one finds a promoted replica.
     """
     budget_s = settings().redis_budget_ms / 1000.0
-    return redis.Redis.from_url(
-        settings().redis_url,
-        **redis_security(settings()),
+    return connect_redis(
+        settings(),
         socket_connect_timeout=budget_s,
         socket_timeout=budget_s,
         retry=Retry(NoBackoff(), 0),
@@ -134,9 +144,9 @@ def telemetry() -> RedisTelemetry:
 def telemetry_service() -> TelemetryService:
     """Telemetry snapshots for the API: Redis, the dead-letter queues, the drift status."""
     return TelemetryService(
-        telemetry(),
+        cast("TelemetrySource", Deferred(telemetry)),
         CachedDepths(SqsQueueDepths(sqs_client(), settings().dlq_urls)),
-        RedisDriftStatus(redis_client()),
+        cast("DriftStatusReader", Deferred(lambda: RedisDriftStatus(redis_client()))),
     )
 
 
@@ -172,11 +182,13 @@ def label_path() -> LabelPath:
 def scoring_service() -> ScoringService:
     """The scoring API's service: read-only store with a breaker, model, rules, decisions."""
     config = settings()
-    api_redis = api_redis_client()
     return ScoringService(
-        reader=RedisFeatureStore(api_redis),
+        reader=cast("FeatureReader", Deferred(lambda: RedisFeatureStore(api_redis_client()))),
         scorer=scorer(),
-        decisions=RedisDecisions(api_redis, config.decision_ttl_s),
+        decisions=cast(
+            "DecisionLookup",
+            Deferred(lambda: RedisDecisions(api_redis_client(), config.decision_ttl_s)),
+        ),
         rules=Rules(
             review_amount=config.rule_review_amount,
             night_review_amount=config.rule_night_review_amount,

@@ -2,19 +2,24 @@
 
 Every function's wiring (`kestrel.clients` for the stream and API paths,
 `kestrel.drift_clients` for the drift check) takes them from here, so each has the same
-client options, Redis AUTH and TLS. Nothing here imports onnxruntime. boto3 resolves
-``AWS_ENDPOINT_URL`` (and per-service ``AWS_ENDPOINT_URL_<SERVICE>``) itself, so the same
-code talks to AWS, LocalStack or the embedded emulator.
+client options, Redis AUTH and TLS, and the same kind of Redis client: a cluster-aware
+`RedisCluster` when REDIS_CLUSTER is true, else a `redis.Redis` for one server. Nothing
+here imports onnxruntime. boto3 resolves ``AWS_ENDPOINT_URL`` (and per-service
+``AWS_ENDPOINT_URL_<SERVICE>``) itself, so the same code talks to AWS, LocalStack or the
+embedded emulator.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 import boto3
 import redis
 from botocore.config import Config
+from redis.cluster import RedisCluster
 
 from kestrel.settings import Settings
 
@@ -22,6 +27,43 @@ if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
+
+T = TypeVar("T")
+
+
+class Deferred(Generic[T]):
+    """An adapter built when one of its methods is first called, again if that failed.
+
+    The API and the local /metrics wire their Redis adapters through it: a `RedisCluster`
+    connects when it is created (it reads the slot map), so building one at wiring time
+    would turn a cold start during a Redis outage into errors; built inside the first
+    call, the failure is that call's and degrades the request like any other store failure.
+    Only methods are reached through it.
+    """
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._built: T | None = None
+        self._lock = threading.Lock()
+
+    def _adapter(self) -> T:
+        with self._lock:
+            if self._built is None:
+                self._built = self._build()
+            return self._built
+
+    def __getattr__(self, name: str) -> Any:
+        if self._built is not None:
+            return getattr(self._built, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return getattr(self._adapter(), name)(*args, **kwargs)
+
+        return call
+
+
+# What the Redis adapters take: one server, or a cluster (commands routed by hash slot).
+RedisClient: TypeAlias = "redis.Redis | RedisCluster"
 
 BOTO_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 3},
@@ -56,15 +98,25 @@ def redis_security(config: Settings) -> dict[str, str]:
     return options
 
 
+def connect_redis(config: Settings, **options: Any) -> RedisClient:
+    """A Redis client for `config.redis_url` with its AUTH and TLS, and `options`.
+
+    With REDIS_CLUSTER true it is a `RedisCluster`: the URL names any node, or an ElastiCache
+    configuration endpoint; the client reads the slot map from it, sends each command to
+    its slot's primary, and reads the map again after a MOVED reply or a failed node
+    (a failover); it connects as it is created. Otherwise it is a `redis.Redis` for the one
+    server the URL names, which connects on its first command.
+    """
+    if config.redis_cluster:
+        return RedisCluster.from_url(config.redis_url, **redis_security(config), **options)
+    return redis.Redis.from_url(config.redis_url, **redis_security(config), **options)
+
+
 @cache
-def redis_client() -> redis.Redis:
-    """The Redis client for `Settings.redis_url` (a connection pool shared by the container)."""
-    return redis.Redis.from_url(
-        settings().redis_url,
-        **redis_security(settings()),
-        socket_connect_timeout=2,
-        socket_timeout=2,
-        health_check_interval=30,
+def redis_client() -> RedisClient:
+    """The Redis client for `Settings.redis_url` (connection pools shared by the container)."""
+    return connect_redis(
+        settings(), socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
     )
 
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from kestrel.events import DEFAULT_MAX_FUTURE_S
 
@@ -160,6 +160,25 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _flag(raw: str) -> bool:
+    value = raw.lower()
+    if value not in {"true", "false"}:
+        raise ValueError("must be true or false")
+    return value == "true"
+
+
+def _cluster_url(raw: str) -> None:
+    """Refuse a REDIS_URL that a Redis Cluster client cannot use (a socket, a database)."""
+    parsed = urlparse(raw)
+    if parsed.scheme not in {"redis", "rediss"}:
+        raise SettingsError("REDIS_CLUSTER: needs a redis:// or rediss:// REDIS_URL, not a socket")
+    database = parse_qs(parsed.query).get("db", [parsed.path.strip("/") or "0"])[0]
+    if database != "0":
+        raise SettingsError(
+            f"REDIS_CLUSTER: a cluster has database 0 only (REDIS_URL asks for {database!r})"
+        )
+
+
 def _ca_file(raw: str) -> str:
     if not os.path.isfile(raw):
         raise ValueError("must be the path of a readable PEM file of CA certificates")
@@ -209,6 +228,7 @@ class Settings:
     api_auth: ApiAuth = "app"
     redis_password: str = field(default="", repr=False)
     redis_tls_ca_certs: str | None = None
+    redis_cluster: bool = False
     redis_budget_ms: float = 20.0
     breaker_fail_max: int = 5
     breaker_reset_s: float = 2.0
@@ -252,6 +272,9 @@ class Settings:
                 "KESTREL_API_AUTH: gateway leaves the key check to API Gateway, so "
                 "KESTREL_API_KEY must be unset (or set KESTREL_API_AUTH=app)"
             )
+        cluster = _parse(env, "REDIS_CLUSTER", "false", _flag)
+        if cluster:
+            _cluster_url(redis_url)
         return cls(
             region=_read(env, "AWS_REGION", _read(env, "AWS_DEFAULT_REGION", "us-east-1")),
             aws_endpoint_url=_parse(env, "AWS_ENDPOINT_URL", endpoint, _http_url)
@@ -276,6 +299,7 @@ class Settings:
             # Not stripped: a password is taken as it is. A password in REDIS_URL wins.
             redis_password=env.get("REDIS_PASSWORD", ""),
             redis_tls_ca_certs=ca_certs,
+            redis_cluster=cluster,
             redis_budget_ms=_parse(env, "REDIS_BUDGET_MS", "20", _positive_float),
             breaker_fail_max=_parse(env, "BREAKER_FAIL_MAX", "5", _positive_int),
             breaker_reset_s=_parse(env, "BREAKER_RESET_S", "2", _positive_float),

@@ -4,7 +4,11 @@ redis-py's pipeline spends more Python per command (argument checks, callbacks, 
 bookkeeping) than the stream spends on the rest of an event. On a single node the batch is
 packed by hiredis (the reply parser redis-py itself uses), written once on a pooled
 connection and read back reply by reply; on a Redis Cluster, redis-py's cluster pipeline
-routes each command to its slot's node.
+sends each node its commands, each command routed here to its slot's primary by the
+client's slot map. (Left to route EVALSHA itself, redis-py 8.1's cluster pipeline asks the
+client's default node with ``COMMAND GETKEYS`` for every script call: a round trip per
+call, and once that node is down every batch fails without the slot map being read
+again, so the client never learns of the failover.)
 
 The whole batch goes in one write. Redis runs each client's buffered commands 16 KB at a
 time (about 150 scripts), one client after another, so an API read that arrives while four
@@ -38,8 +42,10 @@ def send_batch(client: Any, commands: Sequence[Command]) -> list[Any]:
         return []
     if not isinstance(client, Redis):  # a cluster: one sub-pipeline per node
         pipe = client.pipeline(transaction=False)
+        slot_map = client.nodes_manager
         for command in commands:
-            pipe.execute_command(*command)
+            primary = slot_map.get_node_from_slot(client.determine_slot(*command))
+            pipe.execute_command(*command, target_nodes=primary)
         return list(pipe.execute(raise_on_error=False))
     pack: Any = hiredis.pack_command  # typed for one-element tuples only
     payload = b"".join(pack(tuple(command)) for command in commands)
