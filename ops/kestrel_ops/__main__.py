@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kestrel.adapters.glue_registry import GlueSchemaRegistry
+from kestrel.adapters.s3_dead_letter_payloads import S3DeadLetterPayloads
 from kestrel.settings import LocalSettings, SettingsError
 from kestrel_local.aws import AwsClients
 from kestrel_local.provision import bind
@@ -40,6 +41,7 @@ from kestrel_ops.redrive import (
 
 QUEUES: dict[str, str] = {"on-failure": "OnFailureQueue", "poison": "PoisonDLQ"}
 LABEL_STREAM = "LabelsStream"
+BUCKET = "EventLogBucket"  # also holds dead-letter payloads too large for a queue message
 
 
 class ConfigError(Exception):
@@ -207,6 +209,28 @@ def _targets(
     return targets, label_streams, streams
 
 
+class StackPayloads:
+    """Reads dead-letter payloads from the stack's bucket, found on the first one needed."""
+
+    def __init__(self, args: argparse.Namespace, clients: AwsClients) -> None:
+        self._args, self._clients = args, clients
+        self._reader: S3DeadLetterPayloads | None = None
+
+    def get(self, uri: str) -> str:
+        """The payload's base64 text at `uri` (see `S3DeadLetterPayloads.get`)."""
+        if self._reader is None:
+            args = self._args
+            try:
+                app, _ = bind(args.template, self._clients, args.stack_name)
+            except (TemplateError, OSError) as exc:
+                raise ValueError(f"--template {args.template}: {exc}") from None
+            bucket = app.stack.physical.get(BUCKET)
+            if bucket is None:
+                raise ValueError(f"--template {args.template}: no {BUCKET} resource")
+            self._reader = S3DeadLetterPayloads(self._clients.client("s3"), str(bucket.ref))
+        return self._reader.get(uri)
+
+
 def run_redrive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Run the redrive command; returns the exit code (config errors raise `ConfigError`)."""
     settings = LocalSettings.from_env()
@@ -217,6 +241,7 @@ def run_redrive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.park_queue_url:
         _depth(sqs, args.park_queue_url, "--park-queue-url")
     registry = GlueSchemaRegistry(clients.client("glue"), args.registry_name or args.stack_name)
+    payloads = StackPayloads(args, clients)
     total = RedriveReport(dry_run=args.dry_run)
     remaining = args.max
     for kind, url, option in targets:
@@ -250,6 +275,7 @@ def run_redrive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 park_queue_url=args.park_queue_url,
                 progress=progress,
                 label_streams=label_streams,
+                payloads=payloads,
                 visibility_timeout_s=args.visibility_timeout,
             )
         progress(report)

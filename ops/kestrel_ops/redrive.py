@@ -4,10 +4,12 @@ Two queues feed it. The on-failure queue holds AWS's on-failure messages (no pay
 ``KinesisBatchInfo``: stream, shard and sequence range), so the records are re-read from the
 shard with ``AT_SEQUENCE_NUMBER`` and put back. The poison queue holds Kestrel's dead letters
 (`kestrel.adapters.sqs_dead_letters`: full payload, reason, coordinates); each is validated
-again with the current schema registry, and put back when it now passes. Records keep their
-partition keys and their order per key. A message is deleted only after all of its records
-were accepted by PutRecords; re-put records that were already applied are harmless, because
-features are idempotent per event id. Messages that stay are made visible again at the end.
+again with the current schema registry, and put back when it now passes. A payload too large
+for the queue is read back from the stack's bucket (``dead-letters/``) and checked against
+its SHA-256 first; the object stays there. Records keep their partition keys and their order
+per key. A message is deleted only after all of its records were accepted by PutRecords;
+re-put records that were already applied are harmless, because features are idempotent per
+event id. Messages that stay are made visible again at the end.
 
 Records go back only onto the stack's own streams (`stack_streams`: the streams its
 functions read, from the template bound to the stack). A message naming any other stream
@@ -20,10 +22,11 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kestrel.adapters.s3_dead_letter_payloads import payload_sha256
 from kestrel.codec import label_decoder, transaction_decoder
 from kestrel.events import PoisonRecord, check_not_ahead_of_arrival, decode_base64
 from kestrel.ports import SchemaLookup
@@ -68,6 +71,7 @@ __all__ = [
     "KinesisApi",
     "OnFailureBatch",
     "Pacer",
+    "PayloadReader",
     "PoisonLetter",
     "PutEntry",
     "QueueKind",
@@ -96,6 +100,14 @@ def stack_streams(app: LocalApp) -> frozenset[str]:
     )
 
 
+class PayloadReader(Protocol):
+    """Reads back a dead letter's payload stored in the bucket (`S3DeadLetterPayloads`)."""
+
+    def get(self, uri: str) -> str:
+        """The payload's base64 text at `uri`; raises if it cannot be read or is elsewhere."""
+        ...
+
+
 class _Redriver:
     """Handles one message at a time for `redrive`, counting into its report."""
 
@@ -120,6 +132,7 @@ class _Redriver:
         self.sleep: Callable[[float], None] = options["sleep"]
         self.max_put_stalls: int = options["max_put_stalls"]
         self.visibility_timeout_s: int = options["visibility_timeout_s"]
+        self.payloads: PayloadReader | None = options["payloads"]
         self.transactions = transaction_decoder(schema_lookup)
         self.labels = label_decoder(schema_lookup)
 
@@ -223,9 +236,27 @@ class _Redriver:
             is_labels = stream_arn in self.label_streams or name in self.label_streams
         return self.labels if is_labels else self.transactions
 
+    def _payload_b64(self, letter: PoisonLetter) -> str:
+        """The letter's payload, read back from the bucket when it is stored there."""
+        if not letter.payload_s3:
+            return letter.payload_b64
+        if self.payloads is None:
+            raise RedriveFailure(f"payload at {letter.payload_s3}: no bucket to read it from")
+        try:
+            text = self.payloads.get(letter.payload_s3)
+        except (ValueError, ClientError, BotoCoreError) as exc:
+            raise RedriveFailure(f"cannot read the payload at {letter.payload_s3}: {exc}") from None
+        if payload_sha256(text) != letter.payload_sha256:
+            raise RedriveFailure(f"the payload at {letter.payload_s3} does not match its SHA-256")
+        return text
+
     def _poison(self, letter: PoisonLetter, message: Mapping[str, Any]) -> bool:
         try:
-            data = decode_base64(letter.payload_b64)
+            payload_b64 = self._payload_b64(letter)
+        except RedriveFailure as exc:
+            return self._left(ERROR, letter.reason, str(exc), message)
+        try:
+            data = decode_base64(payload_b64)
             event = self._decoder(letter.stream_arn)(data)
             # The stream's own rule: not dated far after the record reached the stream.
             check_not_ahead_of_arrival(event, letter.first_seen.timestamp() * 1000.0)
@@ -280,6 +311,7 @@ def redrive(
     park_queue_url: str | None = None,
     progress: Progress | None = None,
     label_streams: Collection[str] | None = None,
+    payloads: PayloadReader | None = None,
     visibility_timeout_s: int = 300,
     wait_time_s: int = 1,
     max_put_stalls: int = 5,
@@ -313,6 +345,8 @@ def redrive(
         progress: Called with the report after each message.
         label_streams: Names or ARNs of the label streams (poison records from them are
             validated as labels); None: streams whose name ends in ``labels``.
+        payloads: Reads back payloads stored in the stack's bucket (dead letters too large
+            for the queue); None: such messages stay, counted as errors.
         visibility_timeout_s: How long a received message stays hidden (at most 60 s in
             a dry run). Messages that stay are released at the end of the run anyway; this
             only says when they come back if the run dies. Messages that come back during
@@ -346,6 +380,7 @@ def redrive(
         "sleep": sleep,
         "max_put_stalls": max_put_stalls,
         "visibility_timeout_s": visibility_timeout_s,
+        "payloads": payloads,
     }
     pacer = Pacer(rate, clock, sleep)
     sqs_api, kinesis_api = cast(SqsApi, sqs), cast(KinesisApi, kinesis)

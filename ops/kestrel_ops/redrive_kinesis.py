@@ -88,7 +88,11 @@ class OnFailureBatch:
 
 @dataclass(frozen=True, slots=True)
 class PoisonLetter:
-    """A Kestrel dead letter: one record's payload, reason and stream coordinates."""
+    """A Kestrel dead letter: one record's payload, reason and stream coordinates.
+
+    A payload too large for the queue is in the stack's bucket: then `payload_b64` is empty
+    and `payload_s3` names the object, whose text has the SHA-256 `payload_sha256`.
+    """
 
     reason: str
     detail: str
@@ -98,6 +102,8 @@ class PoisonLetter:
     sequence_number: str
     partition_key: str
     first_seen: datetime
+    payload_s3: str = ""
+    payload_sha256: str = ""
 
 
 def _time(value: Any, name: str) -> datetime:
@@ -136,10 +142,13 @@ def parse_message(body: str) -> OnFailureBatch | PoisonLetter:
                 first_arrival=str(info.get("approximateArrivalOfFirstRecord", "")),
             )
         if doc.get("kind") == MESSAGE_KIND:
+            stored = "payload_s3" in doc and "payload_b64" not in doc
             return PoisonLetter(
                 reason=str(doc["reason"]),
                 detail=str(doc.get("detail", "")),
-                payload_b64=str(doc["payload_b64"]),
+                payload_b64="" if stored else str(doc["payload_b64"]),
+                payload_s3=str(doc["payload_s3"]) if stored else "",
+                payload_sha256=str(doc["payload_sha256"]) if stored else "",
                 stream_arn=str(doc["stream_arn"]),
                 shard_id=str(doc.get("shard_id", "")),
                 sequence_number=str(doc.get("sequence_number", "")),

@@ -218,6 +218,10 @@ AGREEING = [
     transaction(channel=""),
     transaction(device_id="d" * 129),
     transaction(channel=7),
+    transaction(channel="web\n"),
+    transaction(channel="\x00"),
+    transaction(device_id="d\x9f"),
+    transaction(channel="a\u2028b \u200b\U0001f4b3"),
 ]
 
 

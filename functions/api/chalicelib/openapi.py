@@ -16,7 +16,17 @@ from kestrel.telemetry import COUNTERS, DECISION_TYPES, MAX_WINDOW_S
 # (?![\s\S]) ends the string in ECMA-262 and Python alike ($ admits a trailing \n in Python).
 ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}(?![\\s\\S])"
 _ID = {"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": 128}
-_TEXT = {"type": "string", "minLength": 1, "maxLength": 128, "nullable": True}
+# Free text (`kestrel.events`): no control characters. The domain refuses lone surrogates
+# too, which a pattern cannot say portably (Rust's and other engines reject the range).
+TEXT_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*(?![\\s\\S])"
+_TEXT = {
+    "type": "string",
+    "pattern": TEXT_PATTERN,
+    "minLength": 1,
+    "maxLength": 128,
+    "nullable": True,
+    "description": "No control characters (U+0000-U+001F, U+007F-U+009F), no lone surrogates.",
+}
 _REF = "#/components/schemas/"
 
 

@@ -2,7 +2,8 @@
 
 Errors are JSON with the field and the problem, e.g. ``{"error": "validation_error",
 "field": "amount", "problem": "must be a finite number of at least 0 (got -1)"}``.
-Transactions are validated by the same rules as the stream (`kestrel.events`).
+Bodies are parsed and transactions validated by the same total rules as the stream
+(`kestrel.events`), so any body gets a 400 naming the field rather than a 500.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from typing import Any, TypeVar
 from chalice.app import Chalice, Request, Response
 
 from kestrel.decisions import DecisionRecord
-from kestrel.events import PoisonRecord, Transaction, transaction_from_mapping, valid_identifier
+from kestrel.events import (
+    PoisonRecord,
+    Transaction,
+    json_document,
+    transaction_from_mapping,
+    valid_identifier,
+)
 from kestrel.serving import EntityFeatures, StoreUnavailable
 from kestrel.settings import Settings
 from kestrel.telemetry import MAX_WINDOW_S, TelemetrySnapshot, TelemetryUnavailable
@@ -66,13 +73,20 @@ def current(app: Chalice) -> Request:
 
 def json_body(request: Request) -> Any:
     """The request's JSON body, or a 400 naming the problem."""
-    raw = request.raw_body
+    return body_document(request.raw_body)
+
+
+def body_document(raw: bytes | str | None) -> Any:
+    """A request body parsed as the stream parses a record: a JSON value, or a 400 on body."""
     if not raw:
         raise HttpError(400, "validation_error", "body", "a JSON object is required")
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
     try:
-        return json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpError(400, "validation_error", "body", f"not valid JSON: {exc}") from None
+        return json_document(raw)
+    except PoisonRecord as exc:
+        problem = exc.detail.removeprefix("data: ")
+        raise HttpError(400, "validation_error", "body", f"not valid JSON: {problem}") from None
 
 
 def transaction(doc: Any, prefix: str = "") -> Transaction:
@@ -233,7 +247,3 @@ def guarded(
     response.headers["Server-Timing"] = f"app;dur={elapsed_ms:.3f}"
     observe(request.path, request.method, response.status_code, elapsed_ms)
     return response
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")

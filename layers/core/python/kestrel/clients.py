@@ -21,6 +21,7 @@ from kestrel.adapters.onnx_model import build_scorer
 from kestrel.adapters.redis_decisions import RedisDecisions
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.adapters.redis_telemetry import RedisDriftStatus, RedisTelemetry
+from kestrel.adapters.s3_dead_letter_payloads import S3DeadLetterPayloads
 from kestrel.adapters.s3_event_log import S3EventLog
 from kestrel.adapters.sqs_dead_letters import SqsDeadLetterSink
 from kestrel.adapters.sqs_queue_depths import SqsQueueDepths
@@ -103,8 +104,10 @@ def event_log() -> EventLog:
 
 @cache
 def dead_letter_sink() -> DeadLetterSink:
-    """The poison-record `DeadLetterSink` (SQS queue at `Settings.poison_dlq_url`)."""
-    return SqsDeadLetterSink(sqs_client(), settings().poison_dlq_url)
+    """The poison-record `DeadLetterSink`: SQS, large payloads in the event-log bucket."""
+    bucket = settings().event_log_bucket
+    payloads = S3DeadLetterPayloads(s3_client(), bucket) if bucket else None
+    return SqsDeadLetterSink(sqs_client(), settings().poison_dlq_url, payloads)
 
 
 @cache

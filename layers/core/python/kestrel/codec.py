@@ -49,9 +49,6 @@ SHIPPED_SCHEMAS = ("transaction.v1", "transaction.v2", "label.v1", "decision.v1"
 Schema = str | Mapping[str, Any]
 T = TypeVar("T")
 
-# Errors fastavro raises on bytes that are not a record of the writer schema.
-_UNREADABLE = (EOFError, IndexError, ValueError, OverflowError, TypeError, MemoryError)
-
 
 def schema_definition(name: str) -> str:
     """The definition (Avro JSON text) of a shipped schema, e.g. ``transaction.v2``."""
@@ -122,6 +119,11 @@ def _inflate(body: bytes) -> bytes:
         )
     if not inflater.eof:
         raise PoisonRecord(PoisonReason.UNDECODABLE, "data: truncated zlib payload")
+    if inflater.unused_data:
+        raise PoisonRecord(
+            PoisonReason.UNDECODABLE,
+            f"data: {len(inflater.unused_data)} bytes left after the zlib payload",
+        )
     return out
 
 
@@ -186,8 +188,11 @@ class Decoder(Generic[T]):
     Writer schemas are fetched through the `SchemaLookup` port once per version id and
     cached. Failures raise `PoisonRecord`: ``unknown_schema`` (version id not registered),
     ``schema_mismatch`` (the writer schema cannot be read as the reader schema),
-    ``undecodable`` (bad header, bad compression, truncated or trailing Avro bytes), or the
-    domain's field reasons; errors of the lookup other than `KeyError` propagate.
+    ``undecodable`` (bad header, bad compression, truncated or trailing Avro or zlib bytes),
+    or the domain's field and JSON reasons; errors of the lookup other than `KeyError`
+    propagate. Any bytes give an event or a `PoisonRecord`: an uncompressed frame is checked
+    against its writer schema only once that version is found, so a truncated frame of an
+    unregistered version is ``unknown_schema``.
     """
 
     def __init__(
@@ -223,7 +228,7 @@ class Decoder(Generic[T]):
                 f"data: schema version {version_id} cannot be read as {self._reader_name} "
                 f"({_short(exc)})",
             ) from None
-        except _UNREADABLE as exc:
+        except Exception as exc:  # noqa: BLE001 - any reader error: not a record of the writer
             raise PoisonRecord(
                 PoisonReason.UNDECODABLE,
                 f"data: not an Avro record of schema version {version_id} "

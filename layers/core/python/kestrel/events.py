@@ -2,7 +2,15 @@
 
 Pure domain code: no boto3, no redis. A record that can never be processed raises
 `PoisonRecord` with a stable reason code (`PoisonReason`) and a detail that names the
-field and the problem; handlers send it to the dead-letter sink and carry on.
+field and the problem; handlers send it to the dead-letter sink and carry on. Parsing is
+total: any bytes give an event or a `PoisonRecord`, never another exception (JSON nested
+deeper than `MAX_JSON_DEPTH`, integers of any size, NaN and Infinity in any spelling).
+
+Ids (customer, terminal, transaction) are 1-128 ASCII characters of ``A-Z a-z 0-9 _ . : -``
+starting with a letter or digit. They become part of Redis keys inside hash tags
+(``kestrel:{c:<id>}:log``), so ``{`` and ``}`` can never appear in one (an id could not
+close its tag early or share another id's slot); whitespace, control characters and
+non-ASCII letters are refused too, so an id reads the same in logs, keys and URLs.
 """
 
 from __future__ import annotations
@@ -21,6 +29,14 @@ from typing import Any, NoReturn
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . : - starting with a letter or digit"
 _MAX_TEXT = 128
+# Transactions and labels are flat objects; deeper JSON is refused before it is parsed, so
+# nesting can never exhaust the parser's recursion (JSON nested 100,000 deep is poison).
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+# Free text (channel, device_id) has no control characters (C0, DEL, C1) and no lone
+# surrogates, which UTF-8 (the event log, Redis) cannot encode. The API's spec says so too.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _MIN_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
@@ -173,17 +189,41 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _json_object(raw: bytes) -> Mapping[str, Any]:
+def _too_deep(text: str) -> bool:
+    """True when `text` nests arrays and objects deeper than MAX_JSON_DEPTH (strings aside)."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False  # the common case: no scan
+    depth = 0
+    for bracket in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
+
+
+def json_document(raw: bytes) -> Any:
+    """Parse UTF-8 JSON bytes (no NaN/Infinity, at most MAX_JSON_DEPTH deep) or raise poison."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PoisonRecord(
             PoisonReason.UNDECODABLE, f"data: not UTF-8 text (byte {exc.start})"
         ) from None
+    if _too_deep(text):
+        raise PoisonRecord(
+            PoisonReason.INVALID_JSON, f"data: nested more than {MAX_JSON_DEPTH} levels deep"
+        )
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:  # a backstop: _too_deep refuses such documents first
+        raise PoisonRecord(PoisonReason.INVALID_JSON, "data: nested too deeply") from None
     except ValueError as exc:
-        raise PoisonRecord(PoisonReason.INVALID_JSON, f"data: {exc}") from None
+        problem = str(exc).split("; use sys.set_int_max_str_digits", 1)[0]
+        raise PoisonRecord(PoisonReason.INVALID_JSON, f"data: {problem}") from None
+
+
+def _json_object(raw: bytes) -> Mapping[str, Any]:
+    doc = json_document(raw)
     if not isinstance(doc, dict):
         raise PoisonRecord(
             PoisonReason.INVALID_JSON, f"data: expected a JSON object, got {type(doc).__name__}"
@@ -197,10 +237,20 @@ def _field(doc: Mapping[str, Any], name: str) -> Any:
     return doc[name]
 
 
+def _shown(value: Any) -> str:
+    """A short, safe rendering of any decoded value (huge or deeply nested ones included)."""
+    if isinstance(value, dict):
+        return f"an object of {len(value)} keys"
+    if isinstance(value, list):
+        return f"an array of {len(value)} items"
+    if isinstance(value, int) and abs(value) >= 10**30:  # str() of 4,301 digits raises
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    shown = repr(value[:80] if isinstance(value, str | bytes) else value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
 def _invalid(name: str, problem: str, value: Any) -> PoisonRecord:
-    shown = repr(value)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    return PoisonRecord(PoisonReason.INVALID_FIELD, f"{name}: {problem} (got {shown})")
+    return PoisonRecord(PoisonReason.INVALID_FIELD, f"{name}: {problem} (got {_shown(value)})")
 
 
 def _identifier(doc: Mapping[str, Any], name: str) -> str:
@@ -214,12 +264,13 @@ def _amount(doc: Mapping[str, Any], name: str) -> float:
     value = _field(doc, name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _invalid(name, "must be a number", value)
-    amount = float(value)
-    if not math.isfinite(amount) or amount < 0:
+    # Integers are compared as integers: float() overflows from 309 digits on.
+    finite = isinstance(value, int) or math.isfinite(value)
+    if not finite or value < 0:
         raise _invalid(name, "must be a finite number of at least 0", value)
-    if amount > MAX_AMOUNT:
+    if value > MAX_AMOUNT:
         raise _invalid(name, f"must be at most {MAX_AMOUNT:.0f}", value)
-    return amount
+    return float(value)
 
 
 def _boolean(doc: Mapping[str, Any], name: str) -> bool:
@@ -233,8 +284,10 @@ def _optional_text(doc: Mapping[str, Any], name: str) -> str | None:
     value = doc.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or not 1 <= len(value) <= _MAX_TEXT:
-        raise _invalid(name, f"must be a string of 1-{_MAX_TEXT} characters or null", value)
+    if not isinstance(value, str) or not 1 <= len(value) <= _MAX_TEXT or _CONTROL.search(value):
+        raise _invalid(
+            name, f"must be a string of 1-{_MAX_TEXT} characters, no control ones, or null", value
+        )
     return value
 
 

@@ -1,0 +1,116 @@
+"""Property tests: any bytes or JSON give an event or a reason, on the stream and in the API.
+
+Each test runs 10,000 examples under the ``totality`` profile (`totality_strategies`) and
+gives every example to both parsers, so each parser meets 10,000 arbitrary byte strings and
+10,000 arbitrary JSON documents. The parsers are called directly: the stream's transaction
+and label decoders with an in-memory schema registry, and the API's body and transaction
+parsers as /v1/score and /v1/score/batch call them. Hypothesis fails a test on any exception
+other than the ones asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given
+from totality_strategies import TOTALITY, Registry, json_bytes, record_bytes
+
+from kestrel.codec import label_decoder, transaction_decoder
+from kestrel.events import (
+    MAX_AMOUNT,
+    Label,
+    PoisonReason,
+    PoisonRecord,
+    Transaction,
+    valid_identifier,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "functions" / "api"))
+from chalicelib import web
+
+TRANSACTIONS = transaction_decoder(Registry())
+LABELS = label_decoder(Registry())
+FIELDS = {
+    "data",
+    "transaction_id",
+    "customer_id",
+    "terminal_id",
+    "amount",
+    "event_time",
+    "channel",
+    "device_id",
+    "is_fraud",
+    "label_time",
+}
+MIN_MS, MAX_MS = 946_684_800_000, 4_102_444_800_000
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _check_transaction(tx: Transaction) -> None:
+    assert all(valid_identifier(v) for v in (tx.transaction_id, tx.customer_id, tx.terminal_id))
+    assert math.isfinite(tx.amount) and 0 <= tx.amount <= MAX_AMOUNT
+    assert MIN_MS <= tx.event_time_ms < MAX_MS
+    for text in (tx.channel, tx.device_id):
+        assert text is None or (1 <= len(text) <= 128 and not CONTROL.search(text))
+
+
+def _check_poison(poison: PoisonRecord) -> None:
+    assert isinstance(poison.reason, PoisonReason)
+    field, _, problem = poison.detail.partition(": ")
+    assert field in FIELDS and problem, poison.detail
+    assert len(poison.detail) <= 400, poison.detail
+
+
+def _decode_on_the_stream(data: bytes) -> None:
+    """Both stream decoders give an event that passes every rule, or a poison reason."""
+    for decode in (TRANSACTIONS, LABELS):
+        try:
+            event = decode(data)
+        except PoisonRecord as poison:
+            _check_poison(poison)
+            continue
+        if isinstance(event, Transaction):
+            _check_transaction(event)
+        else:
+            assert isinstance(event, Label)
+            assert valid_identifier(event.transaction_id) and event.label_time_ms >= MIN_MS
+
+
+def _parse_in_the_api(raw: bytes) -> None:
+    """/v1/score and /v1/score/batch parse any body into transactions or a 4xx naming a field."""
+    for parse in (web.transaction, web.transactions):
+        try:
+            parsed: Any = parse(web.body_document(raw))
+        except web.HttpError as error:
+            assert (error.status, error.error) in {
+                (400, "validation_error"),
+                (413, "too_many_transactions"),
+            }
+            assert error.field and error.problem
+            response = error.response()
+            assert response.status_code == error.status
+            assert json.loads(response.body)["field"] == error.field
+            continue
+        for tx in parsed if isinstance(parsed, list) else [parsed]:
+            _check_transaction(tx)
+
+
+@TOTALITY
+@given(record_bytes())
+def test_stream_decoder_and_api_parser_give_a_value_or_a_reason_for_any_bytes(
+    data: bytes,
+) -> None:
+    _decode_on_the_stream(data)
+    _parse_in_the_api(data)
+
+
+@TOTALITY
+@given(json_bytes())
+def test_stream_decoder_and_api_parser_give_a_value_or_a_reason_for_any_json(data: bytes) -> None:
+    _decode_on_the_stream(data)
+    _parse_in_the_api(data)
