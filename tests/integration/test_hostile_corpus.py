@@ -31,7 +31,7 @@ from kestrel_local.aws import AwsClients
 from kestrel_local.invoker import FunctionPool, function_environment
 from kestrel_local.kinesis_shard import kinesis_event_record
 from kestrel_local.provision import LocalApp, bind
-from kestrel_ops.redrive import redrive
+from kestrel_ops.redrive import redrive, stack_streams
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -202,7 +202,7 @@ def test_record_at_the_stream_limit_is_parked_in_the_bucket_and_redriven_once(
     payloads = S3DeadLetterPayloads(stack.s3, bucket)
     report = redrive(
         stack.sqs, stack.kinesis, stack.registry, stack.ref("PoisonDLQ"), "poison",
-        wait_time_s=0, payloads=payloads,
+        wait_time_s=0, payloads=payloads, streams=stack_streams(stack.app),
     )  # fmt: skip
 
     assert (report.redriven, report.records_reput, report.exit_code) == (1, 1, 0)
@@ -217,6 +217,6 @@ def test_record_at_the_stream_limit_is_parked_in_the_bucket_and_redriven_once(
     assert stack.drain("OnFailureQueue", wait_s=0) == []
     rerun = redrive(
         stack.sqs, stack.kinesis, stack.registry, stack.ref("PoisonDLQ"), "poison",
-        wait_time_s=0, payloads=payloads,
+        wait_time_s=0, payloads=payloads, streams=stack_streams(stack.app),
     )  # fmt: skip
     assert (rerun.messages_read, len(stack.stream_records())) == (0, 2)
