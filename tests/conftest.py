@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kestrel_local.aws import AwsClients
 from kestrel_local.services import ServiceError, running_emulator, running_redis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -49,3 +50,31 @@ def aws_env(emulator_endpoint: str, redis_url: str) -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "REDIS_URL": redis_url,
     }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_schema_registries(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Delete the Glue registries a module's stacks created, once the module is done.
+
+    Every stack registers its schemas in a registry named after it, and the emulator (like a
+    fresh AWS account) holds only so many registries: without this, the session's later
+    modules could not create theirs.
+    """
+    path = request.node.path
+    if not any(
+        item.path == path and "emulator_endpoint" in getattr(item, "fixturenames", ())
+        for item in request.session.items
+    ):
+        yield
+        return
+    glue = AwsClients(request.getfixturevalue("emulator_endpoint")).client("glue")
+    before = {r["RegistryName"] for r in glue.list_registries()["Registries"]}
+    yield
+    for registry in glue.list_registries()["Registries"]:
+        name = registry["RegistryName"]
+        if name in before:
+            continue
+        for schema in glue.list_schemas(RegistryId={"RegistryName": name})["Schemas"]:
+            glue.delete_schema(SchemaId={"RegistryName": name, "SchemaName": schema["SchemaName"]})
+        glue.delete_registry(RegistryId={"RegistryName": name})
+
