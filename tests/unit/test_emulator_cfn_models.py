@@ -87,14 +87,18 @@ def test_register_refuses_another_moto(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_register_adds_the_models_once() -> None:
-    from moto.cloudformation.parsing import get_model_map
+    from moto.cloudformation.parsing import get_model_map, get_name_type_map
 
+    # moto caches its model maps on first use: registering must refresh them.
+    get_model_map()
+    get_name_type_map()
     register_cfn_models()
     register_cfn_models()
     assert cfn_models_registered()
     models = get_model_map()
     assert set(models) >= CFN_MODEL_TYPES
     assert len({models[kind] for kind in CFN_MODEL_TYPES}) == len(CFN_MODEL_TYPES)
+    assert get_name_type_map()["AWS::CloudWatch::Alarm"] == "AlarmName"
 
 
 STACK = {

@@ -143,9 +143,9 @@ def register_cfn_models() -> None:
         _registered.extend(_define_models())
         from moto.cloudformation import parsing
 
-        # moto caches its model list on first use.
-        parsing.get_model_list.cache_clear()
-        parsing.get_name_type_map.cache_clear()
+        # moto caches its model list, and the maps made from it, on first use.
+        for cached in (parsing.get_model_list, parsing.get_model_map, parsing.get_name_type_map):
+            cached.cache_clear()
 
 
 def _patch_lambda_version() -> None:
