@@ -244,9 +244,11 @@ def deploy(
     path = Path(template_path).resolve()
     sam = load_template(path)
     locations = upload_artifacts(clients, artifact_bucket, built_artifacts(sam, path.parent))
-    translated = translate(rewrite_code_uris(sam, locations), clients.region)
-    deployed, removed = drop_resources(translated, unsupported_types or {})
     params = dict(parameters or {})
+    # The parameters, as CloudFormation's transform gets them: SAM resolves some at
+    # translation (AutoPublishAlias, DeploymentPreference's Type).
+    translated = translate(rewrite_code_uris(sam, locations), clients.region, params)
+    deployed, removed = drop_resources(translated, unsupported_types or {})
     stack_id = create_stack(clients, stack_name, deployed, params, timeout_s)
     resources = stack_resources(clients, stack_id)
     expected = enabled_resources(deployed, stack_name, clients.region, clients.account_id(), params)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,6 @@ TEMPLATE = ROOT / "template.yaml"
 
 _NO_MODEL = "moto 5.2.5 has no CloudFormation model for this type"
 UNSUPPORTED_BY_MOTO = {
-    "AWS::CloudWatch::Alarm": _NO_MODEL,
     "AWS::CodeBuild::Project": _NO_MODEL,
     "AWS::S3::BucketPolicy": _NO_MODEL,
     "AWS::SNS::Subscription": _NO_MODEL,
@@ -51,9 +50,16 @@ def deployed_stack(
 
     It deploys the session's build (`lambda_build`: the built template and its zips).
     """
+    yield from deployed_with(emulator_endpoint, redis_url, lambda_build, {})
+
+
+def deployed_with(
+    emulator_endpoint: str, redis_url: str, lambda_build: Path, overrides: Mapping[str, str]
+) -> Iterator[Deployed]:
+    """`deployed_stack` with these parameter values too (e.g. DeploymentType=AllAtOnce)."""
     clients = AwsClients(emulator_endpoint)
     name = f"kcfn{uuid.uuid4().hex[:8]}"
-    parameters = {"RedisUrl": redis_url, "Stage": "test", "ShardCount": "2"}
+    parameters = {"RedisUrl": redis_url, "Stage": "test", "ShardCount": "2", **overrides}
     deployment = deploy(
         clients, lambda_build, name, f"{name}-artifacts", parameters, UNSUPPORTED_BY_MOTO, 120.0
     )

@@ -36,7 +36,9 @@ def test_local_runtime_processes_events_through_the_deployed_stack(
     assert spec.name == deployed.physical("TransactionsFunction")
     assert spec.environment == deployed_config["Environment"]["Variables"]
     (source,) = spec.kinesis
-    (esm,) = lam.list_event_source_mappings(FunctionName=spec.name)["EventSourceMappings"]
+    # The stack maps the stream to the function's live alias; the runtime runs the function.
+    alias = deployed.physical("TransactionsFunctionAliaslive")
+    (esm,) = lam.list_event_source_mappings(FunctionName=alias)["EventSourceMappings"]
     assert source.stream_arn == esm["EventSourceArn"]
     assert source.on_failure_arn == esm["DestinationConfig"]["OnFailure"]["Destination"]
     assert (source.batch_size, source.parallelization) == (

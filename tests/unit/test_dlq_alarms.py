@@ -96,7 +96,14 @@ def test_dlq_alarms_dimension_resolves_to_the_queue_the_stack_creates(alarm: str
 
 
 def test_dlq_alarms_drift_alarm_watches_the_drift_functions_metric() -> None:
-    assert set(ALARMS) - set(QUEUE_ALARMS) == {"DriftAlarm"}
+    # The others: the rollout's alarms on each new version (tests/unit/test_template_rollout.py).
+    rollout = {n for n, r in ALARMS.items() if r["Properties"]["Namespace"] == "AWS/Lambda"}
+    assert rollout == {
+        "TransactionsVersionErrorsAlarm",
+        "LabelsVersionErrorsAlarm",
+        "ApiVersionErrorsAlarm",
+    }
+    assert set(ALARMS) - set(QUEUE_ALARMS) - rollout == {"DriftAlarm"}
     props = ALARMS["DriftAlarm"]["Properties"]
     # The EMF metric DriftFunction emits (Powertools: namespace, then the service dimension).
     variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]

@@ -137,11 +137,14 @@ def test_translated_roles_subscribe_only_to_the_transactions_consumer(
     # Shard discovery still reads the stream itself, with or without the consumer.
     for action in ("kinesis:DescribeStream", "kinesis:ListShards", "kinesis:GetRecords"):
         assert with_fan_out[action] == without[action] == [STREAM_ARN], action
-    # The function's role exists before its mapping: the ESM refers to the function, the
-    # function to the role, so the grant is in place when Lambda checks it.
+    # The function's role exists before its mapping: the ESM refers to the function's live
+    # alias, the alias to the function, the function to the role, so the grant is in place
+    # when Lambda checks it.
     function = resources["TransactionsFunction"]["Properties"]
     assert function["Role"] == {"Fn::GetAtt": ["TransactionsFunctionRole", "Arn"]}
-    assert resources[ESM]["Properties"]["FunctionName"] == {"Ref": "TransactionsFunction"}
+    alias = "TransactionsFunctionAliaslive"
+    assert resources[ESM]["Properties"]["FunctionName"] == {"Ref": alias}
+    assert resources[alias]["Properties"]["FunctionName"] == {"Ref": "TransactionsFunction"}
     for other in ("LabelsFunctionRole", "ApiFunctionRole", "DriftFunctionRole"):
         assert "kinesis:SubscribeToShard" not in grants(on, resources[other]), other
 

@@ -1,8 +1,8 @@
 """Run the embedded AWS emulator: ``python -m kestrel_local.emulator [--host H] [--port P]``.
 
 Binds loopback only (default from ``KESTREL_EMULATOR_HOST``/``KESTREL_EMULATOR_PORT``, i.e.
-127.0.0.1:5050), applies the pinned moto Kinesis patches unless ``--no-patch``, and prints one
-line to stderr when ready::
+127.0.0.1:5050), applies the pinned moto patches (Kinesis, and the CloudFormation models of the
+live aliases and their rollout) unless ``--no-patch``, and prints one line to stderr when ready::
 
     kestrel emulator listening on http://127.0.0.1:5050 (patched)
 

@@ -1,4 +1,7 @@
-"""Run moto's threaded server on loopback, with Kestrel's Kinesis patches and a health route.
+"""Run moto's threaded server on loopback, with Kestrel's patches and a health route.
+
+The patches: Kinesis throughput and correctness (`kestrel_local.emulator.patches`) and the
+CloudFormation models a gradual rollout needs (`kestrel_local.emulator.cfn_models`).
 
 Health check: ``GET http://HOST:PORT/_kestrel/health`` answers 200 with a small JSON body
 (``{"status": "ok", "patched": true, "moto": "5.2.5"}``) without touching any AWS state, so it
@@ -17,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from kestrel_local.emulator.cfn_models import register_cfn_models
 from kestrel_local.emulator.patches import apply_patches
 
 HEALTH_PATH = "/_kestrel/health"
@@ -74,6 +78,7 @@ class EmulatorServer:
         ensure_loopback(host)
         if patched:
             apply_patches()
+            register_cfn_models()
         from moto.moto_server.werkzeug_app import (
             DomainDispatcherApplication,
             MotoRequestHandler,
