@@ -313,7 +313,7 @@ def _event_log(args: argparse.Namespace, settings: LocalSettings) -> EventLogHis
 
 
 def open_store(url: str, cluster: bool) -> RedisFeatureStore:
-    """The feature store at `url`, checked to answer (SourceError-like ValueError if not)."""
+    """The feature store at `url`, checked to answer (ValueError naming the URL if not)."""
     options: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 120}
     client: redis.Redis | RedisCluster
     try:
@@ -349,8 +349,8 @@ def run_backfill(
     args: argparse.Namespace, settings: LocalSettings, out: TextIO, err: TextIO
 ) -> int:
     """Run the backfill command; returns the exit code (configuration errors raise)."""
-    if args.parquet is None and (args.bucket or args.prefix != "events") and not args.event_log:
-        raise SourceError("--bucket and --prefix go with --event-log")
+    if args.parquet and (args.bucket or args.prefix != "events"):
+        raise SourceError("--bucket and --prefix go with --event-log, not --parquet")
     source: HistorySource = (
         ParquetHistory(args.parquet) if args.parquet else _event_log(args, settings)
     )

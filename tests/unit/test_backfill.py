@@ -17,6 +17,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from kestrel.adapters.s3_event_log import S3EventLog
 from kestrel.events import Label, Transaction
 from kestrel.features import DAY_MS
+from kestrel.settings import LocalSettings
+from kestrel_ops.__main__ import parser
 from kestrel_ops.backfill import (
     BackfillReport,
     ProgressLine,
@@ -24,6 +26,7 @@ from kestrel_ops.backfill import (
     backfill,
     parse_time,
     resolve_range,
+    run_backfill,
 )
 from kestrel_ops.backfill_sources import (
     Chunk,
@@ -277,3 +280,9 @@ def test_resolve_range_refuses_a_bad_range_and_an_empty_source() -> None:
         resolve_range(source, T0 + DAY_MS, T0)
     with pytest.raises(SourceError, match="holds no events"):
         resolve_range(source, None, T0)
+
+
+def test_bucket_options_need_the_event_log(folder: Path) -> None:
+    args = parser().parse_args(["backfill", "--parquet", str(folder), "--bucket", "b"])
+    with pytest.raises(SourceError, match="--bucket and --prefix go with --event-log"):
+        run_backfill(args, LocalSettings.from_env({}), io.StringIO(), io.StringIO())
