@@ -29,7 +29,8 @@ endif
 
 .PHONY: help setup up down status deploy-local invoke run serve demo test test-unit test-integration test-e2e \
 	lint parity train promote model-layer retrain-scheduled mlflow-ui bench-emulator bench-engine \
-	bench-api bench-feast bench bench-e2e bench-compare drift redrive migrate-store chaos build \
+	bench-api bench-feast bench bench-e2e bench-compare bench-backfill drift redrive migrate-store \
+	backfill chaos build \
 	deploy-localstack clean
 
 help: ## List every target with what it does
@@ -92,7 +93,7 @@ serve: deploy-local ## Serve the scoring API (chalice local) on 127.0.0.1:8000 a
 	$(PY) -m kestrel_local serve --template $(TEMPLATE) --stack-name $(STACK_NAME) \
 		$(if $(PARAMS),--parameter-overrides "$(PARAMS)") --port $(or $(PORT),8000)
 
-demo: deploy-local ## Stream the simulator through the whole stack, print a summary, serve the API + dashboard (RATE=2000 DURATION=120 TRAIN=1)
+demo: deploy-local ## Backfill 30 simulated days, stream the simulator through the whole stack, print a summary, serve the API + dashboard (RATE=2000 DURATION=120 TRAIN=1)
 	@if [ -n "$(TRAIN)" ]; then $(MAKE) --no-print-directory train && \
 		$(PY) -m kestrel_training.registry export --dest layers/model --alias challenger; fi
 	$(PY) -m kestrel_local.demo --template $(TEMPLATE) --stack-name $(STACK_NAME) \
@@ -186,6 +187,10 @@ redrive: $(SETUP_STAMP) ## Replay dead-lettered records: make redrive ARGS="--qu
 migrate-store: $(SETUP_STAMP) ## Rebuild the online store from the layout before entity logs (REDIS_URL; stop the stream first)
 	$(PY) -m kestrel_ops migrate-store $(if $(REDIS_URL),--redis-url $(REDIS_URL))
 
+backfill: $(SETUP_STAMP) ## Load history into Redis as the stream would: make backfill ARGS="--parquet DIR | --event-log [--start T --end T]"
+	$(PY) -m kestrel_ops backfill --stack-name $(STACK_NAME) --template $(TEMPLATE) \
+		$(if $(REDIS_URL),--redis-url $(REDIS_URL)) $(ARGS)
+
 chaos: $(SETUP_STAMP) ## Chaos run: 100k events with Redis killed, crashes, poison, duplicates, a runtime restart (bench/results/)
 	$(PY) bench/chaos.py $(ARGS)
 
@@ -194,6 +199,9 @@ bench-emulator: $(SETUP_STAMP) ## Measure the embedded emulator's Kinesis put/ge
 
 bench-engine: $(SETUP_STAMP) ## Engine throughput: TransactionsFunction on Kinesis batches, real Redis (bench/results/)
 	$(PY) bench/engine.py
+
+bench-backfill: $(SETUP_STAMP) ## Backfill throughput: 30 simulated days from Parquet into its own redis-server, beside its pipelined SET ceiling (bench/results/)
+	$(PY) bench/backfill.py $(ARGS)
 
 bench-api: $(SETUP_STAMP) ## Scoring API latency over HTTP: open loop, 500 req/s for 60 s, keep-alive (bench/results/)
 	$(PY) bench/api.py

@@ -5,7 +5,8 @@ Usage: ``python bench/suite.py [--size full|medium|tiny] [--results-dir DIR] [--
 ``make up``'s), then runs, each as its own process with a time budget and its progress
 lines prefixed: ``refs`` (redis-benchmark, EVALSHA of the feature scripts, onnxruntime),
 ``emulator`` (Kinesis PutRecords/GetRecords at 1M records), ``engine`` (TransactionsFunction
-in process, real Redis), ``api`` (HTTP, open loop), ``feast`` (a pinned Feast in its own
+in process, real Redis), ``backfill`` (simulated days from Parquet into Redis through
+``kestrel_ops backfill``'s code), ``api`` (HTTP, open loop), ``feast`` (a pinned Feast in its own
 .venv-feast on the same Redis; "skipped" with the reason when it cannot be installed) and
 ``e2e`` (sustained rate, freshness).
 Writes ``<results>/bench-<UTC>.json`` (DESIGN.md's format plus machine_class, versions,
@@ -79,11 +80,13 @@ def parts(
     e2e += f"--emulator-pid {emulator_pid}"
     refs = f"bench/refs.py --redis-url {redis_base}/2 --size {size}"
     feast = f"bench/feast.py --redis-url {redis_base}/3"
+    backfill = f"bench/backfill.py --redis-url {redis_base}/4 --no-ref"
     if size == "full":
         plan = [
             ("refs", refs, 180),
             ("emulator", "bench/emulator.py --records 1000000 --max-seconds 150", 240),
             ("engine", "bench/engine.py --seconds 10 --profile-events 10000", 420),
+            ("backfill", f"{backfill} --days 30", 150),
             ("api", "bench/api.py", 300),
             ("feast", feast, 300),
             ("e2e", e2e, 1080),
@@ -95,6 +98,7 @@ def parts(
              "--read-records 50000 --max-seconds 60", 120),
             ("engine", "bench/engine.py --seconds 5 --repeats 2 --days 45 --warmup-days 10 "
              "--profile-events 3000", 300),
+            ("backfill", f"{backfill} --days 10", 60),
             ("api", "bench/api.py --duration 20 --warmup 3 --days 10 --customers 1000 "
              "--terminals 2000 --feature-reads 3000", 180),
             ("feast", f"{feast} --duration 15 --warmup 3 --days 10 --customers 1000 "
@@ -107,6 +111,7 @@ def parts(
             ("emulator", "bench/emulator.py --records 5000 --window 1000 --read-records 2000 "
              "--producers 1", 60),
             ("engine", "bench/engine.py --quick", 90),
+            ("backfill", f"{backfill} --days 2 --customers 500 --terminals 1000", 45),
             ("api", "bench/api.py --rate 50 --duration 2 --warmup 1 --days 2 --customers 50 "
              "--terminals 100 --feature-reads 200 --connections 4", 90),
             ("feast", f"{feast} --rate 50 --duration 2 --warmup 1 --days 2 --customers 50 "
@@ -218,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size", choices=("full", "medium", "tiny"), default="full")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--only", help="comma-separated parts (refs,emulator,engine,api,feast,e2e)")
+    parser.add_argument(
+        "--only", help="comma-separated parts (refs,emulator,engine,backfill,api,feast,e2e)"
+    )
     parser.add_argument("--workdir", type=Path, help="keep logs and part results here")
     args = parser.parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -5,7 +5,9 @@
 On a stack that `make up` and `make deploy-local` prepared, the demo:
 
 1. starts from an empty embedded Redis (an external `REDIS_URL` needs `--reset-redis`);
-2. simulates `rate x duration` transactions of the book's card network (Avro, schema registry);
+2. simulates `--backfill-days` (default 30) days of the book's card network, then
+   `rate x duration` transactions (Avro, schema registry), and backfills the history into
+   Redis with `python -m kestrel_ops backfill`'s code, so the stream does not start cold;
 3. starts the local Lambda runtime and the scoring API (`python -m kestrel_local run` and
    `serve`, as child processes logging to `<run dir>/demo-*.log`);
 4. streams the transactions at `rate` events/s, feeds each chargeback label back once the
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import signal
 import subprocess
@@ -40,7 +43,8 @@ from kestrel_training.avro_encoding import avro_encoders
 from kestrel_training.producer import DeliveryError, produce, rate_pacer
 
 from kestrel.adapters.glue_registry import GlueSchemaRegistry
-from kestrel.settings import LocalSettings, redact_url
+from kestrel.events import iso_ms
+from kestrel.settings import LocalSettings, default_model_dir, redact_url
 from kestrel_local.api_server import ServeError, api_key
 from kestrel_local.aws import AwsClients
 from kestrel_local.demo_input import (
@@ -54,6 +58,7 @@ from kestrel_local.demo_runner import (
     ApiLoad,
     DemoError,
     Progress,
+    backfill_history,
     collect_results,
     drift_check,
     redrive_all,
@@ -82,6 +87,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="API and dashboard port")
     parser.add_argument("--api-rate", type=float, default=50.0, help="API scores per second")
     parser.add_argument("--poison", type=int, default=6, help="broken records to inject")
+    parser.add_argument(
+        "--backfill-days",
+        type=int,
+        default=30,
+        help="simulated days before the stream, backfilled first (0: start cold)",
+    )
     parser.add_argument("--template", default=str(ROOT / "template.yaml"))
     parser.add_argument("--stack-name", default=os.environ.get("KESTREL_STACK_NAME", "kestrel"))
     parser.add_argument("--reset-redis", action="store_true", help="flush an external REDIS_URL")
@@ -89,6 +100,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or args.api_rate < 0 or args.poison < 0:
         parser.error("--rate and --duration must be positive, --api-rate and --poison >= 0")
+    if args.backfill_days < 0:
+        parser.error("--backfill-days must be >= 0")
     return args
 
 
@@ -149,6 +162,16 @@ def wait_http(
         time.sleep(0.5)
 
 
+def test_set_metrics() -> tuple[float, float]:
+    """The shipped model's test-set AP and CP@100 (its manifest), NaN when unknown."""
+    try:
+        manifest = json.loads((Path(default_model_dir()) / "manifest.json").read_text())
+        metrics = manifest["metrics"]
+        return float(metrics["average_precision"]), float(metrics["card_precision_100"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return math.nan, math.nan
+
+
 def demo_key(run_dir: Path) -> str:
     """The key `kestrel_local serve` uses (KESTREL_API_KEY or the run directory's file)."""
     try:
@@ -184,14 +207,29 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
     say(f"flushed Redis {redact_url(settings.redis)}: the demo starts with no history")
 
     events = int(args.rate * args.duration)
-    say(f"simulating {events:,} transactions (seed {args.seed})")
-    data = simulated_input(events, args.rate, args.seed)
+    history = f"{args.backfill_days} days of history, then " if args.backfill_days else ""
+    say(f"simulating {history}{events:,} transactions (seed {args.seed})")
+    data = simulated_input(events, args.rate, args.seed, args.backfill_days)
     tx = transaction_records(data.transactions)
     labels = label_records(data.labels)
     say(f"{len(tx):,} transactions over {data.days:.1f} simulated days, {len(labels):,} labels")
 
     run_dir = Path(settings.run_dir)
     summary = DemoSummary(events_sent=len(tx), poison_injected=args.poison, rate=args.rate)
+    summary.test_set_ap, summary.test_set_cp100 = test_set_metrics()
+    if args.backfill_days:
+        first, begins = iso_ms(data.start_ms)[:10], iso_ms(data.stream_start_ms)[:10]
+        say(
+            f"backfilling the {args.backfill_days} days before the stream ({first} to {begins}, "
+            "python -m kestrel_ops backfill's code): transactions and fraud labels"
+        )
+        done = backfill_history(data, settings.redis, run_dir / "demo-history")
+        summary.backfill = (
+            f"{args.backfill_days} days before the stream ({first} to {begins}): "
+            f"{done.transactions:,} transactions, {done.frauds:,} fraud labels in "
+            f"{done.seconds:.0f} s ({done.events_per_s:,.0f} events/s)"
+        )
+        say(f"backfilled: {summary.backfill}; the stream starts at {iso_ms(data.stream_start_ms)}")
     stop = threading.Event()
     try:
         stack_args = ["-t", args.template, "--stack-name", args.stack_name]

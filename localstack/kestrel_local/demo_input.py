@@ -1,4 +1,5 @@
-"""What `make demo` streams: simulated transactions, their delayed labels, a few poison records."""
+"""What `make demo` streams (simulated transactions, their delayed labels, a few poison records)
+and the simulated history it backfills first."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from kestrel_training.producer import LABEL_FIELDS, TRANSACTION_FIELDS, frame_records
-from kestrel_training.simulator import SimulatorConfig, expected_transactions_per_day, simulate
+from kestrel_training.simulator import (
+    Simulation,
+    SimulatorConfig,
+    expected_transactions_per_day,
+    simulate,
+)
 
 DAY_MS = 86_400_000
 # The poison records the demo injects: payload maker and the reason the poison DLQ will give.
@@ -29,12 +35,17 @@ POISON_KINDS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class DemoInput:
-    """The transactions to stream (event-time order) and the labels, each with its due time."""
+    """The transactions to stream (event-time order), the labels, each with its due time,
+    and the simulated history before the stream (what the demo backfills)."""
 
     transactions: pd.DataFrame
     labels: pd.DataFrame
     label_due_s: np.ndarray[Any, np.dtype[np.float64]]
     start_ms: int
+    stream_start_ms: int = 0
+    history_days: int = 0
+    simulation: Simulation | None = None
+    fraud_labels: pd.DataFrame | None = None  # every fraud label fed back by the end
 
     @property
     def days(self) -> float:
@@ -43,26 +54,45 @@ class DemoInput:
         return float(last - first) / DAY_MS
 
 
-def simulated_input(events: int, rate: float, seed: int) -> DemoInput:
-    """`events` transactions of the book's simulator (5,000 customers), and their labels.
+def simulated_input(events: int, rate: float, seed: int, history_days: int = 0) -> DemoInput:
+    """`events` transactions of the book's simulator (5,000 customers) after `history_days`
+    simulated days of history, and the labels the stream feeds back.
 
-    A label is due once the transaction stream, paced at `rate`, reaches its `label_time`
-    (the simulator dates each chargeback 7 days after its transaction), so feedback arrives
-    in the stream's own clock; labels dated after the last transaction are not sent.
+    The stream starts at midnight after the history. A label is due once the transaction
+    stream, paced at `rate`, reaches its `label_time` (the simulator dates each chargeback 7
+    days after its transaction), so feedback arrives in the stream's own clock; labels
+    dated before the stream belong to the history, labels dated after the last transaction
+    are not sent.
     """
     config = SimulatorConfig(seed=seed)
-    days = max(2, math.ceil(events * 1.1 / expected_transactions_per_day(config)) + 1)
+    days = history_days + max(
+        2, math.ceil(events * 1.1 / expected_transactions_per_day(config)) + 1
+    )
     sim = simulate(dataclasses.replace(config, n_days=days))
-    tx = sim.transactions.head(events).reset_index(drop=True)
+    stream_start = config.start_ms + history_days * DAY_MS
+    times = sim.transactions["event_time"]
+    tx = sim.transactions[times >= stream_start].head(events).reset_index(drop=True)
     if len(tx) < events:
         raise RuntimeError(f"the simulation made {len(tx)} transactions, not {events}")
     last_time = int(tx["event_time"].iloc[-1])
-    sent_ids = set(tx["transaction_id"])
-    labels = sim.labels[
-        sim.labels["transaction_id"].isin(sent_ids) & (sim.labels["label_time"] <= last_time)
-    ].reset_index(drop=True)
+    known_ids = set(tx["transaction_id"]) | set(
+        sim.transactions["transaction_id"][times < stream_start]
+    )
+    fed = sim.labels[
+        sim.labels["transaction_id"].isin(known_ids) & (sim.labels["label_time"] <= last_time)
+    ]
+    labels = fed[fed["label_time"] >= stream_start].reset_index(drop=True)
     position = np.searchsorted(tx["event_time"].to_numpy(), labels["label_time"].to_numpy())
-    return DemoInput(tx, labels, position.astype(np.float64) / rate, config.start_ms)
+    return DemoInput(
+        tx,
+        labels,
+        position.astype(np.float64) / rate,
+        config.start_ms,
+        stream_start,
+        history_days,
+        sim,
+        fed[fed["is_fraud"].astype(bool)].reset_index(drop=True),
+    )
 
 
 def transaction_records(frame: pd.DataFrame) -> list[dict[str, Any]]:

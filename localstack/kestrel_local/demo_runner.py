@@ -21,8 +21,16 @@ from kestrel.adapters.glue_registry import GlueSchemaRegistry
 from kestrel.adapters.redis_scripts import decision_key
 from kestrel_local.aws import AwsClients
 from kestrel_local.demo_input import DemoInput
-from kestrel_local.demo_report import DemoSummary, decision_counts, fraud_caught, percentile
+from kestrel_local.demo_report import (
+    DemoSummary,
+    decision_counts,
+    fraud_caught,
+    known_cards,
+    percentile,
+)
 from kestrel_local.template import PhysicalResource
+from kestrel_ops.backfill import BackfillReport, ProgressLine, StoreFailed, backfill, open_store
+from kestrel_ops.backfill_sources import ParquetHistory
 from kestrel_ops.redrive import QueueKind, redrive
 
 CHUNK = 5_000
@@ -250,8 +258,16 @@ def collect_results(
     summary.events_decided = sum(d is not None for d in decisions)
     summary.decisions = decision_counts(decisions)
     summary.frauds = int(data.transactions["is_fraud"].sum())
+    scores = [d["score"] if d else None for d in decisions]
     summary.average_precision, summary.card_precision_100 = fraud_caught(
-        data.transactions, [d["score"] if d else None for d in decisions], data.start_ms
+        data.transactions, scores, data.start_ms
+    )
+    unknown = ~known_cards(data.transactions, data.fraud_labels)
+    summary.frauds_unknown_cards = int(data.transactions["is_fraud"][unknown].sum())
+    summary.unknown_cards_ap, summary.unknown_cards_cp100 = fraud_caught(
+        data.transactions[unknown],
+        [s for s, keep in zip(scores, unknown, strict=True) if keep],
+        data.start_ms,
     )
     snap = telemetry(port, key, summary.seconds + 5)
     fresh = snap.get("freshness_ms") or {}
@@ -261,6 +277,25 @@ def collect_results(
     summary.api_errors = api.errors
     summary.api_p50_ms = percentile(api.latencies_ms, 50)
     summary.api_p99_ms = percentile(api.latencies_ms, 99)
+
+
+def backfill_history(data: DemoInput, redis_url: str, folder: Path) -> BackfillReport:
+    """Load the simulated days before the stream into Redis with ``make backfill``'s code:
+    the simulation written as Parquet to `folder`, then `kestrel_ops.backfill`."""
+    if data.simulation is None or not data.history_days:
+        raise DemoError("no simulated history to backfill")
+    data.simulation.write(folder)
+    source = ParquetHistory(folder)
+    start, end = data.start_ms, data.stream_start_ms
+    progress = ProgressLine(source.count(start, end), sys.stdout)
+    try:
+        report = backfill(
+            open_store(redis_url, cluster=False), source, start, end, progress=progress
+        )
+    except (StoreFailed, ValueError) as exc:
+        raise DemoError(f"the backfill failed: {exc}") from None
+    progress.finish(report)
+    return report
 
 
 def reset_stack(

@@ -5,10 +5,13 @@ python -m kestrel_ops redrive --queue poison --park-queue-url URL --since 2026-1
 python -m kestrel_ops redrive --queue-url URL --max 100 --rate 500
 python -m kestrel_ops drift [--end latest|now|ISO] [--window-hours 24] [--no-publish]
 python -m kestrel_ops migrate-store [--redis-url URL]
+python -m kestrel_ops backfill --parquet DIR | --event-log [--start T] [--end T] [--redis-url URL]
 
 Exit codes: 0 when everything that could be redriven was, 1 when an error or an expired
 range left messages in a queue, 2 on a usage or configuration error. drift: 0, or 1 with
 --fail-on-drift when the status is drift, 2 on a usage or configuration error.
+backfill: 0, 1 when rows were refused or the store failed part-way, 2 on a usage or
+configuration error (see `kestrel_ops.backfill`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from kestrel.settings import LocalSettings, SettingsError
 from kestrel_local.aws import AwsClients
 from kestrel_local.provision import bind
 from kestrel_local.template import TemplateError
-from kestrel_ops import drift, migrate_store
+from kestrel_ops import backfill, drift, migrate_store
 from kestrel_ops.redrive import (
     QueueKind,
     RedriveReport,
@@ -141,6 +144,7 @@ def parser() -> argparse.ArgumentParser:
     )
     drift.add_parser(sub)
     migrate_store.add_parser(sub)
+    backfill.add_parser(sub)
     return top
 
 
@@ -304,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate-store":
             redis_url = LocalSettings.from_env().redis
             return migrate_store.run_migrate(args, redis_url, sys.stdout, sys.stderr)
+        if args.command == "backfill":
+            return backfill.run_backfill(args, LocalSettings.from_env(), sys.stdout, sys.stderr)
         return run_redrive(args, sys.stdout, sys.stderr)
     except (ConfigError, SettingsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -315,7 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: messages left so far are visible again", file=sys.stderr)
+        if args.command == "backfill":
+            print("\ninterrupted: rerun the same range to finish (idempotent)", file=sys.stderr)
+        else:
+            print("\ninterrupted: messages left so far are visible again", file=sys.stderr)
         return 130
 
 

@@ -1,7 +1,7 @@
 """The benchmark suite, tiny: every part runs end to end and both result files are written.
 
 `bench/suite.py --size tiny` starts its own emulator and redis-server, runs refs,
-emulator, engine, API, Feast and e2e with seconds-long steps and small record counts
+emulator, engine, backfill, API, Feast and e2e with seconds-long steps and small record counts
 (the Feast part installs its pinned Feast into `.venv-feast` on first use, or reports
 "skipped" when it cannot), and writes
 ``bench-<UTC>.json`` and ``.md`` into a temporary folder. The figures of a tiny run mean
@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-PARTS = ["refs", "emulator", "engine", "api", "feast", "e2e"]
+PARTS = ["refs", "emulator", "engine", "backfill", "api", "feast", "e2e"]
 
 
 @pytest.mark.timeout(600)  # a first run installs Feast into .venv-feast
@@ -58,6 +58,9 @@ def test_suite_tiny_runs_every_part_and_writes_json_and_markdown(tmp_path: Path)
         "ref.onnx_single_row_us",
         "ref.onnx_batch500_per_row_us",
         "engine.events_per_s",
+        "backfill.events_per_s",
+        "backfill.replay_events_per_s",
+        "ratio.backfill_vs_engine",
         "api.http_p99_ms",
         "api.errors",
         "e2e.sustained_events_per_s",

@@ -49,11 +49,13 @@ def test_demo_streams_decides_parks_poison_and_summarises(tmp_path: Path) -> Non
             env,
             "kestrel_local.demo",
             *("--rate", "400", "--duration", "10", "--poison", "6", "--api-rate", "20"),
+            *("--backfill-days", "2"),
             *("--port", str(port), "--exit"),
         )
     finally:
         _kestrel_local(env, "kestrel_local", "down")
     assert "Kestrel demo summary" in out
+    assert "backfilling the 2 days before the stream (2018-04-01 to 2018-04-03" in out
     summary = json.loads((tmp_path / "run" / "demo-summary.json").read_text())
     assert summary["events_sent"] == summary["events_decided"] == 4000
     decided = sum(summary["decisions"][d] for d in ("approve", "review", "decline"))
@@ -62,6 +64,9 @@ def test_demo_streams_decides_parks_poison_and_summarises(tmp_path: Path) -> Non
     assert summary["api_requests"] > 0 and summary["api_errors"] == 0
     assert summary["freshness_p99_ms"] > 0
     assert summary["model_version"]
+    # Two simulated days (about 19,000 transactions) were loaded before the stream started.
+    assert summary["backfill"].startswith("2 days before the stream (2018-04-01 to 2018-04-03)")
+    assert summary["test_set_ap"] > 0
     # The drift check ran over the demo's event log (one cold-start day: its verdict varies).
     assert summary["drift"].split()[0] in {"ok", "watch", "drift", "unknown"}
     assert "rows)" in summary["drift"]

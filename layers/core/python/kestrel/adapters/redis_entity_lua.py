@@ -168,8 +168,9 @@ if w == nil then
     v[1], v[4], v[5], v[9 + 4 * P] = k, cum, t, id
     w = v
   elseif mode == 'apply' and not stored and t <= T - off[1] then
-    -- Older than the retention: scored as of its time, never stored (it would be dropped).
-    added = 1
+    -- Older than the retention: scored as of its time, never stored (it would be dropped);
+    -- reply 2, so a caller can tell it from a transaction stored now (1).
+    added = 2
     k, cum, prev = at + 1, total(at) + amount, at
   elseif mode == 'apply' and not stored then
     added, stored = 1, true

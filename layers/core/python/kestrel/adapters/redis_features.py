@@ -21,7 +21,9 @@ only those calls: NOSCRIPT means the script did not run. On Redis Cluster every 
 touches one entity, so one slot.
 
 `apply_labels` records fraud labels on the terminal (once per transaction) and links them
-to the transaction whichever of the two arrives first.
+to the transaction whichever of the two arrives first. `apply_in_order` sends a history of
+transactions and labels in its own order with the same calls (the backfill,
+``python -m kestrel_ops backfill``).
 
 Memory: customers keep 33 days and terminals 40 days of transactions (the lookback plus
 three days for late events), dropped in chunks on write; keys expire when an entity goes
@@ -131,15 +133,32 @@ class RedisFeatureStore:
     def _calls(self, mode: str, transactions: Sequence[Transaction]) -> list[_Call]:
         calls: list[_Call] = []
         for u in transactions:
-            calls.append(
-                self._customer_call(
-                    mode, u.transaction_id, u.customer_id, u.event_time_ms, cents(u.amount)
-                )
-            )
-            calls.append(
-                self._terminal_call(mode, u.transaction_id, u.terminal_id, u.event_time_ms)
-            )
+            calls += self._transaction_calls(mode, u)
         return calls
+
+    def _transaction_calls(self, mode: str, u: Transaction) -> tuple[_Call, _Call]:
+        """The customer's and the terminal's script call for one transaction."""
+        return (
+            self._customer_call(
+                mode, u.transaction_id, u.customer_id, u.event_time_ms, cents(u.amount)
+            ),
+            self._terminal_call(mode, u.transaction_id, u.terminal_id, u.event_time_ms),
+        )
+
+    def _label_calls(self, label: Label) -> tuple[_Call, _Call]:
+        """The terminal's and the card's script call recording one fraud label."""
+        return (
+            (
+                self._label,
+                terminal_keys(label.terminal_id),
+                [label.transaction_id, label.label_time_ms, TERMINAL_RETENTION_MS],
+            ),
+            (
+                self._customer_label,
+                [customer_fraud_key(label.customer_id)],
+                [label.transaction_id, label.label_time_ms, CUSTOMER_RETENTION_MS],
+            ),
+        )
 
     def _customer_call(
         self, mode: str, transaction_id: str, customer_id: str, time_ms: int, amount_cents: int
@@ -190,27 +209,10 @@ class RedisFeatureStore:
 
     def apply_labels(self, labels: Sequence[Label]) -> list[bool | Exception]:
         """Record fraud labels once each, on terminal and card; True where this call did."""
-        frauds = [label for label in labels if label.is_fraud]
         calls: list[_Call] = []
-        for label in frauds:
-            calls.append(
-                (
-                    self._label,
-                    terminal_keys(label.terminal_id),
-                    [
-                        label.transaction_id,
-                        label.label_time_ms,
-                        TERMINAL_RETENTION_MS,
-                    ],
-                )
-            )
-            calls.append(
-                (
-                    self._customer_label,
-                    [customer_fraud_key(label.customer_id)],
-                    [label.transaction_id, label.label_time_ms, CUSTOMER_RETENTION_MS],
-                )
-            )
+        for label in labels:
+            if label.is_fraud:
+                calls += self._label_calls(label)
         replies = iter(self._run(calls))
         results: list[bool | Exception] = []
         for label in labels:
@@ -220,6 +222,33 @@ class RedisFeatureStore:
             terminal, card = next(replies), next(replies)
             failed = next((r for r in (terminal, card) if isinstance(r, Exception)), None)
             results.append(failed if failed is not None else bool(terminal) or bool(card))
+        return results
+
+    def apply_in_order(self, events: Sequence[Transaction | Label]) -> list[bool | Exception]:
+        """Apply transactions and labels in exactly this order, in one pipeline (a backfill).
+
+        Each event gets the script calls `apply_transactions` or `apply_labels` would send
+        for it alone, so a store fed a history this way holds what a stream that applied
+        the same events in the same order holds. Nothing is read back but whether each
+        event was new: True where this call stored it, False for a replay, a transaction
+        older than its entities' retention or a label that is not fraud (none of which
+        changes anything), or the Redis error of one of its scripts.
+        """
+        calls: list[_Call] = []
+        for event in events:
+            if isinstance(event, Transaction):
+                calls += self._transaction_calls("apply", event)
+            elif event.is_fraud:
+                calls += self._label_calls(event)
+        replies = iter(self._run(calls))
+        results: list[bool | Exception] = []
+        for event in events:
+            if isinstance(event, Label) and not event.is_fraud:
+                results.append(False)
+                continue
+            first, second = next(replies), next(replies)
+            failed = next((r for r in (first, second) if isinstance(r, Exception)), None)
+            results.append(failed if failed is not None else _added(first) or _added(second))
         return results
 
     def _run(self, calls: list[_Call]) -> list[Any]:
@@ -294,3 +323,9 @@ class RedisFeatureStore:
             counts=tuple(upper - b for b in heads),
             frauds=tuple(reply[5 + 2 * (self._nt + 1) :]),
         )
+
+
+def _added(reply: Any) -> bool:
+    """Whether a script stored its event: an entity script's first value is 1 (2: too old
+    to keep), a label script's reply is 1."""
+    return bool((reply[0] if isinstance(reply, list) else reply) == 1)

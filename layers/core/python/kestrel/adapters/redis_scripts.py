@@ -52,10 +52,12 @@ the same code):
 - ``peek``: write nothing, return the aggregates at a moment, without a transaction (the
   id argument is ``~``, which sorts after every valid id).
 
-Reply: added, k (this transaction's position; for ``peek`` the last entry at or before the
-moment), running total at k, previous transaction's time (-1: none within the lookback),
-how many *other* transactions the entity keeps (0: unknown, scored cold), then for each
-window pointer its position and running total, then (terminals) frauds per window.
+Reply: added (1: stored by this call; 2: applied but older than the retention, so not
+kept; 0: a replay, or not ``apply``), k (this transaction's position; for ``peek`` the last
+entry at or before the moment), running total at k, previous transaction's time (-1: none
+within the lookback), how many *other* transactions the entity keeps (0: unknown, scored
+cold), then for each window pointer its position and running total, then (terminals)
+frauds per window.
 
 Migration: the layout before this one (``:tx`` sorted sets and ``:amt`` hashes) is not
 read; ``python -m kestrel_ops migrate-store`` rebuilds every entity from it.
@@ -101,20 +103,25 @@ TERMINAL_POINTERS = 2 + len(TERMINAL_WINDOWS)
 CUSTOMER_POINTERS = 1 + len(CUSTOMER_WINDOWS)
 
 # KEYS: log, fraud zset, labels zset. ARGV: id, label time, ttl ms.
-# Returns 1 when this call recorded the label (a label counts once).
+# Returns 1 when this call recorded the label (a label counts once). A label dated at or
+# before the terminal's newest transaction minus the retention is not recorded: the
+# retention drops such labels (and their transactions), so a replay must not bring one back.
 LABEL_LUA = (
     f"local SFMT, P = '{state_format(TERMINAL_POINTERS)}', {TERMINAL_POINTERS}\n"
+    f"local RETENTION = {TERMINAL_RETENTION_MS}\n"
     + """
 local LOG, FRAUD, LABELS = KEYS[1], KEYS[2], KEYS[3]
-local id, ttl = ARGV[1], tonumber(ARGV[3])
-local new = redis.call('ZADD', LABELS, 'NX', tonumber(ARGV[2]), id)
+local id, at, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local raw = redis.call('HGET', LOG, 's')
+local v
+if raw then
+  v = {struct.unpack(SFMT, raw)}
+  if at <= v[5] - RETENTION then return 0 end
+end
+local new = redis.call('ZADD', LABELS, 'NX', at, id)
 if new == 1 then
   redis.call('PEXPIRE', LABELS, ttl)
-  local raw = redis.call('HGET', LOG, 's')
-  local v
-  if raw then
-    v = {struct.unpack(SFMT, raw)}
-  else
+  if not raw then
     -- No transaction yet: an empty state in which a label waits (the first apply links it).
     v = {0, 1, 0, 0, -math.huge, -math.huge, 0, 0}
     for p = 1, P do v[#v + 1] = 0; v[#v + 1] = 0; v[#v + 1] = math.huge; v[#v + 1] = 0 end
