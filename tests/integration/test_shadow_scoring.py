@@ -27,7 +27,7 @@ from test_model_hot_swap import export
 
 from kestrel.adapters.onnx_challenger import build_challenger
 from kestrel.adapters.onnx_model import OnnxModel, build_scorer
-from kestrel.adapters.redis_telemetry import TOTALS_KEY
+from kestrel.adapters.redis_telemetry import RedisTelemetry
 from kestrel.features import FEATURE_NAMES
 from kestrel.scoring import ModelManifest
 from kestrel.settings import LocalSettings, Settings, default_model_dir
@@ -148,7 +148,7 @@ def test_shadow_scoring_logs_both_scores_and_decides_with_the_champion_only(
         assert decision["decision"] == thresholds.decide(logged[tid]["score"]).value
         assert "shadow_score" not in decision
     # The telemetry names the challenger and counts what it scored.
-    totals = {k.decode(): v.decode() for k, v in shadowed.store.hgetall(TOTALS_KEY).items()}
+    _, totals = RedisTelemetry(shadowed.store).read(0, 0)
     assert totals["model_version"] == version and totals["shadow_model_version"] == "shadow-2"
     assert int(totals["shadow_scored"]) >= N_TX and "shadow_errors" not in totals
 
@@ -229,3 +229,27 @@ def test_challenger_follows_the_pointer_over_real_s3(
     assert clear_challenger(bucket, s3) == "shadow-3"
     champion.score_batch(rows)
     assert challenger.refresh() is False and challenger.model_version is None
+
+
+def test_redis_telemetry_names_the_challenger_until_a_batch_scored_without_one(
+    redis_url: str,
+) -> None:
+    from kestrel.telemetry import BatchFigures
+
+    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/12")
+    client.flushdb()
+    try:
+        telemetry, second = RedisTelemetry(client), int(time.time())
+        with_challenger = BatchFigures(
+            second, {"applied": 4, "shadow_scored": 4}, {"shadow_score:3": 4}, {}, "1", "2"
+        )
+        telemetry.record(with_challenger)
+        window, totals = telemetry.read(second - 1, second)
+        assert totals["shadow_model_version"] == "2" and totals["shadow_scored"] == "4"
+        assert window.figures["shadow_score:3"] == 4
+        telemetry.record(BatchFigures(second, {"labels": 3}))  # labels: no scoring, no change
+        assert telemetry.read(second, second)[1]["shadow_model_version"] == "2"
+        telemetry.record(BatchFigures(second, {"applied": 1}, model_version="1"))
+        assert "shadow_model_version" not in telemetry.read(second, second)[1]
+    finally:
+        client.flushdb()
