@@ -186,14 +186,14 @@ def test_compare_models_prints_both_models_figures_with_intervals(
     out = capsys.readouterr().out
     assert code == 0, out
     version = json.loads((LAYER / "manifest.json").read_text())["model_version"]
-    assert f"champion v{version} vs challenger vshadow-2" in out
+    assert f"champion v{version} vs challenger shadow-2" in out
     assert "AP [95% CI]" in out and "CP@100 [95% CI]" in out
     doc = json.loads(result.read_text())
     assert (doc["rows"], doc["frauds"]) == (N_TX, len(shadowed.frauds))
     for role in ("champion", "challenger"):
         figures = doc[role]["average_precision"]
         assert figures["low"] <= figures["value"] <= figures["high"]
-        assert f"{role} v" in out
+        assert f"  {role} " in out
     assert doc["verdict"] in ("better", "not_better")
     assert "verdict: challenger " in out
 

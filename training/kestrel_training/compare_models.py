@@ -147,26 +147,40 @@ def _interval(i: Interval, signed: bool = False) -> str:
     return f"{i.value:{fmt}} [{i.low:{fmt}}, {i.high:{fmt}}]"
 
 
+def _v(version: str) -> str:
+    """A version as people read it: v7 for a registry number, the name otherwise."""
+    return f"v{version}" if version.isdigit() else version
+
+
 def render(result: Comparison, scored_rows: Counter[tuple[str, str]]) -> str:
     """The comparison as text for people."""
     c = result
     share = f"{c.confidence:.0%}"
     lines = [
-        f"compare-models: champion v{c.champion.version} vs challenger v{c.challenger.version} "
-        "on the labelled live window",
+        f"compare-models: champion {_v(c.champion.version)} vs challenger "
+        f"{_v(c.challenger.version)} on the labelled live window",
         f"  window: {c.first_day or '-'} .. {c.last_day or '-'} ({c.days} days), {c.rows:,} "
         f"labelled transactions scored by both, {c.frauds:,} frauds, {c.cards:,} cards",
     ]
-    others = [f"v{a} vs v{b}: {n:,}" for (a, b), n in sorted(scored_rows.items())]
+    others = [f"{_v(a)} vs {_v(b)}: {n:,}" for (a, b), n in sorted(scored_rows.items())]
     if len(others) > 1:
         lines.append(f"  shadow-scored rows by pair (labelled or not): {'; '.join(others)}")
-    lines.append(f"  {'model':<18} {'AP [' + share + ' CI]':<28} {'CP@100 [' + share + ' CI]'}")
-    for role, f in (("champion", c.champion), ("challenger", c.challenger)):
-        name = f"{role} v{f.version}"
-        ap, cp = _interval(f.average_precision), _interval(f.card_precision_100)
-        lines.append(f"  {name:<18} {ap:<28} {cp}")
-    ap, cp = _interval(c.ap_difference, True), _interval(c.cp100_difference, True)
-    lines.append(f"  {'difference':<18} {ap:<28} {cp}")
+    names = {
+        "champion": f"champion {_v(c.champion.version)}",
+        "challenger": f"challenger {_v(c.challenger.version)}",
+        "difference": "difference",
+    }
+    width = max(len(n) for n in names.values())
+    cells = {
+        "champion": (c.champion.average_precision, c.champion.card_precision_100, False),
+        "challenger": (c.challenger.average_precision, c.challenger.card_precision_100, False),
+        "difference": (c.ap_difference, c.cp100_difference, True),
+    }
+    lines.append(f"  {'model':<{width}}  {'AP [' + share + ' CI]':<26}  CP@100 [{share} CI]")
+    for role, (ap, cp, signed) in cells.items():
+        lines.append(
+            f"  {names[role]:<{width}}  {_interval(ap, signed):<26}  {_interval(cp, signed)}"
+        )
     lines.append(
         f"  bootstrap: {c.resamples:,} resamples of cards (seed {c.seed}), percentile intervals"
     )
