@@ -118,7 +118,7 @@ def shadowed(
         store.flushdb()
 
 
-def test_shadow_scoring_logs_both_scores_and_decides_with_the_champion_only(
+def test_shadow_stack_logs_both_scores_and_decides_with_the_champion_only(
     shadowed: Shadowed,
 ) -> None:
     rows = compare_models.read_transactions(shadowed.s3, shadowed.bucket, None, None)
