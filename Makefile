@@ -142,12 +142,20 @@ parity: up ## Replay EVENTS (default 100000) simulated events through the stack;
 train: $(SETUP_STAMP) ## Simulate if needed, select, train, ONNX + parity check, log and register kestrel-fraud@challenger
 	$(PY) -m kestrel_training.train $(if $(SEEDS),--seeds $(SEEDS))
 
-promote: $(SETUP_STAMP) ## Move the champion alias: make promote VERSION=n
-	@test -n "$(VERSION)" || { echo "usage: make promote VERSION=<n>" >&2; exit 1; }
-	$(PY) -m kestrel_training.registry promote $(VERSION)
+promote: $(SETUP_STAMP) ## Move the champion alias to VERSION if it is better (live comparison, or same test set): make promote VERSION=n [FORCE=1]
+	@test -n "$(VERSION)" || { echo "usage: make promote VERSION=<n> [FORCE=1]" >&2; exit 1; }
+	$(PY) -m kestrel_training.registry promote $(VERSION) $(if $(FORCE),--force)
 
 model-layer: $(SETUP_STAMP) ## Export champion to layers/model/ (and to S3 models/ when MODEL_BUCKET is set)
 	$(PY) -m kestrel_training.registry export --dest layers/model $(if $(MODEL_BUCKET),--bucket $(MODEL_BUCKET))
+
+.PHONY: shadow compare-models
+shadow: $(SETUP_STAMP) ## Shadow-score the registry's @challenger beside the champion: named in MODEL_BUCKET's pointer (OFF=1 removes it)
+	@test -n "$(MODEL_BUCKET)" || { echo "usage: make shadow MODEL_BUCKET=<bucket> [OFF=1]" >&2; exit 1; }
+	$(PY) -m kestrel_training.registry shadow --bucket $(MODEL_BUCKET) $(if $(OFF),--off)
+
+compare-models: $(SETUP_STAMP) ## Champion vs shadow-scored challenger on the labelled live window: AP, CP@100, 95% intervals, verdict (ARGS='--since 2018-08-01')
+	$(PY) -m kestrel_training.compare_models --stack-name $(STACK_NAME) --template $(TEMPLATE) $(ARGS)
 
 retrain-scheduled: $(SETUP_STAMP) ## Retrain every RETRAIN_EVERY seconds (default a week), promote if better, export the model layer
 	$(PY) -m kestrel_training.retrain --every $(or $(RETRAIN_EVERY),604800) $(if $(MODEL_BUCKET),--bucket $(MODEL_BUCKET))

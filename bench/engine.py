@@ -5,8 +5,11 @@ Starts its own redis-server (free loopback port, no persistence), simulates the 
 population (5,000 customers, 10,000 terminals), applies the first simulated days straight to
 the store (warm-up, not timed), then calls ``lambda_handler`` of ``functions/transactions/app.py``
 on Kinesis-shaped events of Avro frames, each batch size for a bounded time, sizes interleaved,
-``--repeats`` times; each figure is the median. The event log is `S3EventLog` on an in-memory
-S3 double (same JSON + gzip work, no network: S3 is not the engine). A last phase times the
+``--repeats`` times; each figure is the median. Each repeat also runs the largest batch size
+with a challenger set (shadow scoring: a second session of the same model, as heavy as the
+champion), so the report shows the engine with and without one (``--no-shadow``: skip).
+The event log is `S3EventLog` on an in-memory S3 double (same JSON + gzip work, no
+network: S3 is not the engine). A last phase times the
 handler's parts, reads each script's server time and runs cProfile. Writes
 ``bench/results/engine-<UTC timestamp>.json``.
 """
@@ -45,6 +48,7 @@ from bench.engine_parts import (  # noqa: E402
     VERSION,
     Context,
     CountingPath,
+    FixedModelSource,
     MemoryKinesis,
     MemoryLookup,
     MemoryS3,
@@ -54,7 +58,7 @@ from bench.engine_parts import (  # noqa: E402
 from bench.engine_profile import STAGES, profile  # noqa: E402
 from bench.results_io import write_result  # noqa: E402
 from kestrel.adapters.kinesis_decisions import KinesisDecisionStream  # noqa: E402
-from kestrel.adapters.onnx_model import LayerModelSource  # noqa: E402
+from kestrel.adapters.onnx_model import LayerModelSource, OnnxModel  # noqa: E402
 from kestrel.adapters.redis_decisions import RedisDecisions  # noqa: E402
 from kestrel.adapters.redis_features import RedisFeatureStore  # noqa: E402
 from kestrel.adapters.s3_event_log import S3EventLog  # noqa: E402
@@ -159,6 +163,7 @@ class Bench:
     path: CountingPath
     stream: Stream
     runs: list[dict[str, Any]] = field(default_factory=list)
+    challenger: Scorer | None = None
 
     def feed_labels(self, before_ms: int) -> None:
         """Apply the fraud labels known before `before_ms` (untimed: another function's job)."""
@@ -202,13 +207,20 @@ class Bench:
                     break
         return done
 
-    def timed(self, batch: int, seconds: float, max_events: int) -> dict[str, Any]:
-        """One timed run of one batch size, with Redis and client CPU measured around it."""
+    def timed(
+        self, batch: int, seconds: float, max_events: int, shadow: bool = False
+    ) -> dict[str, Any]:
+        """One timed run of one batch size (with the challenger set if `shadow`), with Redis
+        and client CPU measured around it."""
         start, events = self.prepare(max_events, batch)
         self.path._event_log._client.objects.clear()  # type: ignore[attr-defined]
         self.server.client.config_resetstat()
+        self.path.challenger, self.path.shadow_ms = self.challenger if shadow else None, 0.0
         redis0, cpu0, t0 = self.server.cpu_seconds(), time.process_time(), time.perf_counter()
-        done = self.invoke(events, seconds)
+        try:
+            done = self.invoke(events, seconds)
+        finally:
+            self.path.challenger = None
         elapsed = time.perf_counter() - t0
         client_cpu, redis_cpu = time.process_time() - cpu0, self.server.cpu_seconds() - redis0
         calls, usec = self.server.evalsha_usec()
@@ -220,14 +232,49 @@ class Bench:
             "client_cpu_us_per_event": round(client_cpu / done * 1e6, 2),
             "redis_cpu_us_per_event": round(redis_cpu / done * 1e6, 2),
             "evalsha_usec_per_call": round(usec / calls, 2) if calls else 0.0,
+            "shadow": shadow,
+            "shadow_us_per_event": round(self.path.shadow_ms * 1000 / done, 2) if shadow else 0.0,
         }  # fmt: skip
         self.runs.append(run)
         return run
 
 
-def median_of(runs: list[dict[str, Any]], batch: int, key: str) -> float:
-    """The median of `key` over the runs of one batch size."""
-    return round(float(statistics.median(r[key] for r in runs if r["batch"] == batch)), 2)
+def median_of(runs: list[dict[str, Any]], batch: int, key: str, shadow: bool = False) -> float:
+    """The median of `key` over the runs of one batch size (with a challenger if `shadow`)."""
+    return round(
+        float(statistics.median(
+            r[key] for r in runs if r["batch"] == batch and r.get("shadow", False) == shadow
+        )),
+        2,
+    )  # fmt: skip
+
+
+def shadow_challenger(folder: str) -> Scorer:
+    """The bench's challenger: a second session of the layer's model under another version."""
+    layer = OnnxModel.from_folder(folder)
+    version = f"{layer.manifest['model_version']}-shadow"
+    model = OnnxModel(Path(folder) / "model.onnx", {**layer.manifest, "model_version": version})
+    return Scorer(FixedModelSource(model))
+
+
+def shadow_figures(bench: Bench, batch: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Figures and params of the runs with a challenger against those without, at `batch`."""
+    plain = median_of(bench.runs, batch, "events_per_s")
+    shadowed = median_of(bench.runs, batch, "events_per_s", shadow=True)
+    own = median_of(bench.runs, batch, "shadow_us_per_event", shadow=True)
+    overhead = round(1e6 / shadowed - 1e6 / plain, 2)
+    figures = {
+        "engine.shadow_events_per_s": (shadowed, "events/s"),
+        "engine.shadow_overhead_us_per_event": (overhead, "µs"),
+        "engine.shadow_challenger_us_per_event": (own, "µs"),
+    }
+    params = {
+        "batch": batch, "events_per_s_without": plain, "events_per_s_with": shadowed,
+        "overhead_us_per_event": overhead, "challenger_scoring_us_per_event": own,
+        "challenger": "a second onnxruntime session of the model layer's model (as heavy as "
+        "the champion), under another version; overhead = 1e6/with - 1e6/without",
+    }  # fmt: skip
+    return figures, params
 
 
 def report(
@@ -252,6 +299,17 @@ def report(
         print(
             f"{b:>6} {rate[b]:>9,.0f} {rate[b] / TARGET:>8.3f} {redis_us:>7} µs {client_us:>8} µs"
         )
+    shadow: dict[str, Any] = {"skipped": "--no-shadow"}
+    shadow_figs: dict[str, Any] = {}
+    if any(r.get("shadow") for r in bench.runs):
+        shadow_figs, shadow = shadow_figures(bench, max(sizes))
+        print(
+            f"\nwith a challenger (shadow scoring), batch {shadow['batch']}: "
+            f"{shadow['events_per_s_with']:,.0f} events/s against "
+            f"{shadow['events_per_s_without']:,.0f}; overhead "
+            f"{shadow['overhead_us_per_event']} µs/event, the challenger's own scoring "
+            f"{shadow['challenger_scoring_us_per_event']} µs/event"
+        )
     print(f"\nwhere the time goes, batch {best} (wall µs per event, {prof['events']:,} events):")
     for name, value in prof["breakdown_us_per_event"].items():
         print(f"  {name:<46} {value:>8}")
@@ -271,7 +329,7 @@ def report(
         "client_cpu_us_per_event": {b: med(b, "client_cpu_us_per_event") for b in sizes},
         "evalsha_usec_per_call": {b: med(b, "evalsha_usec_per_call") for b in sizes},
         "outcomes": bench.path.totals, "runs": bench.runs, "profile": prof,
-        "heavy_entity": heavy["params"],
+        "heavy_entity": heavy["params"], "shadow": shadow,
     }  # fmt: skip
     figures = {"engine.events_per_s": (rate[best], "events/s")}
     figures |= {f"engine.events_per_s_batch_{b}": (rate[b], "events/s") for b in sizes}
@@ -279,7 +337,7 @@ def report(
     figures["engine.client_us_per_event"] = (med(best, "client_cpu_us_per_event"), "µs")
     for stage, us in prof["breakdown_us_per_event"].items():
         figures[f"engine.stage.{STAGES[stage]}_us"] = (us, "µs")
-    figures |= heavy["figures"]
+    figures |= heavy["figures"] | shadow_figs
     out = write_result("engine_quick" if args.quick else "engine", params, figures)
     log(f"wrote {out}")
     return 0 if not bench.path.totals["failed"] and not bench.path.totals["duplicates"] else 1
@@ -303,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         help="transactions in the degenerate entity's 30-day window (0: skip that phase)",
     )
     parser.add_argument("--heavy-events", type=int, default=5000)
+    parser.add_argument(
+        "--no-shadow", action="store_true", help="no runs with a challenger (shadow scoring)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.max_events, args.repeats, args.batches = 1.0, 3000, 1, "100,500"
@@ -329,18 +390,23 @@ def main(argv: list[str] | None = None) -> int:
             transaction_decoder(MemoryLookup()), store, NoDeadLetters(), log_, scorer, decisions
         )
         bench = Bench(server, store, load_app(), path, stream)
+        if not args.no_shadow:
+            bench.challenger = shadow_challenger(default_model_dir())
         t0 = time.perf_counter()
         warm = bench.warm_up(args.warmup_days)
         log(f"warm-up: {warm:,} events, {args.warmup_days} days, {time.perf_counter() - t0:.0f}s")
         sizes = [int(b) for b in args.batches.split(",")]
         left = len(stream.tx) - stream.cursor - 2 * args.profile_events
-        per_run = min(args.max_events, left // (args.repeats * len(sizes)))
+        runs = [(b, False) for b in sizes] + ([] if args.no_shadow else [(max(sizes), True)])
+        per_run = min(args.max_events, left // (args.repeats * len(runs)))
         for rep in range(args.repeats):
-            for batch in sizes:
-                run = bench.timed(batch, args.seconds, per_run)
+            for batch, shadow in runs:
+                run = bench.timed(batch, args.seconds, per_run, shadow)
                 rate, redis_us = run["events_per_s"], run["redis_cpu_us_per_event"]
+                with_challenger = ", with a challenger" if shadow else ""
                 log(
-                    f"repeat {rep + 1}, batch {batch}: {rate:,.0f} events/s, Redis {redis_us} µs/ev"
+                    f"repeat {rep + 1}, batch {batch}{with_challenger}: {rate:,.0f} events/s, "
+                    f"Redis {redis_us} µs/ev"
                 )
         best = max(sizes, key=lambda b: median_of(bench.runs, b, "events_per_s"))
         log(f"profiling batch {best}: {args.profile_events:,} events timed, as many profiled")

@@ -99,16 +99,37 @@ class NoDeadLetters:
 
 
 class CountingPath(TransactionPath):
-    """The real path, also summing outcomes so the benchmark can check nothing failed."""
+    """The real path, also summing outcomes so the benchmark can check nothing failed.
+
+    `shadow_ms` sums the challenger's scoring calls (when one is set: `challenger`).
+    """
 
     totals: ClassVar[dict[str, int]] = {"applied": 0, "duplicates": 0, "failed": 0}
+    shadow_ms: float = 0.0
 
     def run(self, records: Any) -> BatchOutcome:
         outcome = super().run(records)
         self.totals["applied"] += outcome.applied
         self.totals["duplicates"] += outcome.duplicates
         self.totals["failed"] += len(outcome.failures) + outcome.poisoned
+        if outcome.shadow is not None:
+            if outcome.shadow.error is not None:
+                self.totals["failed"] += outcome.applied + outcome.duplicates
+            self.shadow_ms += outcome.shadow.ms
         return outcome
+
+
+class FixedModelSource:
+    """A `ModelSource` that serves one model and never changes (the bench's challenger)."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def load(self) -> Any:
+        return self._model
+
+    def poll(self) -> None:
+        return None
 
 
 @dataclass

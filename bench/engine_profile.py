@@ -27,7 +27,7 @@ def phase_timers(bench: Bench, totals: dict[str, float]) -> Iterator[None]:
         (bench.store, "apply_transactions"), (bench.store, "_run"),
         (bench.store, "_send"),
         (bench.store, "_applied"), (streaming, "feature_vector"),
-        (streaming, "decide_with_model"), (RedisDecisions, "publish"),
+        (streaming, "decide_with_model"), (streaming, "shadow_score"), (RedisDecisions, "publish"),
         (KinesisDecisionStream, "publish"),
         (bench.path._event_log, "write_batch"), (bench.app, "respond"),
     ]  # fmt: skip
@@ -62,6 +62,7 @@ STAGES = {
     "feature_vector": "feature_vector",
     "score: model, thresholds, reasons": "score",
     "decisions: Redis SET NX + stream records": "decisions",
+    "shadow: the hook alone (no challenger set)": "shadow_hook",
     "path: outcome and log rows": "path",
     "event log: JSON lines + gzip (level 1)": "event_log",
     "Powertools: BatchProcessor response": "powertools_response",
@@ -82,8 +83,10 @@ def breakdown(t: dict[str, float], events: int, server_us: float) -> dict[str, f
         "feature_vector": t["feature_vector"],
         "score: model, thresholds, reasons": t["decide_with_model"],
         "decisions: Redis SET NX + stream records": t["publish"],
+        "shadow: the hook alone (no challenger set)": t.get("shadow_score", 0.0),
         "path: outcome and log rows": t["run"] - t["_decode_all"] - t["apply_transactions"]
-        - t["feature_vector"] - t["decide_with_model"] - t["publish"] - t["write_batch"],
+        - t["feature_vector"] - t["decide_with_model"] - t["publish"] - t["write_batch"]
+        - t.get("shadow_score", 0.0),
         "event log: JSON lines + gzip (level 1)": t["write_batch"],
         "Powertools: BatchProcessor response": t["respond"],
         "Powertools: metrics add + EMF flush, logger": t["lambda_handler"] - t["run"]

@@ -102,6 +102,12 @@ SPECS: tuple[Spec, ...] = (
     Spec("engine.heavy_entity_transactions"),
     Spec("engine.heavy_entity_redis_us_per_event"),
     Spec("engine.light_entity_redis_us_per_event"),
+    # With a challenger set (shadow scoring): the engine's rate, what it costs per event,
+    # and the challenger's own scoring call (the overhead should not exceed it by more than
+    # the two extra logged fields and noise).
+    Spec("engine.shadow_events_per_s", None, ENGINE_CEILING, "", ENGINE_HEALTH),
+    Spec("engine.shadow_overhead_us_per_event"),
+    Spec("engine.shadow_challenger_us_per_event"),
     Spec("api.http_p50_ms", None, None, "", ("api.errors",)),
     Spec("api.http_p95_ms", None, None, "p95 120 ms", ("api.errors",)),
     Spec("api.http_p99_ms", ("<=", 1.0), None, "", ("api.errors",)),

@@ -36,6 +36,10 @@ class MemoryTelemetry:
             bucket[name] = max(bucket.get(name, peak), peak)
         if figures.model_version:
             self.totals["model_version"] = figures.model_version
+            if figures.shadow_model_version:
+                self.totals["shadow_model_version"] = figures.shadow_model_version
+            else:
+                self.totals.pop("shadow_model_version", None)
         self.totals["last_batch_ms"] = str(figures.second * 1000)
 
     def read(self, first_s: int, last_s: int) -> tuple[TelemetryWindow, dict[str, str]]:

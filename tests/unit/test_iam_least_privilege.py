@@ -162,6 +162,12 @@ class _RecordingS3:
         self.keys.append(str(kwargs["Key"]))
         return {}
 
+    def get_object(self, **kwargs: Any) -> dict[str, Any]:
+        """Nothing was written before (the export reads the pointer it may keep a part of)."""
+        error = LookupError(f"NoSuchKey: {kwargs['Key']}")
+        error.response = {"Error": {"Code": "NoSuchKey"}}  # type: ignore[attr-defined]
+        raise error
+
 
 def written_keys(tmp_path: Path) -> dict[str, list[str]]:
     """What the code writes to the bucket, by writer (the event log, drift, model export)."""

@@ -5,6 +5,7 @@ No network: MLflow uses a SQLite store in a temporary folder and S3 is an in-mem
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,15 @@ class FakeS3:
 
     def put_object(self, Bucket: str, Key: str, Body: bytes, **_: Any) -> None:
         self.puts.append((Bucket, Key, Body))
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        """The last body put under `Key`; NoSuchKey (as botocore says it) when none was."""
+        for bucket, key, body in reversed(self.puts):
+            if (bucket, key) == (Bucket, Key):
+                return {"Body": io.BytesIO(body)}
+        error = LookupError(f"NoSuchKey: {Key}")
+        error.response = {"Error": {"Code": "NoSuchKey"}}  # type: ignore[attr-defined]
+        raise error
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """The model registry's lifecycle: promote a version to ``champion`` and export the champion.
 
-`promote(version)` moves the ``champion`` alias of ``kestrel-fraud`` to `version`.
+`promote(version)` moves the ``champion`` alias of ``kestrel-fraud`` to `version`. The
+command line's ``promote`` first checks that the version is better than the champion
+(`kestrel_training.promotion`) and refuses otherwise, unless ``--force``.
 
 `export_champion(dest)` writes the champion to the model layer folder (default
 ``layers/model/``): ``model.onnx`` and ``manifest.json``. The manifest holds the model
@@ -15,10 +17,16 @@ local emulator)::
     s3://<bucket>/models/<version>/manifest.json
     s3://<bucket>/models/active.json   {"version", "model_key", "manifest_key", ...}
 
-The pointer is written last, so a scorer that follows it always finds both files.
+The pointer is written last, so a scorer that follows it always finds both files. A
+``challenger`` entry already in the pointer is kept (unless it names the new champion).
 
-    python -m kestrel_training.registry promote 3
+`set_challenger` uploads a version the same way and names it in the pointer's
+``challenger`` entry, beside the champion: the stream then shadow-scores every transaction
+with it (`kestrel.adapters.onnx_challenger`); `clear_challenger` removes the entry.
+
+    python -m kestrel_training.registry promote 3 [--force]
     python -m kestrel_training.registry export [--dest layers/model] [--bucket B]
+    python -m kestrel_training.registry shadow --bucket B [--alias challenger] [--off]
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 MANIFEST_FILE = "manifest.json"
 S3_PREFIX = "models"
 ACTIVE_POINTER = f"{S3_PREFIX}/active.json"
+CHALLENGER_ENTRY = "challenger"
 
 
 def promote(version: str | int, store: tracking.Tracking | None = None) -> str:
@@ -110,19 +119,55 @@ def export_champion(
     return manifest
 
 
-def upload(folder: Path, manifest: dict[str, Any], bucket: str, s3: Any = None) -> str:
-    """Upload model and manifest under models/<version>/, then move the active pointer."""
+def _s3(s3: Any) -> Any:
     if s3 is None:
         import boto3
 
         s3 = boto3.client("s3")  # honours AWS_ENDPOINT_URL
-    version = manifest["model_version"]
+    return s3
+
+
+def _put_version(folder: Path, version: str, bucket: str, s3: Any) -> dict[str, str]:
+    """Upload model and manifest under models/<version>/; return their keys."""
     keys = {}
     for name in (tracking.ONNX_FILE, MANIFEST_FILE):
         key = f"{S3_PREFIX}/{version}/{name}"
         s3.put_object(Bucket=bucket, Key=key, Body=(folder / name).read_bytes())
         keys[name] = key
-    pointer = {
+    return keys
+
+
+def read_pointer(bucket: str, s3: Any = None) -> dict[str, Any] | None:
+    """The active pointer, or None when the bucket has none yet (other errors raise)."""
+    s3 = _s3(s3)
+    try:
+        body = s3.get_object(Bucket=bucket, Key=ACTIVE_POINTER)["Body"].read()
+    except Exception as exc:
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("NoSuchKey", "404"):
+            return None
+        raise
+    pointer = json.loads(body)
+    if not isinstance(pointer, dict):
+        raise ValueError(f"s3://{bucket}/{ACTIVE_POINTER} is not a JSON object")
+    return pointer
+
+
+def _write_pointer(pointer: dict[str, Any], bucket: str, s3: Any) -> None:
+    s3.put_object(
+        Bucket=bucket,
+        Key=ACTIVE_POINTER,
+        Body=json.dumps(pointer).encode(),
+        ContentType="application/json",
+    )
+
+
+def upload(folder: Path, manifest: dict[str, Any], bucket: str, s3: Any = None) -> str:
+    """Upload model and manifest under models/<version>/, then move the active pointer."""
+    s3 = _s3(s3)
+    version = manifest["model_version"]
+    keys = _put_version(folder, version, bucket, s3)
+    pointer: dict[str, Any] = {
         "model_name": manifest["model_name"],
         "version": version,
         "model_key": keys[tracking.ONNX_FILE],
@@ -130,31 +175,97 @@ def upload(folder: Path, manifest: dict[str, Any], bucket: str, s3: Any = None) 
         "feature_set_hash": manifest["feature_set_hash"],
         "updated_at": utc_now_iso(),
     }
-    s3.put_object(
-        Bucket=bucket,
-        Key=ACTIVE_POINTER,
-        Body=json.dumps(pointer).encode(),
-        ContentType="application/json",
-    )
+    challenger = (read_pointer(bucket, s3) or {}).get(CHALLENGER_ENTRY)
+    if isinstance(challenger, dict) and str(challenger.get("version")) != str(version):
+        pointer[CHALLENGER_ENTRY] = challenger  # still shadow-scored beside the new champion
+    _write_pointer(pointer, bucket, s3)
     return ACTIVE_POINTER
 
 
+def set_challenger(
+    folder: Path, manifest: dict[str, Any], bucket: str, s3: Any = None
+) -> dict[str, Any]:
+    """Upload a version and name it as the pointer's challenger; return the new pointer."""
+    s3 = _s3(s3)
+    pointer = read_pointer(bucket, s3)
+    if pointer is None:
+        raise ValueError(
+            f"s3://{bucket}/{ACTIVE_POINTER} does not exist: export the champion first "
+            f"(make model-layer MODEL_BUCKET={bucket})"
+        )
+    version = str(manifest["model_version"])
+    if version == str(pointer.get("version")):
+        raise ValueError(f"version {version} is the champion already: nothing to shadow-score")
+    keys = _put_version(folder, version, bucket, s3)
+    pointer[CHALLENGER_ENTRY] = {
+        "version": version,
+        "model_key": keys[tracking.ONNX_FILE],
+        "manifest_key": keys[MANIFEST_FILE],
+        "feature_set_hash": manifest["feature_set_hash"],
+        "updated_at": utc_now_iso(),
+    }
+    _write_pointer(pointer, bucket, s3)
+    return pointer
+
+
+def clear_challenger(bucket: str, s3: Any = None) -> str | None:
+    """Remove the pointer's challenger entry (shadow scoring stops); return its version."""
+    s3 = _s3(s3)
+    pointer = read_pointer(bucket, s3)
+    if pointer is None or CHALLENGER_ENTRY not in pointer:
+        return None
+    entry = pointer.pop(CHALLENGER_ENTRY)
+    _write_pointer(pointer, bucket, s3)
+    return str(entry.get("version")) if isinstance(entry, dict) else None
+
+
+def shadow(alias: str, bucket: str, store: tracking.Tracking, off: bool = False) -> str:
+    """Set the aliased version as the bucket's challenger (or, `off`, remove it); say what."""
+    if off:
+        removed = clear_challenger(bucket)
+        return f"challenger {removed} removed" if removed else "no challenger was set"
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = export_champion(Path(tmp), None, store, alias=alias)
+        set_challenger(Path(tmp), manifest, bucket)
+    version = manifest["model_version"]
+    return (
+        f"{tracking.MODEL_NAME} version {version} (@{alias}) is the challenger in "
+        f"s3://{bucket}/{ACTIVE_POINTER}: the stream shadow-scores it from its next pointer check"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: promote VERSION | export [--dest D] [--bucket B]."""
+    """Command line: promote VERSION [--force] | export [...] | shadow --bucket B [--off]."""
     parser = argparse.ArgumentParser(prog="python -m kestrel_training.registry")
     parser.add_argument("--tracking-dir", type=Path, help="MLflow store (default mlruns/)")
     commands = parser.add_subparsers(dest="command", required=True)
-    promote_cmd = commands.add_parser("promote", help="move the champion alias to VERSION")
+    promote_cmd = commands.add_parser(
+        "promote", help="move the champion alias to VERSION if it is better (or --force)"
+    )
     promote_cmd.add_argument("version")
+    promote_cmd.add_argument(
+        "--force", action="store_true", help="promote even without evidence that it is better"
+    )
     export_cmd = commands.add_parser("export", help="write the champion to the model layer")
     export_cmd.add_argument("--dest", type=Path, default=DEFAULT_DEST)
     export_cmd.add_argument("--bucket", help="also upload to s3://BUCKET/models/<version>/")
     export_cmd.add_argument("--alias", default=CHAMPION)
+    shadow_cmd = commands.add_parser(
+        "shadow", help="name the aliased version as the challenger the stream shadow-scores"
+    )
+    shadow_cmd.add_argument("--bucket", required=True, help="the models bucket (MODEL_BUCKET)")
+    shadow_cmd.add_argument("--alias", default=CHALLENGER)
+    shadow_cmd.add_argument("--off", action="store_true", help="remove the challenger instead")
     args = parser.parse_args(argv)
     store = tracking.configure(args.tracking_dir)
     if args.command == "promote":
-        version = promote(args.version, store)
-        print(f"{tracking.MODEL_NAME} version {version} is now @{CHAMPION}")
+        return _promote(args.version, store, args.force)
+    if args.command == "shadow":
+        try:
+            print(shadow(args.alias, args.bucket, store, off=args.off))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     manifest = export_champion(args.dest, args.bucket, store, alias=args.alias)
     if manifest["feature_set_hash"] != FEATURE_SET_HASH:
@@ -169,6 +280,28 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"exported {tracking.MODEL_NAME} version {manifest['model_version']} "
         f"(@{args.alias}) to {args.dest}{where}"
+    )
+    return 0
+
+
+def _promote(version: str, store: tracking.Tracking, force: bool) -> int:
+    """`make promote`: move the alias if the evidence allows it (or forced); 1 if refused."""
+    from kestrel_training.promotion import promote_checked
+
+    moved, check = promote_checked(version, store, force)
+    evidence = "" if check.evidence == "none" else f" ({check.evidence})"
+    if not moved:
+        print(
+            f"refused: {tracking.MODEL_NAME} version {check.version} stays out, "
+            f"v{check.champion} stays @{CHAMPION}: {check.reason}{evidence}. "
+            "Promote anyway with --force (make promote VERSION=n FORCE=1).",
+            file=sys.stderr,
+        )
+        return 1
+    forced = " (forced)" if not check.allowed else ""
+    print(
+        f"{tracking.MODEL_NAME} version {check.version} is now @{CHAMPION}{forced}: "
+        f"{check.reason}{evidence}"
     )
     return 0
 

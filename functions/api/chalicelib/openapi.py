@@ -10,7 +10,7 @@ from typing import Any
 
 from kestrel.events import MAX_AMOUNT
 from kestrel.serving import CUSTOMER_FEATURES, TERMINAL_FEATURES
-from kestrel.telemetry import COUNTERS, DECISION_TYPES, MAX_WINDOW_S
+from kestrel.telemetry import COUNTERS, DECISION_TYPES, MAX_WINDOW_S, SHADOW_COUNTERS
 
 # The id rule of `kestrel.events` (valid_identifier), as a JSON-schema pattern.
 # (?![\s\S]) ends the string in ECMA-262 and Python alike ($ admits a trailing \n in Python).
@@ -94,7 +94,7 @@ TELEMETRY = {
     "type": "object",
     "required": ["window_s", "generated_at", "events_per_s", "freshness_ms", "decisions",
                  "fraud_rate", "labels", "score_histogram", "counts", "totals", "dlq",
-                 "model_version", "last_batch_at", "drift"],
+                 "model_version", "last_batch_at", "drift", "shadow"],
     "properties": {
         "window_s": {"type": "integer", "minimum": 1, "maximum": MAX_WINDOW_S},
         "generated_at": {"type": "string", "format": "date-time"},
@@ -135,6 +135,22 @@ TELEMETRY = {
             "description": "The drift job's latest status as it wrote it; unknown without one.",
             "required": ["status"],
             "properties": {"status": {"type": "string"}},
+        },
+        "shadow": {
+            "type": "object",
+            "description": "The challenger that shadow-scores the stream (model_version null: "
+            "none); its scores in the window, and the batches it failed on.",
+            "required": ["model_version", *SHADOW_COUNTERS, "score_histogram"],
+            "properties": {
+                "model_version": {"type": "string", "nullable": True},
+                **dict.fromkeys(SHADOW_COUNTERS, _COUNT),
+                "score_histogram": {
+                    "type": "object",
+                    "required": ["edges", "counts"],
+                    "properties": {"edges": {"type": "array", "items": {"type": "number"}},
+                                   "counts": {"type": "array", "items": _COUNT}},
+                },
+            },
         },
     },
 }  # fmt: skip

@@ -17,6 +17,7 @@ from redis.retry import Retry
 from kestrel import connections
 from kestrel.adapters.glue_registry import GlueSchemaApi, GlueSchemaRegistry
 from kestrel.adapters.kinesis_decisions import KinesisDecisionStream
+from kestrel.adapters.onnx_challenger import build_challenger
 from kestrel.adapters.onnx_model import build_scorer
 from kestrel.adapters.redis_decisions import RedisDecisions
 from kestrel.adapters.redis_features import RedisFeatureStore
@@ -165,6 +166,7 @@ def transaction_path() -> TransactionPath:
         (decision_store(), decision_stream()),
         max_future_s=settings().max_future_s,
         telemetry=telemetry(),
+        challenger=challenger(),
     )
 
 
@@ -208,6 +210,12 @@ def scorer() -> Scorer:
     return build_scorer(settings(), s3_client=s3_client())
 
 
+@cache
+def challenger() -> Scorer | None:
+    """The stream's challenger for shadow scoring (None: none can be set, no shadow work)."""
+    return build_challenger(settings(), scorer())
+
+
 def reset() -> None:
     """Forget every cached client and setting (tests, or after changing the environment)."""
     connections.reset()
@@ -225,6 +233,7 @@ def reset() -> None:
         transaction_path,
         label_path,
         scorer,
+        challenger,
         scoring_service,
     ):
         factory.cache_clear()

@@ -319,13 +319,15 @@ class ModelSource(Protocol):
     and, if so, loads and returns it; it returns None when nothing changed. The scorer
     decides how often to call `poll` and whether to accept what it returns, so a source
     must not call `poll` itself, and it must offer each new version once (a refused
-    version is not offered again unless the active version changes again).
+    version is not offered again unless the active version changes again). A source that
+    may have no model at all (a challenger's) raises `kestrel.scoring.ModelWithdrawn`.
     """
 
     def load(self) -> Model:
         """The model to serve at cold start.
 
         Raises:
+            kestrel.scoring.ModelWithdrawn: There is no model to serve (no challenger set).
             kestrel.scoring.RejectedModel: The files exist but cannot be used.
             Exception: The model cannot be read (missing files, I/O errors).
         """
@@ -335,6 +337,7 @@ class ModelSource(Protocol):
         """The newly activated model version, or None when the active version is unchanged.
 
         Raises:
+            kestrel.scoring.ModelWithdrawn: The model served so far is no longer offered.
             kestrel.scoring.RejectedModel: The new version is refused (its manifest does not
                 match the running feature definitions, or its files are unusable).
             Exception: The source cannot be reached (network, throttling); the caller keeps

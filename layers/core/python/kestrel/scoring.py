@@ -61,6 +61,10 @@ class NoModelError(RuntimeError):
     """No usable model is loaded yet, so nothing can be scored (the caller retries)."""
 
 
+class ModelWithdrawn(LookupError):
+    """The source has no model to serve (no challenger set, or it was taken away)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Thresholds:
     """The manifest's decision thresholds: DECLINE at or above `decline`, REVIEW at `review`."""
@@ -186,6 +190,10 @@ class Scorer:
     call scores and decides with one version. A refused or failing version never replaces
     the serving one; refusals count in `rejected_models`, source errors in
     `refresh_errors`, accepted swaps in `swaps`.
+
+    A source may also have no model at all (a challenger's: `ModelWithdrawn` from `load` or
+    `poll`); the scorer then serves nothing until the source offers a model again, and
+    `score_batch` raises `NoModelError` meanwhile.
     """
 
     def __init__(
@@ -213,11 +221,18 @@ class Scorer:
             self.install(source.load())
         except RejectedModel as exc:
             self._reject(exc)
+        except ModelWithdrawn:
+            pass  # nothing to serve yet, and nothing wrong (e.g. no challenger is set)
         except Exception as exc:  # noqa: BLE001 - a cold start without a layer model is survivable
             self.refresh_errors += 1
             logger.error("could not load the model layer: %r", exc)
         if self._active is None:
             self.refresh(force=True)
+
+    @property
+    def source(self) -> ModelSource:
+        """Where this scorer's models come from."""
+        return self._source
 
     @property
     def manifest(self) -> ModelManifest | None:
@@ -265,6 +280,11 @@ class Scorer:
             model = self._source.poll()
         except RejectedModel as exc:
             self._reject(exc)
+            return False
+        except ModelWithdrawn as exc:
+            if self._active is not None:
+                logger.info("model version %s withdrawn: %s", self.model_version, exc)
+                self._active = None
             return False
         except Exception as exc:  # noqa: BLE001 - keep serving the current model
             self.refresh_errors += 1

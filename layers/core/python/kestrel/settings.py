@@ -224,6 +224,7 @@ class Settings:
     model_bucket: str = ""
     model_pointer_key: str = "models/active.json"
     model_refresh_s: float = 15.0
+    challenger_model_dir: str = ""
     api_key: str = ""
     api_auth: ApiAuth = "app"
     redis_password: str = field(default="", repr=False)
@@ -294,6 +295,7 @@ class Settings:
             model_bucket=_read(env, "MODEL_BUCKET", ""),
             model_pointer_key=_read(env, "MODEL_POINTER_KEY", "models/active.json"),
             model_refresh_s=_parse(env, "MODEL_REFRESH_S", "15", _non_negative_float),
+            challenger_model_dir=_read(env, "CHALLENGER_MODEL_DIR", ""),
             api_key=api_key,
             api_auth=api_auth,
             # Not stripped: a password is taken as it is. A password in REDIS_URL wins.

@@ -52,7 +52,7 @@ def _quantile(ordered: list[float], q: float) -> float:
 
 
 def _batch_metrics(metrics: Metrics, prefix: str, outcome: BatchOutcome) -> None:
-    """Counts, freshness, scoring time and model version of one batch as EMF metrics."""
+    """Counts, freshness, scoring time and model versions of one batch as EMF metrics."""
     count = MetricUnit.Count
     metrics.add_metric(name=f"{prefix}Applied", unit=count, value=outcome.applied)
     metrics.add_metric(name=f"{prefix}Duplicates", unit=count, value=outcome.duplicates)
@@ -76,6 +76,14 @@ def _batch_metrics(metrics: Metrics, prefix: str, outcome: BatchOutcome) -> None
         )
     if outcome.model_version is not None:
         metrics.add_metadata(key="model_version", value=outcome.model_version)
+    shadow = outcome.shadow
+    if shadow is not None:  # a challenger shadow-scored the batch (kestrel.shadow)
+        metrics.add_metric(
+            name="ShadowScoringLatency", unit=MetricUnit.Milliseconds, value=shadow.ms
+        )
+        metrics.add_metric(name="ShadowErrors", unit=count, value=int(shadow.error is not None))
+        if shadow.model_version is not None:
+            metrics.add_metadata(key="shadow_model_version", value=shadow.model_version)
 
 
 def transaction_metrics(metrics: Metrics, outcome: BatchOutcome) -> None:

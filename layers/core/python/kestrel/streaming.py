@@ -45,6 +45,7 @@ from kestrel.ports import (
     SchemaRegistryUnavailable,
 )
 from kestrel.scoring import Scorer
+from kestrel.shadow import Shadow, shadow_score
 from kestrel.telemetry import BatchFigures, error_figures, label_figures, transaction_figures
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class BatchOutcome:
     scoring_ms: float | None = None
     labels: int = 0
     frauds: int = 0
+    shadow: Shadow | None = None  # the challenger's scores, when one is set (kestrel.shadow)
 
     def check(self, sequence_number: str) -> None:
         """Raise `RecordFailed` if the record with this sequence number must be retried."""
@@ -183,7 +185,12 @@ def _decode_all(
 
 
 class TransactionPath:
-    """Transactions: decode, apply features once, score, decide, log, report retries."""
+    """Transactions: decode, apply features once, score, decide, log, report retries.
+
+    With a `challenger`, each batch is also shadow-scored (`kestrel.shadow`): one more
+    scoring call on the same vectors once the decisions are published, its scores logged as
+    ``shadow_score`` / ``shadow_model_version``; decisions always come from `scorer`.
+    """
 
     def __init__(
         self,
@@ -196,11 +203,13 @@ class TransactionPath:
         clock: Callable[[], float] = time.time,
         max_future_s: float = DEFAULT_MAX_FUTURE_S,
         telemetry: TelemetrySink | None = None,
+        challenger: Scorer | None = None,
     ) -> None:
         self._decode, self._store, self._dead_letters = decode, store, dead_letters
         self._event_log, self._clock = event_log, clock
         self._scorer, self._decisions = scorer, tuple(decisions)
         self._max_future_s, self._telemetry = max_future_s, telemetry
+        self.challenger = challenger  # shadow-scores every batch (None: no shadow work)
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """Process one Kinesis batch (the event's Records list)."""
@@ -241,8 +250,15 @@ class TransactionPath:
             outcome.model_version = decisions[0].model_version
         for sink in self._decisions:
             sink.publish(decisions)
+        # The challenger scores the same vectors once the champion's decisions are out.
+        outcome.shadow = shadow = shadow_score(self.challenger, vectors)
+        shadow_version, shadow_scores = None, None
+        if shadow is not None and shadow.error is None:
+            shadow_version, shadow_scores = shadow.model_version, shadow.scores
         logged = []
-        for (record, tx), vector, decision in zip(scored, vectors, decisions, strict=True):
+        for index, ((record, tx), vector, decision) in enumerate(
+            zip(scored, vectors, decisions, strict=True)
+        ):
             outcome.decisions[decision.decision.value] = (
                 outcome.decisions.get(decision.decision.value, 0) + 1
             )
@@ -265,6 +281,9 @@ class TransactionPath:
                     "event_id": record["eventID"],
                 }
             )
+            if shadow_scores is not None:
+                logged[-1]["shadow_model_version"] = shadow_version
+                logged[-1]["shadow_score"] = shadow_scores[index]
         if logged:
             # A failure here fails the whole batch: it is retried, and the store is idempotent.
             self._event_log.write_batch("transactions", batch_id(records), logged, "event_time")

@@ -5,7 +5,10 @@ Write side: `transaction_figures` and `label_figures` turn one batch's `BatchOut
 labels and frauds), a log-scale histogram of freshness (handler time minus the record's
 Kinesis ``approximateArrivalTimestamp``), a histogram of scores and the freshness maximum.
 A `kestrel.monitoring_ports.TelemetrySink` adds them to the bucket of their second and to all-time
-totals. Read side: a `kestrel.monitoring_ports.TelemetrySource` gives a window's figures summed
+totals. With a challenger set, a batch also adds ``shadow_scored`` (transactions the
+challenger scored), ``shadow_errors`` (batches it failed on) and its own score histogram
+(``shadow_score:<bin>``), and names its version. Read side: a
+`kestrel.monitoring_ports.TelemetrySource` gives a window's figures summed
 (`TelemetryWindow`: what `combine` makes of its per-second buckets, and each second's
 events), and `summarize` turns them into a `TelemetrySnapshot` (rates, freshness
 percentiles estimated from the histogram, decisions, fraud rate, score distribution),
@@ -42,6 +45,7 @@ DECISION_TYPES = ("approve", "review", "decline")
 COUNTERS = (
     "applied", "duplicates", "poison", "failed", "batches", "batch_errors", "labels", "frauds",
 )  # fmt: skip
+SHADOW_COUNTERS = ("shadow_scored", "shadow_errors")
 FRESHNESS_MAX = "freshness_max_ms"
 DRIFT_UNKNOWN: dict[str, Any] = {"status": "unknown"}
 DLQ_ROLES = ("poison", "on_failure")
@@ -100,6 +104,7 @@ class BatchFigures:
         histograms: Added to the second's bucket only (``freshness:<bin>``, ``score:<bin>``).
         maxima: Kept in the second's bucket as the largest value seen.
         model_version: The model that scored the batch (None: no scoring in this batch).
+        shadow_model_version: The challenger that shadow-scored it (None: no challenger).
     """
 
     second: int
@@ -107,6 +112,7 @@ class BatchFigures:
     histograms: dict[str, int] = field(default_factory=dict)
     maxima: dict[str, float] = field(default_factory=dict)
     model_version: str | None = None
+    shadow_model_version: str | None = None
 
 
 def events_of(figures: Mapping[str, float]) -> int:
@@ -154,7 +160,17 @@ def transaction_figures(outcome: BatchOutcome, now_s: float) -> BatchFigures:
     histograms = {f"freshness:{i}": n for i, n in freshness_bins(outcome.arrival_lag_ms).items()}
     histograms |= {f"score:{i}": n for i, n in score_bins(outcome.scores).items()}
     maxima = {FRESHNESS_MAX: max(outcome.arrival_lag_ms)} if outcome.arrival_lag_ms else {}
-    return BatchFigures(int(now_s), counters, histograms, maxima, outcome.model_version)
+    shadow = outcome.shadow
+    if shadow is not None:
+        if shadow.error is None:
+            counters["shadow_scored"] = len(shadow.scores)
+            histograms |= {f"shadow_score:{i}": n for i, n in score_bins(shadow.scores).items()}
+        else:
+            counters["shadow_errors"] = 1
+    return BatchFigures(
+        int(now_s), counters, histograms, maxima, outcome.model_version,
+        shadow.model_version if shadow is not None else None,
+    )  # fmt: skip
 
 
 def label_figures(outcome: BatchOutcome, now_s: float) -> BatchFigures:
@@ -215,6 +231,9 @@ class TelemetrySnapshot:
     last_batch_ms: int | None
     dlq: dict[str, int | None]
     drift: dict[str, Any]
+    shadow_model_version: str | None = None
+    shadow_counts: dict[str, int] = field(default_factory=dict)
+    shadow_scores: tuple[int, ...] = ()
 
     @property
     def events_per_s(self) -> float:
@@ -269,6 +288,14 @@ class TelemetrySnapshot:
             "model_version": self.model_version,
             "last_batch_at": None if self.last_batch_ms is None else iso_ms(self.last_batch_ms),
             "drift": dict(self.drift),
+            "shadow": {
+                "model_version": self.shadow_model_version,
+                **{name: self.shadow_counts.get(name, 0) for name in SHADOW_COUNTERS},
+                "score_histogram": {
+                    "edges": list(_SCORE_EDGES),
+                    "counts": list(self.shadow_scores or (0,) * SCORE_BINS),
+                },
+            },
         }
 
 
@@ -314,6 +341,9 @@ def summarize(
         last_batch_ms=int(last) if last else None,
         dlq=dict(dlq),
         drift=dict(drift if drift and isinstance(drift.get("status"), str) else DRIFT_UNKNOWN),
+        shadow_model_version=totals.get("shadow_model_version") or None,
+        shadow_counts={name: int(summed.get(name, 0)) for name in SHADOW_COUNTERS},
+        shadow_scores=tuple(int(summed.get(f"shadow_score:{i}", 0)) for i in range(SCORE_BINS)),
     )
 
 

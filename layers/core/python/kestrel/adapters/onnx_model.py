@@ -14,7 +14,11 @@ S3 layout (``kestrel_training.registry.upload``; the pointer is written last)::
     s3://<MODEL_BUCKET>/models/<version>/manifest.json
     s3://<MODEL_BUCKET>/<MODEL_POINTER_KEY>       default models/active.json
         {"model_name": str, "version": str, "model_key": str, "manifest_key": str,
-         "feature_set_hash": str, "updated_at": ISO-8601 UTC}
+         "feature_set_hash": str, "updated_at": ISO-8601 UTC,
+         "challenger": {"version", "model_key", "manifest_key", ...}}   # optional
+
+The optional ``challenger`` entry names the version the stream shadow-scores beside the
+active one (`kestrel.adapters.onnx_challenger`); a pointer without it means no challenger.
 
 Hot swap: `S3ModelSource.poll` reads the pointer (one small GetObject). When its
 (version, model_key, manifest_key) differ from the last version this source returned, it
@@ -182,6 +186,7 @@ class S3ModelSource:
         self._hash = feature_set_hash
         self._known: tuple[str, str, str] | None = None
         self._known_version: str | None = None
+        self.pointer: dict[str, Any] | None = None  # the last pointer read
 
     def load(self) -> OnnxModel:
         """The model layer's model (the version the pointer is compared with later)."""
@@ -189,39 +194,59 @@ class S3ModelSource:
         self._known_version = str(model.manifest.get("model_version"))
         return model
 
-    def poll(self) -> OnnxModel | None:
-        """The pointer's version if it changed since the last one returned; else None."""
+    def read_pointer(self) -> dict[str, Any]:
+        """Read the pointer (one GetObject) and keep it as `pointer`; RejectedModel if not JSON."""
         body = self._s3.get_object(Bucket=self._bucket, Key=self._pointer_key)["Body"].read()
         try:
             pointer = json.loads(body)
-            target = (
-                str(pointer["version"]),
-                str(pointer["model_key"]),
-                str(pointer["manifest_key"]),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
+        except ValueError as exc:
             raise RejectedModel(f"malformed model pointer {self._pointer_key}: {exc!r}") from None
+        if not isinstance(pointer, dict):
+            raise RejectedModel(f"malformed model pointer {self._pointer_key}: not an object")
+        self.pointer = pointer
+        return pointer
+
+    def poll(self) -> OnnxModel | None:
+        """The pointer's version if it changed since the last one returned; else None."""
+        target = pointer_target(self.read_pointer(), self._pointer_key)
         if target == self._known or (self._known is None and target[0] == self._known_version):
             self._known = target
             return None
+        try:
+            model = self.fetch(target)
+        except RejectedModel:
+            self._known = target  # offer a refused version once, not on every poll
+            raise
+        self._known = target
+        return model
+
+    def fetch(self, target: tuple[str, str, str]) -> OnnxModel:
+        """Download one version (version, model key, manifest key) and build its session.
+
+        The manifest comes first: a version whose features differ from the running ones is
+        refused (`RejectedModel`) without downloading its model.
+        """
+        version, model_key, manifest_key = target
         with tempfile.TemporaryDirectory(prefix="kestrel-model-") as tmp:
             folder = Path(tmp)
-            self._s3.download_file(self._bucket, target[2], str(folder / MANIFEST_FILE))
+            self._s3.download_file(self._bucket, manifest_key, str(folder / MANIFEST_FILE))
             try:
                 raw = json.loads((folder / MANIFEST_FILE).read_text())
             except json.JSONDecodeError as exc:
-                self._known = target
-                raise RejectedModel(f"model {target[0]}: manifest is not JSON: {exc}") from None
-            try:
-                ModelManifest.parse(raw).check_compatible(self._names, self._hash)
-            except RejectedModel:
-                self._known = target  # offer a refused version once, not on every poll
-                raise
-            self._s3.download_file(self._bucket, target[1], str(folder / MODEL_FILE))
-            self._known = target
+                raise RejectedModel(f"model {version}: manifest is not JSON: {exc}") from None
+            ModelManifest.parse(raw).check_compatible(self._names, self._hash)
+            self._s3.download_file(self._bucket, model_key, str(folder / MODEL_FILE))
             model = OnnxModel(folder / MODEL_FILE, raw, self._threads)
-        logger.info("downloaded model version %s from s3://%s", target[0], self._bucket)
+        logger.info("downloaded model version %s from s3://%s", version, self._bucket)
         return model
+
+
+def pointer_target(entry: Mapping[str, Any], where: str) -> tuple[str, str, str]:
+    """(version, model key, manifest key) of a pointer entry; RejectedModel if malformed."""
+    try:
+        return str(entry["version"]), str(entry["model_key"]), str(entry["manifest_key"])
+    except (KeyError, TypeError) as exc:
+        raise RejectedModel(f"malformed model pointer {where}: {exc!r}") from None
 
 
 def build_scorer(settings: Settings, s3_client: Any = None, threads: int = 1) -> Scorer:

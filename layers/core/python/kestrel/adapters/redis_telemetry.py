@@ -14,11 +14,13 @@ Buckets expire BUCKET_TTL_S (1 h 5 min) after their last write. Fields of a buck
 retry), ``batches``, ``batch_errors`` (attempts that failed as a whole), ``labels``,
 ``frauds``, ``decision:approve|review|decline``, ``freshness:<bin>`` (the log-scale bins
 of `kestrel.telemetry.freshness_edges`), ``score:<bin>`` (20 bins on [0, 1]) and
-``freshness_max_ms`` (a decimal). A rollup (``s10``, ``s60``) holds the sums of its
+``freshness_max_ms`` (a decimal); with a challenger set, also ``shadow_scored``,
+``shadow_errors`` and ``shadow_score:<bin>``. A rollup (``s10``, ``s60``) holds the sums of its
 seconds' fields (the largest ``freshness_max_ms``) and ``e:<epoch_s>``, each of its
 seconds' events (applied + duplicates) for the per-second series. The totals hold the
-same counters (no histograms) plus ``model_version`` (the model of the last scored batch)
-and ``last_batch_ms``. The counters are per attempt: a retried batch counts again
+same counters (no histograms) plus ``model_version`` (the model of the last scored batch),
+``shadow_model_version`` (the challenger that shadow-scored that batch; absent when none
+did) and ``last_batch_ms``. The counters are per attempt: a retried batch counts again
 (telemetry is not exactly once; the feature keys are), so state comparisons leave
 ``kestrel:{tm}:*`` and ``kestrel:{drift}:*`` out.
 
@@ -62,8 +64,9 @@ EVENTS_FIELD = "e:"  # a rollup's ``e:<epoch_s>``: that second's events
 
 # KEYS: the totals, then the second's bucket and its rollups (finest first). ARGV: ttl (s),
 # then one JSON object: "c" counters, "h" histogram fields, "m" maxima (field -> number),
-# "e" the batch's events and "f" their rollup field, "v" model version or null, "t" now
-# (ms). One JSON argument instead of a hundred: redis-py packs each argument in Python.
+# "e" the batch's events and "f" their rollup field, "v" model version or null, "sv" the
+# challenger's version or null, "t" now (ms). One JSON argument instead of a hundred:
+# redis-py packs each argument in Python.
 RECORD_LUA = """
 local d = cjson.decode(ARGV[2])
 local ttl = tonumber(ARGV[1])
@@ -91,6 +94,11 @@ for i = 2, #KEYS do
 end
 if type(d.v) == 'string' then
   redis.call('HSET', KEYS[1], 'model_version', d.v)
+  if type(d.sv) == 'string' then
+    redis.call('HSET', KEYS[1], 'shadow_model_version', d.sv)
+  else
+    redis.call('HDEL', KEYS[1], 'shadow_model_version')
+  end
 end
 redis.call('HSET', KEYS[1], 'last_batch_ms', d.t)
 return 1
@@ -153,6 +161,7 @@ class RedisTelemetry:
             "e": events_of(figures.counters),
             "f": f"{EVENTS_FIELD}{second}",
             "v": figures.model_version,
+            "sv": figures.shadow_model_version,
             "t": second * 1000,
         }
         payload = json.dumps(body, separators=(",", ":"), allow_nan=False)
