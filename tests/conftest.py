@@ -77,4 +77,3 @@ def _drop_schema_registries(request: pytest.FixtureRequest) -> Iterator[None]:
         for schema in glue.list_schemas(RegistryId={"RegistryName": name})["Schemas"]:
             glue.delete_schema(SchemaId={"RegistryName": name, "SchemaName": schema["SchemaName"]})
         glue.delete_registry(RegistryId={"RegistryName": name})
-
