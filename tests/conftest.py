@@ -74,6 +74,5 @@ def _drop_schema_registries(request: pytest.FixtureRequest) -> Iterator[None]:
         name = registry["RegistryName"]
         if name in before:
             continue
-        for schema in glue.list_schemas(RegistryId={"RegistryName": name})["Schemas"]:
-            glue.delete_schema(SchemaId={"RegistryName": name, "SchemaName": schema["SchemaName"]})
+        # DeleteRegistry deletes its schemas and their versions too.
         glue.delete_registry(RegistryId={"RegistryName": name})
