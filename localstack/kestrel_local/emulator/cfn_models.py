@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from kestrel_local.emulator.patches import check_moto_version
 
@@ -201,32 +201,47 @@ def _define_models() -> list[type]:
     from moto.codedeploy.models import codedeploy_backends
     from moto.core.common_models import CloudFormationModel
 
-    class LambdaAliasModel(CloudFormationModel):
-        """AWS::Lambda::Alias on moto's ``put_alias``; ``Ref`` is the alias's ARN."""
+    class _Resource:
+        """What the four models share: type, name property, ``Ref`` and ``Fn::GetAtt``."""
 
-        def __init__(self, arn: str, function_name: str, name: str) -> None:
-            self.arn, self.function_name, self.name = arn, function_name, name
+        CFN_TYPE: ClassVar[str]
+        NAME_TYPE: ClassVar[str] = ""
+        PHYSICAL: ClassVar[str] = "name"  # the attribute ``Ref`` answers
+        ATTRIBUTES: ClassVar[Mapping[str, str]] = {}  # GetAtt name -> attribute
 
-        @staticmethod
-        def cloudformation_name_type() -> str:
-            return ""
+        @classmethod
+        def cloudformation_name_type(cls) -> str:
+            return cls.NAME_TYPE
 
-        @staticmethod
-        def cloudformation_type() -> str:
-            return "AWS::Lambda::Alias"
+        @classmethod
+        def cloudformation_type(cls) -> str:
+            return cls.CFN_TYPE
 
         @property
         def physical_resource_id(self) -> str:
-            return self.arn
+            return str(getattr(self, self.PHYSICAL))
 
         @classmethod
         def has_cfn_attr(cls, attr: str) -> bool:
-            return attr == "AliasArn"
+            return attr in cls.ATTRIBUTES
 
         def get_cfn_attribute(self, attribute_name: str) -> str:
-            if attribute_name == "AliasArn":
-                return self.arn
+            if attribute_name in self.ATTRIBUTES:
+                return str(getattr(self, self.ATTRIBUTES[attribute_name]))
             raise UnformattedGetAttTemplateException()
+
+        def is_created(self) -> bool:
+            return True
+
+    class LambdaAliasModel(_Resource, CloudFormationModel):
+        """AWS::Lambda::Alias on moto's ``put_alias``; ``Ref`` is the alias's ARN."""
+
+        CFN_TYPE = "AWS::Lambda::Alias"
+        PHYSICAL = "arn"
+        ATTRIBUTES: ClassVar[Mapping[str, str]] = {"AliasArn": "arn"}
+
+        def __init__(self, arn: str, function_name: str, name: str) -> None:
+            self.arn, self.function_name, self.name = arn, function_name, name
 
         @classmethod
         def create_from_cloudformation_json(
@@ -252,30 +267,14 @@ def _define_models() -> list[type]:
             with contextlib.suppress(UnknownFunctionException):
                 lambda_backend(account_id, region_name).delete_alias(self.name, self.function_name)
 
-        def is_created(self) -> bool:
-            return True
-
-    class CodeDeployApplicationModel(CloudFormationModel):
+    class CodeDeployApplicationModel(_Resource, CloudFormationModel):
         """AWS::CodeDeploy::Application on moto's backend; ``Ref`` is its name."""
+
+        CFN_TYPE = "AWS::CodeDeploy::Application"
+        NAME_TYPE = "ApplicationName"
 
         def __init__(self, name: str) -> None:
             self.name = name
-
-        @staticmethod
-        def cloudformation_name_type() -> str:
-            return "ApplicationName"
-
-        @staticmethod
-        def cloudformation_type() -> str:
-            return "AWS::CodeDeploy::Application"
-
-        @property
-        def physical_resource_id(self) -> str:
-            return self.name
-
-        @classmethod
-        def has_cfn_attr(cls, attr: str) -> bool:
-            return False
 
         @classmethod
         def create_from_cloudformation_json(
@@ -300,30 +299,14 @@ def _define_models() -> list[type]:
             backend.applications.pop(self.name, None)
             backend.deployment_groups.pop(self.name, None)
 
-        def is_created(self) -> bool:
-            return True
-
-    class CodeDeployDeploymentGroupModel(CloudFormationModel):
+    class CodeDeployDeploymentGroupModel(_Resource, CloudFormationModel):
         """AWS::CodeDeploy::DeploymentGroup on moto's backend; ``Ref`` is its name."""
+
+        CFN_TYPE = "AWS::CodeDeploy::DeploymentGroup"
+        NAME_TYPE = "DeploymentGroupName"
 
         def __init__(self, application: str, name: str) -> None:
             self.application, self.name = application, name
-
-        @staticmethod
-        def cloudformation_name_type() -> str:
-            return "DeploymentGroupName"
-
-        @staticmethod
-        def cloudformation_type() -> str:
-            return "AWS::CodeDeploy::DeploymentGroup"
-
-        @property
-        def physical_resource_id(self) -> str:
-            return self.name
-
-        @classmethod
-        def has_cfn_attr(cls, attr: str) -> bool:
-            return False
 
         @classmethod
         def create_from_cloudformation_json(
@@ -343,35 +326,15 @@ def _define_models() -> list[type]:
             groups = codedeploy_backends[account_id][region_name].deployment_groups
             groups.get(self.application, {}).pop(self.name, None)
 
-        def is_created(self) -> bool:
-            return True
-
-    class CloudWatchAlarmModel(CloudFormationModel):
+    class CloudWatchAlarmModel(_Resource, CloudFormationModel):
         """AWS::CloudWatch::Alarm on moto's ``put_metric_alarm``; ``Ref`` is its name."""
+
+        CFN_TYPE = "AWS::CloudWatch::Alarm"
+        NAME_TYPE = "AlarmName"
+        ATTRIBUTES: ClassVar[Mapping[str, str]] = {"Arn": "arn"}
 
         def __init__(self, name: str, arn: str) -> None:
             self.name, self.arn = name, arn
-
-        @staticmethod
-        def cloudformation_name_type() -> str:
-            return "AlarmName"
-
-        @staticmethod
-        def cloudformation_type() -> str:
-            return "AWS::CloudWatch::Alarm"
-
-        @property
-        def physical_resource_id(self) -> str:
-            return self.name
-
-        @classmethod
-        def has_cfn_attr(cls, attr: str) -> bool:
-            return attr == "Arn"
-
-        def get_cfn_attribute(self, attribute_name: str) -> str:
-            if attribute_name == "Arn":
-                return self.arn
-            raise UnformattedGetAttTemplateException()
 
         @classmethod
         def create_from_cloudformation_json(
@@ -389,9 +352,6 @@ def _define_models() -> list[type]:
         def delete(self, account_id: str, region_name: str) -> None:
             """Delete the alarm (stack deletion)."""
             cloudwatch_backends[account_id][region_name].delete_alarms([self.name])
-
-        def is_created(self) -> bool:
-            return True
 
     return [
         LambdaAliasModel,
