@@ -209,20 +209,7 @@ class RedisFeatureStore:
 
     def apply_labels(self, labels: Sequence[Label]) -> list[bool | Exception]:
         """Record fraud labels once each, on terminal and card; True where this call did."""
-        calls: list[_Call] = []
-        for label in labels:
-            if label.is_fraud:
-                calls += self._label_calls(label)
-        replies = iter(self._run(calls))
-        results: list[bool | Exception] = []
-        for label in labels:
-            if not label.is_fraud:
-                results.append(False)
-                continue
-            terminal, card = next(replies), next(replies)
-            failed = next((r for r in (terminal, card) if isinstance(r, Exception)), None)
-            results.append(failed if failed is not None else bool(terminal) or bool(card))
-        return results
+        return self.apply_in_order(labels)
 
     def apply_in_order(self, events: Sequence[Transaction | Label]) -> list[bool | Exception]:
         """Apply transactions and labels in exactly this order, in one pipeline (a backfill).
