@@ -10,8 +10,8 @@ telemetry's slot gets SIGKILL and its replica takes over.
 
 The checks: every transaction's features are in the cluster exactly as one clean pass
 computes them, with exactly one decision each (0 lost, 0 applied twice), nothing was
-discarded; every API request was answered 200, none degraded before the kill or once the
-failover and the circuit breaker's reset (BREAKER_RESET_S) were over. The figures are
+discarded; every API request was answered 200, none answered degraded before the kill or
+sent once the failover and the circuit breaker's reset (BREAKER_RESET_S) were over. The figures are
 printed (``-s`` shows them): events, failover duration, API answers and degraded ones.
 
 The API's Redis budget is 250 ms, as in test_redis_outage (and for the same reason: two
@@ -201,7 +201,8 @@ def test_cluster_failover_loses_nothing_applies_nothing_twice_and_the_api_answer
     gaps = [b.sent - a.sent for a, b in itertools.pairwise(samples)]
     assert max(gaps) < 1.0, f"no answer for {max(gaps):.2f} s: {seen}"
     assert samples[0].sent < started and samples[-1].sent > drained_at + QUIET_S - 0.5
-    assert all(s.degraded is False for s in samples if s.sent < killed_at), seen
+    # A request still in flight when the master dies may be degraded; one answered before may not.
+    assert all(s.degraded is False for s in samples if s.answered < killed_at), seen
     # After the failover a breaker opened during it waits BREAKER_RESET_S, and its trial call
     # may be the one that finds the slot map stale (the client then reads it again), so
     # the breaker may wait once more.

@@ -72,13 +72,14 @@ def redis_server(tmp_path: Path) -> Iterator[PersistentRedis]:
 
 @dataclass(frozen=True)
 class Sample:
-    """One API request of the load: when it was sent and what came back."""
+    """One API request of the load: when it was sent and answered, and what came back."""
 
     sent: float
     status: int | None
     degraded: bool | None
     reasons: tuple[str, ...]
     error: str | None
+    answered: float
 
 
 class ScoreLoad(threading.Thread):
@@ -108,7 +109,9 @@ class ScoreLoad(threading.Thread):
                     reply = client.request("POST", "/v1/score", tx)
                 except Exception as exc:  # noqa: BLE001 - every failure is a finding
                     self.samples.append(
-                        Sample(sent, None, None, (), f"{type(exc).__name__}: {exc}")
+                        Sample(
+                            sent, None, None, (), f"{type(exc).__name__}: {exc}", time.monotonic()
+                        )
                     )
                     client.close()
                     client = ApiClient(self.server)
@@ -121,6 +124,7 @@ class ScoreLoad(threading.Thread):
                             body.get("degraded"),
                             tuple(body.get("degraded_reasons", ())),
                             None if reply.status < 500 else reply.body.decode(errors="replace"),
+                            time.monotonic(),
                         )
                     )
                 next_at = max(next_at + period, time.monotonic())  # late: no catch-up burst
