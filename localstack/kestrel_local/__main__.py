@@ -40,7 +40,7 @@ from kestrel_local.events import load_event
 from kestrel_local.invoker import FunctionPool, function_environment
 from kestrel_local.provision import QUEUE, LocalApp, bind
 from kestrel_local.queue_stats import QueueStats, queue_stats
-from kestrel_local.runtime import LocalRuntime
+from kestrel_local.runtime import RUNTIME_READY, LocalRuntime
 from kestrel_local.services import (
     HEALTH_TIMEOUT_S,
     STOP_TIMEOUT_S,
@@ -112,8 +112,9 @@ def _cmd_run(args: argparse.Namespace, settings: LocalSettings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    print(runtime.warm(), file=sys.stderr)
     runtime.start()
-    print(f"local Lambda runtime on {settings.endpoint}; Ctrl-C stops it", file=sys.stderr)
+    print(f"{RUNTIME_READY} on {settings.endpoint}; Ctrl-C stops it", file=sys.stderr)
     for line in lines:
         print(f"  {line}", file=sys.stderr)
     metrics = None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kestrel_local.functions import FunctionSpec
-from kestrel_local.worker import serve
+from kestrel_local.worker import READY, serve
 
 log = logging.getLogger("kestrel_local.invoke")
 _SPAWN = multiprocessing.get_context("spawn")
@@ -67,12 +67,29 @@ class _Worker:
         )
         self.process.start()
         child.close()
+        self.ready = False
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait for the end of init (the handler's import); False if it did not end in time."""
+        if not self.ready:
+            if not self.conn.poll(max(0.0, timeout_s)):
+                return False
+            if self.conn.recv() != READY:
+                raise EOFError("the worker spoke before its init was over")
+            self.ready = True
+        return True
 
     def invoke(self, request_id: str, timeout_s: float, event: Any) -> tuple[bool, Any]:
-        """Send one event; returns (ok, payload-or-error) or raises TimeoutError/EOFError."""
+        """Send one event; returns (ok, payload-or-error) or raises TimeoutError/EOFError.
+
+        A cold worker's init counts against the timeout, as before any warm-up.
+        """
+        started = time.monotonic()
         deadline = time.time() + timeout_s
+        if not self.wait_ready(timeout_s):
+            raise TimeoutError
         self.conn.send((request_id, deadline, json.dumps(event)))
-        if not self.conn.poll(timeout_s):
+        if not self.conn.poll(max(0.0, timeout_s - (time.monotonic() - started))):
             raise TimeoutError
         ok, body = self.conn.recv()
         return bool(ok), json.loads(body)
@@ -104,6 +121,7 @@ class FunctionPool:
         self.spec = spec
         self.environment = dict(environment)
         self.log_file = log_file
+        self.concurrency = concurrency
         self._idle: list[_Worker] = []
         self._slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
@@ -165,6 +183,28 @@ class FunctionPool:
     ) -> InvokeResult:
         elapsed = (time.perf_counter() - started) * 1000
         return InvokeResult(request_id, payload=payload, error=error, duration_ms=elapsed)
+
+    def spawn(self, count: int) -> list[_Worker]:
+        """Start up to `count` more environments (the pool's concurrency caps the total)."""
+        with self._lock:
+            count = min(count, self.concurrency) - len(self._idle)
+        return [_Worker(self.spec, self.environment, self.log_file) for _ in range(count)]
+
+    def add_warm(self, workers: list[_Worker], timeout_s: float) -> int:
+        """Wait for each spawned worker's init; keep those that finished in time. How many."""
+        deadline = time.monotonic() + timeout_s
+        warm = 0
+        for worker in workers:
+            try:
+                ready = worker.wait_ready(deadline - time.monotonic())
+            except (EOFError, OSError):
+                ready = False
+            if ready:
+                self._checkin(worker)
+                warm += 1
+            else:
+                worker.stop()
+        return warm
 
     def _checkout(self) -> _Worker:
         with self._lock:

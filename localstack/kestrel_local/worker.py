@@ -1,7 +1,8 @@
 """The body of one warm execution environment: a process that imports a handler once and runs it.
 
-The parent sends (request id, deadline, event JSON) over a pipe; the worker answers with the
-JSON result or an error in the shape AWS reports (errorMessage, errorType, stackTrace).
+Once its init (the handler's import) is over the worker sends READY; then the parent sends
+(request id, deadline, event JSON) over a pipe and the worker answers with the JSON result or
+an error in the shape AWS reports (errorMessage, errorType, stackTrace).
 Handler output goes to stderr so that stdout stays free for results.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from kestrel_local.context import LambdaContext
 
 Handler = Callable[[Any, LambdaContext], Any]
+READY = "ready"
 
 
 def error_payload(exc: BaseException, error_type: str | None = None) -> dict[str, Any]:
@@ -78,6 +80,7 @@ def serve(
         )
         init_error = error_payload(exc, kind)
         traceback.print_exc()
+    conn.send(READY)  # init is over (well or not): the parent may count this one as warm
     while True:
         try:
             request_id, deadline, event_json = conn.recv()

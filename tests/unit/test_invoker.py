@@ -89,3 +89,24 @@ def test_invoke_reports_function_errors_in_aws_shape(pool: FunctionPool, error_t
     assert result.error is not None
     assert result.error["errorType"] == error_type
     assert result.error["errorMessage"]
+
+
+@pytest.mark.parametrize("pool", [("handlers.describe", 5)], indirect=True)
+def test_warmed_environments_serve_the_first_invokes(pool: FunctionPool) -> None:
+    spawned = pool.spawn(5)  # the pool's concurrency (2) caps it
+    pids = {worker.process.pid for worker in spawned}
+    assert len(spawned) == 2
+    assert pool.add_warm(spawned, 30.0) == 2
+    assert pool.spawn(2) == []  # already as warm as it may be
+    first, second = pool.invoke({}), pool.invoke({})
+    assert {first.payload["pid"], second.payload["pid"]} <= pids
+
+
+@pytest.mark.parametrize("pool", [("missing_module.handler", 5)], indirect=True)
+def test_an_environment_whose_init_failed_is_warm_and_reports_it_per_invoke(
+    pool: FunctionPool,
+) -> None:
+    assert pool.add_warm(pool.spawn(1), 30.0) == 1
+    result = pool.invoke({})
+    assert result.error is not None
+    assert result.error["errorType"] == "Runtime.ImportModuleError"
