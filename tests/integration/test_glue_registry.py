@@ -77,8 +77,14 @@ def test_register_all_creates_backward_schemas_in_a_fresh_registry(
     glue: GlueSchemaApi, registered: tuple[str, dict[str, UUID]]
 ) -> None:
     registry, ids = registered
-    assert list(ids) == ["transaction.v1", "transaction.v2", "label.v1", "decision.v1"]
-    assert len(set(ids.values())) == 4
+    assert list(ids) == [
+        "transaction.v1",
+        "transaction.v2",
+        "label.v1",
+        "decision.v1",
+        "click_event.v1",
+    ]
+    assert len(set(ids.values())) == 5
     txn = _schema(glue, registry, "kestrel.Transaction")
     assert txn["Compatibility"] == "BACKWARD"
     assert txn["DataFormat"] == "AVRO"
@@ -89,6 +95,9 @@ def test_register_all_creates_backward_schemas_in_a_fresh_registry(
         (1, ids["transaction.v1"]),
         (2, ids["transaction.v2"]),
     ]
+    click = _schema(glue, registry, "kestrel.ClickEvent")
+    assert click["Compatibility"] == "BACKWARD"
+    assert click["LatestSchemaVersion"] == 1
 
 
 def test_register_all_again_returns_the_same_ids_and_adds_no_version(

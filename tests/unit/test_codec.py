@@ -103,7 +103,7 @@ def _poison(data: bytes, decode: Any = None) -> PoisonRecord:
 
 def test_schema_definition_loads_every_shipped_schema_as_package_data() -> None:
     names = {json.loads(schema_definition(name))["name"] for name in SHIPPED_SCHEMAS}
-    assert names == {"Transaction", "Label", "Decision"}
+    assert names == {"Transaction", "Label", "Decision", "ClickEvent"}
     for name in SHIPPED_SCHEMAS:
         parse_schema(json.loads(schema_definition(name)))
 

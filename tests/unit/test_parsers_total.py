@@ -1,9 +1,9 @@
 """Property tests: any bytes or JSON give an event or a reason, on the stream and in the API.
 
 Each test runs 10,000 examples under the ``totality`` profile (`totality_strategies`) and
-gives every example to both parsers, so each parser meets 10,000 arbitrary byte strings and
-10,000 arbitrary JSON documents. The parsers are called directly: the stream's transaction
-and label decoders with an in-memory schema registry, and the API's body and transaction
+gives every example to every parser, so each parser meets 10,000 arbitrary byte strings and
+10,000 arbitrary JSON documents. The parsers are called directly: the stream's transaction,
+label and clickstream decoders with an in-memory schema registry, and the API's body and transaction
 parsers as /v1/score and /v1/score/batch call them. Hypothesis fails a test on any exception
 other than the ones asserted here.
 """
@@ -20,7 +20,8 @@ from typing import Any
 from hypothesis import given
 from totality_strategies import TOTALITY, Registry, json_bytes, record_bytes
 
-from kestrel.codec import label_decoder, transaction_decoder
+from kestrel.click_events import CLICK_TYPES, MAX_PRICE, ClickEvent, ClickType
+from kestrel.codec import click_decoder, label_decoder, transaction_decoder
 from kestrel.events import (
     MAX_AMOUNT,
     Label,
@@ -35,6 +36,7 @@ from chalicelib import web
 
 TRANSACTIONS = transaction_decoder(Registry())
 LABELS = label_decoder(Registry())
+CLICKS = click_decoder(Registry())
 FIELDS = {
     "data",
     "transaction_id",
@@ -46,6 +48,13 @@ FIELDS = {
     "device_id",
     "is_fraud",
     "label_time",
+    "event_id",
+    "user_id",
+    "session_id",
+    "event_type",
+    "product_id",
+    "category",
+    "price",
 }
 MIN_MS, MAX_MS = 946_684_800_000, 4_102_444_800_000
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -66,9 +75,21 @@ def _check_poison(poison: PoisonRecord) -> None:
     assert len(poison.detail) <= 400, poison.detail
 
 
+def _check_click(event: ClickEvent) -> None:
+    assert all(valid_identifier(v) for v in (event.event_id, event.user_id, event.session_id))
+    assert event.event_type in CLICK_TYPES and MIN_MS <= event.event_time_ms < MAX_MS
+    product = (event.product_id, event.category, event.price)
+    if event.event_type is ClickType.PAGE_VIEW:
+        assert product == (None, None, None)
+    else:
+        assert valid_identifier(event.product_id) and valid_identifier(event.category)
+        assert event.price is not None and math.isfinite(event.price)
+        assert 0 <= event.price <= MAX_PRICE
+
+
 def _decode_on_the_stream(data: bytes) -> None:
-    """Both stream decoders give an event that passes every rule, or a poison reason."""
-    for decode in (TRANSACTIONS, LABELS):
+    """The stream decoders give an event that passes every rule, or a poison reason."""
+    for decode in (TRANSACTIONS, LABELS, CLICKS):
         try:
             event = decode(data)
         except PoisonRecord as poison:
@@ -76,6 +97,8 @@ def _decode_on_the_stream(data: bytes) -> None:
             continue
         if isinstance(event, Transaction):
             _check_transaction(event)
+        elif isinstance(event, ClickEvent):
+            _check_click(event)
         else:
             assert isinstance(event, Label)
             assert valid_identifier(event.transaction_id) and event.label_time_ms >= MIN_MS

@@ -34,16 +34,18 @@ TOTALITY = settings.get_profile(os.environ.get("KESTREL_HYPOTHESIS_PROFILE", "to
 TX_V1 = UUID("11111111-1111-4111-8111-111111111111")
 TX_V2 = UUID("22222222-2222-4222-8222-222222222222")
 LABEL_V1 = UUID("33333333-3333-4333-8333-333333333333")
+CLICK_V1 = UUID("44444444-4444-4444-8444-444444444444")
 UNKNOWN = UUID("99999999-9999-4999-8999-999999999999")
 REGISTERED = {
     TX_V1: "transaction.v1",
     TX_V2: "transaction.v2",
     LABEL_V1: "label.v1",
+    CLICK_V1: "click_event.v1",
 }
 
 
 class Registry:
-    """SchemaLookup double: the shipped transaction and label schemas under fixed ids."""
+    """SchemaLookup double: the shipped transaction, label and click schemas under fixed ids."""
 
     def schema_for(self, version_id: UUID) -> str:
         """The definition, or `UnknownSchemaVersion` as the Glue registry raises it."""
@@ -136,16 +138,36 @@ TRANSACTION_DOCS = st.fixed_dictionaries(
         "extra": SHALLOW,
     },
 )
+CLICK_TYPES = ("page_view", "product_view", "add_to_cart", "remove_from_cart", "purchase")
+PRICES = st.one_of(st.none(), AMOUNTS)
+CLICK_DOCS = st.fixed_dictionaries(
+    {
+        "event_id": _field(VALID_IDS, HOSTILE_IDS),
+        "user_id": _field(VALID_IDS, HOSTILE_IDS),
+        "session_id": _field(VALID_IDS, HOSTILE_IDS),
+        "event_type": _field(st.sampled_from(CLICK_TYPES), ANY_TEXT),
+        "event_time": _field(VALID_TIMES, HOSTILE_TIMES),
+    },
+    optional={
+        "product_id": _field(st.one_of(st.none(), VALID_IDS), HOSTILE_IDS),
+        "category": _field(st.one_of(st.none(), VALID_IDS), HOSTILE_IDS),
+        "price": _field(PRICES, HOSTILE_NUMBERS),
+        "extra": SHALLOW,
+    },
+)
 BATCHES = st.lists(TRANSACTION_DOCS, max_size=3).map(lambda txs: {"transactions": txs})
 
 
 @st.composite
 def json_bytes(draw: st.DrawFn) -> bytes:
     """Arbitrary JSON documents as bytes: any spelling of numbers, any nesting, any text."""
-    doc = _weighted(draw, (14, TRANSACTION_DOCS), (3, BATCHES), (3, JSON_VALUES))
+    doc = _weighted(draw, (11, TRANSACTION_DOCS), (4, CLICK_DOCS), (3, BATCHES), (3, JSON_VALUES))
     raw = _weighted(draw, (4, st.none()), (1, RAW_NUMBERS))
     if raw is not None and isinstance(doc, dict):
-        doc = {**doc, draw(st.sampled_from(["amount", "event_time", "label_time", "x"])): "\0raw"}
+        doc = {
+            **doc,
+            draw(st.sampled_from(["amount", "event_time", "label_time", "price", "x"])): "\0raw",
+        }
     text = json.dumps(doc, allow_nan=True, ensure_ascii=draw(st.booleans()))
     if raw is not None:
         text = text.replace('"\\u0000raw"', raw)
@@ -169,6 +191,13 @@ def _avro_body(draw: st.DrawFn) -> bytes:
         "device_id": None,
         "is_fraud": draw(st.booleans()),
         "label_time": draw(st.integers(min_value=0, max_value=2**62)),
+        "event_id": draw(st.sampled_from(["E-1", "{E}", ""])),
+        "user_id": "U-1",
+        "session_id": draw(st.sampled_from(["S-1", "S 1"])),
+        "event_type": draw(st.sampled_from([*CLICK_TYPES, "click", ""])),
+        "product_id": draw(st.sampled_from([None, "P-1", "P\n"])),
+        "category": draw(st.sampled_from([None, "shoes"])),
+        "price": draw(st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True))),
     }
     body = encode(record, schema_definition(name), version)[18:]
     cut = draw(st.integers(min_value=0, max_value=len(body)))

@@ -26,6 +26,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException
 from fastavro.types import Schema as AvroSchema
 
+from kestrel.click_events import ClickEvent, click_from_mapping, parse_click
 from kestrel.events import (
     Label,
     PoisonReason,
@@ -44,7 +45,13 @@ COMPRESSION_NONE = 0
 COMPRESSION_ZLIB = 5
 HEADER_SIZE = 18
 MAX_DECOMPRESSED = 8 * 1024 * 1024
-SHIPPED_SCHEMAS = ("transaction.v1", "transaction.v2", "label.v1", "decision.v1")
+SHIPPED_SCHEMAS = (
+    "transaction.v1",
+    "transaction.v2",
+    "label.v1",
+    "decision.v1",
+    "click_event.v1",
+)
 
 Schema = str | Mapping[str, Any]
 T = TypeVar("T")
@@ -292,3 +299,8 @@ def transaction_decoder(lookup: SchemaLookup) -> Decoder[Transaction]:
 def label_decoder(lookup: SchemaLookup) -> Decoder[Label]:
     """A decoder of fraud labels: any registered version read as ``label.v1``."""
     return Decoder(lookup, schema_definition("label.v1"), label_from_mapping, parse_label)
+
+
+def click_decoder(lookup: SchemaLookup) -> Decoder[ClickEvent]:
+    """A decoder of clickstream events: any registered version read as ``click_event.v1``."""
+    return Decoder(lookup, schema_definition("click_event.v1"), click_from_mapping, parse_click)

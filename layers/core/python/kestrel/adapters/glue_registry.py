@@ -376,7 +376,7 @@ class GlueSchemaRegistry:
 
 
 def register_all(registry: GlueSchemaRegistry) -> dict[str, UUID]:
-    """Register the shipped schemas in order (transaction v1, v2, label, decision).
+    """Register the shipped schemas in order (transaction v1, v2, label, decision, click event).
 
     Each schema is registered under its Avro full name, e.g. ``kestrel.Transaction``.
 
