@@ -1,0 +1,139 @@
+"""The clickstream's online feature store on Redis: one atomic, idempotent script per event.
+
+The key layout and the script are in `kestrel.adapters.redis_click_lua`: per user, three
+entity logs of the fraud store (views, product views, purchases) and a hash per session,
+all in the user's slot. `apply_clicks` runs the script once per event in ``apply`` mode:
+it stores the event once (an event id the session already holds changes nothing) and
+returns the `kestrel.click_features` aggregates as of the event; `preview_clicks` runs it
+in ``preview`` mode (what ``apply`` would return, writing nothing). A batch is one
+pipeline: one round trip (per node on a cluster).
+
+As in `kestrel.adapters.redis_features`, the script is loaded once (SCRIPT LOAD, on every
+primary of a cluster) and sent with EVALSHA; a node that answers NOSCRIPT gets it again
+and only those calls are resent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError
+
+from kestrel.adapters.redis_click_lua import CLICK_LUA, user_keys
+from kestrel.adapters.redis_wire import send_batch
+from kestrel.click_events import ClickEvent
+from kestrel.click_features import (
+    CLICK_KINDS,
+    VIEW_WINDOWS,
+    AppliedClick,
+    ClickAggregates,
+    SessionAggregates,
+)
+from kestrel.features import cents
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from redis.cluster import RedisCluster
+
+_WINDOWS = len(VIEW_WINDOWS)
+
+
+class RedisClickStore:
+    """Online store of the aggregates behind `kestrel.click_features`, on Redis or a cluster.
+
+    Args:
+        client: a `redis.Redis` or `redis.cluster.RedisCluster`; the script is registered
+            on it once and run with EVALSHA, reloaded where a server lost it.
+
+    Every method sends one pipeline. A Redis error on one event comes back as that
+    position's exception in the result list, so callers can fail only that event; a
+    connection error or timeout raises for the whole batch.
+    """
+
+    def __init__(self, client: Redis | RedisCluster) -> None:
+        self._client = client
+        self._script = client.register_script(CLICK_LUA)
+        self._loaded = False
+
+    def apply_clicks(self, events: Sequence[ClickEvent]) -> list[AppliedClick | Exception]:
+        """Apply each event once and return its aggregates, in input order."""
+        return [
+            reply if isinstance(reply, Exception) else _applied(reply)
+            for reply in self._run("apply", events)
+        ]
+
+    def preview_clicks(self, events: Sequence[ClickEvent]) -> list[ClickAggregates | Exception]:
+        """The aggregates `apply_clicks` would return now, writing nothing."""
+        return [
+            reply if isinstance(reply, Exception) else _aggregates(reply)
+            for reply in self._run("preview", events)
+        ]
+
+    def ping(self) -> None:
+        """Raise unless the store answers."""
+        self._client.ping()
+
+    def _run(self, mode: str, events: Sequence[ClickEvent]) -> list[Any]:
+        """One EVALSHA per event in one pipeline; each reply (or its exception) in order."""
+        if not events:
+            return []
+        if not self._loaded:
+            self._load()
+        commands = [self._command(mode, event) for event in events]
+        replies = send_batch(self._client, commands)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # NOSCRIPT means the script did not run (server restarted, failed over, flushed).
+            self._load()
+            resent = send_batch(self._client, [commands[i] for i in missing])
+            for i, reply in zip(missing, resent, strict=True):
+                replies[i] = reply
+        return replies
+
+    def _command(self, mode: str, e: ClickEvent) -> tuple[str | int, ...]:
+        keys = user_keys(e.user_id, e.session_id)
+        price = cents(e.price) if e.price is not None else 0
+        return (
+            "EVALSHA", self._script.sha, len(keys), *keys, mode, e.event_id, e.event_time_ms,
+            CLICK_KINDS.index(e.event_type.value), price, e.product_id or "", e.category or "",
+        )  # fmt: skip
+
+    def _load(self) -> None:
+        """SCRIPT LOAD the script (on a cluster, on every primary)."""
+        self._client.script_load(self._script.script)
+        self._loaded = True
+
+
+def _aggregates(reply: Any) -> ClickAggregates:
+    session, views, product_views, purchases = reply
+    return ClickAggregates(
+        views=_counts(views, _WINDOWS),
+        product_views=_counts(product_views, _WINDOWS + 1),
+        price_cents_30d=int(product_views[2] - product_views[6 + 2 * _WINDOWS]),
+        purchases_30d=_counts(purchases, 1)[0],
+        last_purchase_ms=purchases[3] if purchases[3] >= 0 else None,
+        session=SessionAggregates(
+            events=session[1],
+            products=session[2],
+            categories=session[3],
+            cart_net=session[4],
+            start_ms=session[5],
+        ),
+    )
+
+
+def _counts(reply: Any, windows: int) -> tuple[int, ...]:
+    """Per window: this event's position minus the window pointer's (entity script reply)."""
+    k = reply[1]
+    return tuple(k - reply[5 + 2 * w] for w in range(windows))
+
+
+def _applied(reply: Any) -> AppliedClick:
+    session, views, product_views, purchases = reply
+    others = max(views[4], product_views[4], purchases[4])
+    return AppliedClick(
+        aggregates=_aggregates(reply),
+        applied=session[0] == 1,
+        user_known=others > 0 or session[1] > 1,
+    )
