@@ -136,8 +136,8 @@ lint: $(SETUP_STAMP) ## ruff check, ruff format --check, mypy, cfn-lint and sam 
 	SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$(LINT_REGION) \
 		$(VENV)/bin/sam validate --lint --template $(TEMPLATE)
 
-parity: up ## Replay EVENTS (default 100000) simulated events through the stack; online == offline?
-	$(PY) -m kestrel_training.parity --events $(or $(EVENTS),100000)
+parity: up ## Replay EVENTS (default 100000) simulated events (MODE=fraud or clickstream) through the stack; online == offline?
+	$(PY) -m kestrel_training.parity --events $(or $(EVENTS),100000) --mode $(or $(MODE),fraud)
 
 train: $(SETUP_STAMP) ## Simulate if needed, select, train, ONNX + parity check, log and register kestrel-fraud@challenger
 	$(PY) -m kestrel_training.train $(if $(SEEDS),--seeds $(SEEDS))

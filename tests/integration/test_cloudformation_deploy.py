@@ -77,6 +77,7 @@ STREAM_FUNCTIONS = {
     # function: (stream, parallelization factor, maximum record age, batching window)
     "TransactionsFunction": ("TransactionsStream", 2, 3600, 0),
     "LabelsFunction": ("LabelsStream", 1, 86400, 1),
+    "ClickstreamFunction": ("ClickstreamStream", 2, 3600, 0),
 }
 LAYERS = ("CoreLayer", "ModelLayer", "DepsLayer")
 # DriftFunction's layers: scipy instead of onnxruntime (both would not fit Lambda's 250 MB).
@@ -179,6 +180,7 @@ def test_functions_have_the_template_settings(
     handlers = {
         "TransactionsFunction": ("app.lambda_handler", 30),
         "LabelsFunction": ("app.lambda_handler", 30),
+        "ClickstreamFunction": ("app.lambda_handler", 30),
         "ApiFunction": ("app.app", 10),
         "DriftFunction": ("app.lambda_handler", 300),
     }

@@ -34,12 +34,14 @@ pytestmark = pytest.mark.integration
 ROLLED_OUT = {
     "TransactionsFunction": ("TransactionsVersionErrorsAlarm", "transactions-version-errors"),
     "LabelsFunction": ("LabelsVersionErrorsAlarm", "labels-version-errors"),
+    "ClickstreamFunction": ("ClickstreamVersionErrorsAlarm", "clickstream-version-errors"),
     "ApiFunction": ("ApiVersionErrorsAlarm", "api-version-errors"),
 }
 # Stream function: its Kinesis event (SAM names the mapping function + event) and stream.
 STREAMS = {
     "TransactionsFunction": ("Transactions", "TransactionsStream"),
     "LabelsFunction": ("Labels", "LabelsStream"),
+    "ClickstreamFunction": ("Clickstream", "ClickstreamStream"),
 }
 
 

@@ -38,11 +38,12 @@ FRESHNESS = tuple(
 )
 UNITS = dict.fromkeys((*FRESHNESS, "ScoringLatency"), "Milliseconds") | {
     f"{prefix}{kind}": "Count"
-    for prefix in ("Transactions", "Labels")
+    for prefix in ("Transactions", "Labels", "Clicks")
     for kind in ("Applied", "Duplicates", "Failed")
 }
 UNITS |= dict.fromkeys(
-    ("PoisonRecords", "TransactionsProcessed", "LabelsReceived", "LabelsFrauds"), "Count"
+    ("PoisonRecords", "TransactionsProcessed", "LabelsReceived", "LabelsFrauds", "ClicksProcessed"),
+    "Count",
 )
 UNITS |= {f"Decisions{d}": "Count" for d in ("Approve", "Review", "Decline")}
 

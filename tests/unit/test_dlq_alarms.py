@@ -101,6 +101,7 @@ def test_dlq_alarms_drift_alarm_watches_the_drift_functions_metric() -> None:
     assert rollout == {
         "TransactionsVersionErrorsAlarm",
         "LabelsVersionErrorsAlarm",
+        "ClickstreamVersionErrorsAlarm",
         "ApiVersionErrorsAlarm",
     }
     assert set(ALARMS) - set(QUEUE_ALARMS) - rollout == {"DriftAlarm"}

@@ -79,13 +79,23 @@ def test_iam_least_privilege_every_function_has_its_own_role(translated: dict[st
     }
     assert functions == {
         name: {"Fn::GetAtt": [f"{name}Role", "Arn"]}
-        for name in ("TransactionsFunction", "LabelsFunction", "ApiFunction", "DriftFunction")
+        for name in (
+            "TransactionsFunction",
+            "LabelsFunction",
+            "ClickstreamFunction",
+            "ApiFunction",
+            "DriftFunction",
+        )
     }
 
 
 @pytest.mark.parametrize(
     ("role", "stream"),
-    [("TransactionsFunctionRole", "TransactionsStream"), ("LabelsFunctionRole", "LabelsStream")],
+    [
+        ("TransactionsFunctionRole", "TransactionsStream"),
+        ("LabelsFunctionRole", "LabelsStream"),
+        ("ClickstreamFunctionRole", "ClickstreamStream"),
+    ],
 )
 def test_iam_least_privilege_stream_roles_read_only_their_stream(
     translated: dict[str, Any], role: str, stream: str
@@ -149,7 +159,7 @@ PARAMETERS = {name: str(p.get("Default", "")) for name, p in TEMPLATE["Parameter
 SOURCE_KEY = PARAMETERS["TrainingSourceKey"]
 # MODEL_POINTER_KEY's default (the template leaves it unset).
 POINTER_KEY = {f.name: f.default for f in dataclasses.fields(Settings)}["model_pointer_key"]
-STREAM_ROLES = {"TransactionsFunctionRole", "LabelsFunctionRole"}
+STREAM_ROLES = {"TransactionsFunctionRole", "LabelsFunctionRole", "ClickstreamFunctionRole"}
 
 
 class _RecordingS3:
@@ -176,8 +186,13 @@ def written_keys(tmp_path: Path) -> dict[str, list[str]]:
     from kestrel.adapters.s3_drift_reports import S3DriftReports
     from kestrel.adapters.s3_event_log import S3EventLog
 
-    writers = {name: _RecordingS3() for name in ("transactions", "labels", "drift", "export")}
-    for kind, field in (("transactions", "event_time"), ("labels", "label_time")):
+    kinds = ("transactions", "labels", "clicks", "drift", "export")
+    writers = {name: _RecordingS3() for name in kinds}
+    for kind, field in (
+        ("transactions", "event_time"),
+        ("labels", "label_time"),
+        ("clicks", "event_time"),
+    ):
         S3EventLog(writers[kind], "bucket").write_batch(kind, "batch", [{field: 0}], field)
     S3DriftReports(cast(Any, writers["drift"]), "bucket").write(
         {"checked_at": "2026-11-29T10:15:00Z"}
@@ -197,6 +212,7 @@ def test_iam_least_privilege_s3_writes_are_scoped_to_each_roles_prefixes(
         # records too big for an SQS message.
         "TransactionsFunctionRole": {"s3:PutObject": ["events/transactions/*", "dead-letters/*"]},
         "LabelsFunctionRole": {"s3:PutObject": ["events/labels/*", "dead-letters/*"]},
+        "ClickstreamFunctionRole": {"s3:PutObject": ["events/clicks/*", "dead-letters/*"]},
         "DriftFunctionRole": {"s3:PutObject": ["drift/*"]},
         # The training and export path: models (the active pointer too) and its registry.
         "RetrainRole": {"s3:PutObject": ["models/*", "mlflow/*"]},
@@ -232,6 +248,7 @@ def test_iam_least_privilege_each_key_the_code_writes_has_exactly_its_writer(
     writers = {
         "transactions": {"TransactionsFunctionRole"},
         "labels": {"LabelsFunctionRole"},
+        "clicks": {"ClickstreamFunctionRole"},
         "drift": {"DriftFunctionRole"},
         "export": {"RetrainRole"},
     }
@@ -248,7 +265,7 @@ def test_iam_least_privilege_each_key_the_code_writes_has_exactly_its_writer(
         assert written, writer
         for key in written:
             assert writers_of(key) == writers[writer], key
-    # Oversized poison payloads: both stream functions, nobody else.
+    # Oversized poison payloads: the stream functions, nobody else.
     assert writers_of("dead-letters/transactions/x.bin") == STREAM_ROLES
     # The retraining source is uploaded by whoever deploys; no role of the stack writes it.
     assert writers_of(SOURCE_KEY) == set()
@@ -257,6 +274,7 @@ def test_iam_least_privilege_each_key_the_code_writes_has_exactly_its_writer(
     assert readers_of(POINTER_KEY) == scorers | {"RetrainRole"}
     assert readers_of(keys["transactions"][0]) == {"DriftFunctionRole"}
     assert readers_of(keys["labels"][0]) == set()
+    assert readers_of(keys["clicks"][0]) == set()
     assert readers_of("dead-letters/transactions/x.bin") == set()
     assert readers_of(SOURCE_KEY) == {"RetrainRole"}
 
@@ -265,6 +283,7 @@ def test_iam_least_privilege_eni_permissions_only_in_a_vpc(translated: dict[str,
     for role in (
         "TransactionsFunctionRole",
         "LabelsFunctionRole",
+        "ClickstreamFunctionRole",
         "ApiFunctionRole",
         "DriftFunctionRole",
     ):
@@ -341,7 +360,7 @@ def test_iam_least_privilege_data_is_encrypted_at_rest(translated: dict[str, Any
                 "IgnorePublicAcls": True,
                 "RestrictPublicBuckets": True,
             }, resource_id
-    assert kinds["AWS::Kinesis::Stream"] == 3
+    assert kinds["AWS::Kinesis::Stream"] == 4
     assert kinds["AWS::SQS::Queue"] == 2
     assert kinds["AWS::S3::Bucket"] == 1
 

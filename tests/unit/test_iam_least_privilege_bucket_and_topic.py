@@ -153,8 +153,8 @@ def test_iam_least_privilege_every_alarm_on_the_topic_is_one_its_key_allows(
     (publish,) = [s for s in key["Properties"]["KeyPolicy"]["Statement"] if "Condition" in s]
     allowed_arns = publish["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
     alarms = _of_type(resources, "AWS::CloudWatch::Alarm")
-    # Four dead-letter alarms, DriftAlarm and the rollout's three (one per aliased function).
-    assert len(alarms) == 8
+    # Four dead-letter alarms, DriftAlarm and the rollout's four (one per aliased function).
+    assert len(alarms) == 9
     for logical_id, alarm in alarms.items():
         props = alarm["Properties"]
         targets = as_list(props["AlarmActions"]) + as_list(props["OKActions"])

@@ -24,9 +24,9 @@ KINESIS_EVENTS = [
 ]
 
 
-def test_template_declares_both_stream_functions() -> None:
-    assert {"TransactionsFunction", "LabelsFunction"} <= set(FUNCTIONS)
-    assert len(KINESIS_EVENTS) >= 2
+def test_template_declares_the_stream_functions() -> None:
+    assert {"TransactionsFunction", "LabelsFunction", "ClickstreamFunction"} <= set(FUNCTIONS)
+    assert len(KINESIS_EVENTS) >= 3
 
 
 @pytest.mark.parametrize(("function", "event", "props"), KINESIS_EVENTS)
@@ -71,6 +71,9 @@ def test_template_drift_function_has_scipy_but_not_onnxruntime() -> None:
     assert "Layers" not in (TEMPLATE["Globals"]["Function"]), "SAM would append them"
     for name in ("TransactionsFunction", "LabelsFunction", "ApiFunction"):
         assert FUNCTIONS[name]["Properties"]["Layers"] == [core, model, {"Ref": "DepsLayer"}]
+    # Clicks are not scored yet: no model layer.
+    clicks = FUNCTIONS["ClickstreamFunction"]["Properties"]["Layers"]
+    assert clicks == [core, {"Ref": "DepsLayer"}]
     drift = FUNCTIONS["DriftFunction"]["Properties"]
     assert drift["Layers"] == [core, model, {"Ref": "DriftDepsLayer"}]
     lines = (ROOT / "layers/drift-deps/requirements.txt").read_text().splitlines()

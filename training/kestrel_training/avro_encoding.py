@@ -10,7 +10,11 @@ from kestrel.adapters.glue_registry import GlueSchemaRegistry, register_all
 from kestrel.codec import AvroEncoder, schema_definition
 
 # The schema each stream kind is written with (readers resolve any registered version).
-WRITER_SCHEMAS = {"transactions": "transaction.v2", "labels": "label.v1"}
+WRITER_SCHEMAS = {
+    "transactions": "transaction.v2",
+    "labels": "label.v1",
+    "clicks": "click_event.v1",
+}
 
 
 def avro_encoders(registry: GlueSchemaRegistry) -> dict[str, AvroEncoder]:

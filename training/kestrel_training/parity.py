@@ -216,37 +216,52 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: run parity, print the summary, write bench/results/parity-*.json."""
+    """Command line: run parity, print the summary, write bench/results/parity-*.json.
+
+    ``--mode fraud`` (the default) replays transactions and labels; ``--mode clickstream``
+    replays clicks through ClickstreamFunction (`kestrel_training.click_parity`) and writes
+    ``clickstream.parity_*`` figures to bench/results/parity-clickstream-*.json.
+    """
     parser = argparse.ArgumentParser(prog="python -m kestrel_training.parity")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--mode", choices=("fraud", "clickstream"), default="fraud")
     args = parser.parse_args(argv)
-    report = run(
-        args.events,
-        args.seed,
-        LocalSettings.from_env(),
-        log=lambda line: print(line, file=sys.stderr),
-    )
+    settings = LocalSettings.from_env()
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    report: ParityReport
+    if args.mode == "clickstream":
+        from kestrel_training import click_parity
+
+        report = click_parity.run(args.events, args.seed, settings, log=say)
+        benchmark, prefix = "parity-clickstream", "clickstream.parity"
+    else:
+        report = run(args.events, args.seed, settings, log=say)
+        benchmark, prefix = "parity", "parity"
     sys.path.insert(0, str(ROOT))
     from bench.results_io import write_result
 
     path = write_result(
-        "parity",
+        benchmark,
         {
             "events": args.events,
             "seed": args.seed,
+            "mode": args.mode,
             "feature_set_hash": report.feature_set_hash,
             "relative_tolerance": RELATIVE_TOLERANCE,
         },
         {
-            "parity.events": (report.compared, "count"),
-            "parity.mismatches": (report.mismatches, "count"),
+            f"{prefix}.events": (report.compared, "count"),
+            f"{prefix}.mismatches": (report.mismatches, "count"),
         },
     )
     print(json.dumps(report.__dict__, indent=2))
     print(
-        f"parity: {report.compared:,} events compared, {report.mismatches} mismatches "
-        f"({report.seconds}s); results in {path}"
+        f"parity ({args.mode}): {report.compared:,} events compared, {report.mismatches} "
+        f"mismatches ({report.seconds}s); results in {path}"
     )
     return 0 if report.mismatches == 0 and report.compared == report.events else 1
 

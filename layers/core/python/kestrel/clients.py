@@ -19,6 +19,7 @@ from kestrel.adapters.glue_registry import GlueSchemaApi, GlueSchemaRegistry
 from kestrel.adapters.kinesis_decisions import KinesisDecisionStream
 from kestrel.adapters.onnx_challenger import build_challenger
 from kestrel.adapters.onnx_model import build_scorer
+from kestrel.adapters.redis_clicks import RedisClickStore
 from kestrel.adapters.redis_decisions import RedisDecisions
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.adapters.redis_telemetry import RedisDriftStatus, RedisTelemetry
@@ -26,7 +27,8 @@ from kestrel.adapters.s3_dead_letter_payloads import S3DeadLetterPayloads
 from kestrel.adapters.s3_event_log import S3EventLog
 from kestrel.adapters.sqs_dead_letters import SqsDeadLetterSink
 from kestrel.adapters.sqs_queue_depths import SqsQueueDepths
-from kestrel.codec import label_decoder, transaction_decoder
+from kestrel.click_streaming import ClickPath
+from kestrel.codec import click_decoder, label_decoder, transaction_decoder
 from kestrel.connections import (
     BOTO_CONFIG,
     Deferred,
@@ -184,6 +186,24 @@ def label_path() -> LabelPath:
 
 
 @cache
+def click_store() -> RedisClickStore:
+    """The clickstream's online store (Redis)."""
+    return RedisClickStore(redis_client())
+
+
+@cache
+def click_path() -> ClickPath:
+    """The clickstream path with every adapter wired."""
+    return ClickPath(
+        click_decoder(schema_registry()),
+        click_store(),
+        dead_letter_sink(),
+        event_log(),
+        max_future_s=settings().max_future_s,
+    )
+
+
+@cache
 def scoring_service() -> ScoringService:
     """The scoring API's service: read-only store with a breaker, model, rules, decisions."""
     config = settings()
@@ -232,6 +252,8 @@ def reset() -> None:
         telemetry_service,
         transaction_path,
         label_path,
+        click_store,
+        click_path,
         scorer,
         challenger,
         scoring_service,

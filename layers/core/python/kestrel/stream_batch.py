@@ -100,6 +100,13 @@ def label_metrics(metrics: Metrics, outcome: BatchOutcome) -> None:
     metrics.add_metric(name="LabelsFrauds", unit=MetricUnit.Count, value=outcome.frauds)
 
 
+def click_metrics(metrics: Metrics, outcome: BatchOutcome) -> None:
+    """A clickstream batch's EMF metrics: the shared ones and ClicksProcessed."""
+    _batch_metrics(metrics, "Clicks", outcome)
+    processed = outcome.applied + outcome.duplicates
+    metrics.add_metric(name="ClicksProcessed", unit=MetricUnit.Count, value=processed)
+
+
 DLQ_METRICS = {"poison": "PoisonDLQDepth", "on_failure": "OnFailureQueueDepth"}
 
 
