@@ -254,7 +254,9 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
         stack_args += ["--parameter-overrides", f"RedisUrl={settings.redis}"]
         # The stream's workers yield the CPU to the API when both want it: on a laptop they
         # share two cores, on AWS they never share a machine.
-        runtime_log = children.start("runtime", ["run", *stack_args], nice=RUNTIME_NICE)
+        # Only what the demo streams: ClickstreamFunction would warm environments that wait.
+        streamed = ["-f", "TransactionsFunction", "-f", "LabelsFunction"]
+        runtime_log = children.start("runtime", ["run", *stack_args, *streamed], nice=RUNTIME_NICE)
         say(f"local Lambda runtime starting (log: {runtime_log})")
         key = demo_key(run_dir)  # made before the server starts, which then reads it
         log = children.start("api", ["serve", *stack_args, "--port", str(args.port)])
