@@ -14,6 +14,7 @@ from kestrel.codec import schema_definition
 V1 = UUID("11111111-1111-4111-8111-111111111111")
 V2 = UUID("22222222-2222-4222-8222-222222222222")
 LABEL = UUID("33333333-3333-4333-8333-333333333333")
+CLICK = UUID("44444444-4444-4444-8444-444444444444")
 
 
 def client_error(code: str, message: str = "", status: int = 400) -> ClientError:
@@ -37,6 +38,7 @@ class CountingGlue:
                 (V2, schema_definition("transaction.v2")),
             ],
             "kestrel.Label": [(LABEL, schema_definition("label.v1"))],
+            "kestrel.ClickEvent": [(CLICK, schema_definition("click_event.v1"))],
         }
         self.calls: list[dict[str, Any]] = []
         self.fail: Exception | None = None

@@ -63,17 +63,18 @@ def test_schema_for_lists_the_registry_once_past_the_lookup_budget() -> None:
     for _ in range(500):
         with pytest.raises(UnknownSchemaVersion):
             registry.schema_for(uuid.uuid4())
-    # 8 lookups by id, then Transaction latest + v1, Label latest, Decision (absent).
-    assert len(glue.calls) == 8 + 4
+    # 8 lookups by id, then Transaction latest + v1, Label latest, Decision (absent),
+    # ClickEvent latest.
+    assert len(glue.calls) == 8 + 5
     assert registry.schema_for(V1) == schema_definition("transaction.v1")
     assert registry.schema_for(LABEL) == schema_definition("label.v1")
-    assert len(glue.calls) == 12
+    assert len(glue.calls) == 13
 
     clock.now += 60.0  # a new window: 8 lookups again, then a listing of the latest only
     for _ in range(50):
         with pytest.raises(UnknownSchemaVersion):
             registry.schema_for(uuid.uuid4())
-    assert len(glue.calls) == 12 + 8 + 3
+    assert len(glue.calls) == 13 + 8 + 4
 
 
 def test_schema_for_finds_a_version_first_seen_after_the_budget_through_the_listing() -> None:
@@ -82,7 +83,7 @@ def test_schema_for_finds_a_version_first_seen_after_the_budget_through_the_list
     assert registry.schema_for(V2) == schema_definition("transaction.v2")
     with pytest.raises(UnknownSchemaVersion):
         registry.schema_for(uuid.uuid4())
-    assert len(glue.calls) == 4
+    assert len(glue.calls) == 5
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,8 @@ class FakeClients:
 
 def test_stack_streams_are_the_streams_the_stacks_functions_read() -> None:
     app, _ = bind(REPO / "template.yaml", FakeClients(), "k")  # type: ignore[arg-type]
-    assert stack_streams(app) == {STREAM_ARN, LABELS_ARN}  # not k-decisions: an output
+    clicks = STREAM_ARN.replace("k-transactions", "k-clickstream")
+    assert stack_streams(app) == {STREAM_ARN, LABELS_ARN, clicks}  # not k-decisions: an output
 
 
 def test_main_refuses_a_foreign_stream_read_through_queue_url(
