@@ -94,8 +94,8 @@ def test_500_records_with_random_unknown_version_ids_make_a_dozen_registry_calls
 
     assert reasons == [PoisonReason.UNKNOWN_SCHEMA] * 500
     # 8 ids looked up one by one, then one listing: kestrel.Transaction latest (v2) and v1,
-    # kestrel.Label latest, kestrel.Decision latest.
-    assert len(glue.requests) == MISS_LOOKUPS_PER_WINDOW + 4, glue.requests
+    # kestrel.Label latest, kestrel.Decision latest, kestrel.ClickEvent latest.
+    assert len(glue.requests) == MISS_LOOKUPS_PER_WINDOW + 5, glue.requests
     assert set(glue.requests) == {"AWSGlue.GetSchemaVersion"}
     listed = len(glue.requests)
     # The listing found the registered versions: frames of v1 and v2 decode without a call.
