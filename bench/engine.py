@@ -17,7 +17,6 @@ handler's parts, reads each script's server time and runs cProfile. Writes
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import gc
 import importlib.util
@@ -26,7 +25,6 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from itertools import starmap
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -41,11 +39,8 @@ if __package__ in (None, ""):  # run as a script: python bench/engine.py
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "kestrel")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Kestrel")
 
-from kestrel_training.simulator import SimulatorConfig, simulate  # noqa: E402
-
 from bench.engine_heavy import heavy_entity  # noqa: E402
 from bench.engine_parts import (  # noqa: E402
-    VERSION,
     Context,
     CountingPath,
     FixedModelSource,
@@ -56,22 +51,19 @@ from bench.engine_parts import (  # noqa: E402
     RedisServer,
 )
 from bench.engine_profile import STAGES, profile  # noqa: E402
+from bench.engine_stream import Stream, kinesis_events, simulated_stream  # noqa: E402
 from bench.results_io import write_result  # noqa: E402
 from kestrel.adapters.kinesis_decisions import KinesisDecisionStream  # noqa: E402
 from kestrel.adapters.onnx_model import LayerModelSource, OnnxModel  # noqa: E402
 from kestrel.adapters.redis_decisions import RedisDecisions  # noqa: E402
 from kestrel.adapters.redis_features import RedisFeatureStore  # noqa: E402
 from kestrel.adapters.s3_event_log import S3EventLog  # noqa: E402
-from kestrel.codec import AvroEncoder, schema_definition, transaction_decoder  # noqa: E402
-from kestrel.events import Label, Transaction  # noqa: E402
+from kestrel.codec import transaction_decoder  # noqa: E402
 from kestrel.features import DAY_MS  # noqa: E402
 from kestrel.scoring import Scorer  # noqa: E402
 from kestrel.settings import default_model_dir  # noqa: E402
 
 TARGET = 50_000.0  # DESIGN.md, Performance targets: events/s on a 2-core machine
-ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/kestrel-transactions"
-SHARD = "shardId-000000000000"
-SEQ0 = 49657734271840271094355780390734429143347318398423810050
 
 
 def log(message: str) -> None:
@@ -87,70 +79,6 @@ def load_app() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@dataclass
-class Stream:
-    """Simulated transactions (time order) with their Avro frames, fraud labels, cursors."""
-
-    tx: list[Transaction]
-    frames: list[bytes]
-    labels: list[Label]
-    cursor: int = 0
-    label_cursor: int = 0
-    sequence: int = SEQ0
-
-    def take(self, n: int) -> range:
-        """The next `n` transactions (fewer at the end), consumed."""
-        span = range(self.cursor, min(len(self.tx), self.cursor + n))
-        self.cursor = span.stop
-        return span
-
-    def due_labels(self, before_ms: int) -> list[Label]:
-        """Fraud labels with a label time before `before_ms` not handed out yet."""
-        start = self.label_cursor
-        while self.label_cursor < len(self.labels):
-            if self.labels[self.label_cursor].label_time_ms >= before_ms:
-                break
-            self.label_cursor += 1
-        return self.labels[start : self.label_cursor]
-
-
-def simulated_stream(n_days: int) -> Stream:
-    """The default population over `n_days`, encoded as transaction.v2 Avro frames."""
-    sim = simulate(SimulatorConfig(n_days=n_days))
-    t = sim.transactions
-    cols = ("transaction_id", "customer_id", "terminal_id", "amount", "event_time")
-    tx = list(starmap(Transaction, zip(*(t[c].tolist() for c in cols), strict=True)))
-    encode = AvroEncoder(schema_definition("transaction.v2"), VERSION)
-    rows = zip(*(t[c] for c in cols), strict=True)
-    frames = [encode(dict(zip(cols, row, strict=True))) for row in rows]
-    f = sim.labels[sim.labels["is_fraud"].astype(bool)]
-    cols = ("transaction_id", "customer_id", "terminal_id", "is_fraud", "label_time")
-    f = f.assign(is_fraud=True)
-    labels = list(starmap(Label, zip(*(f[c].tolist() for c in cols), strict=True)))
-    return Stream(tx, frames, labels)
-
-
-def kinesis_events(stream: Stream, span: range, batch: int) -> list[dict[str, Any]]:
-    """Lambda Kinesis events (exact shape) of `batch` records each over `span`."""
-    events, now = [], round(time.time(), 3)
-    for start in range(span.start, span.stop, batch):
-        records = []
-        for i in range(start, min(span.stop, start + batch)):
-            stream.sequence += 1
-            seq = str(stream.sequence)
-            records.append({
-                "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": stream.tx[i].customer_id,
-                            "sequenceNumber": seq, "approximateArrivalTimestamp": now,
-                            "data": base64.b64encode(stream.frames[i]).decode("ascii")},
-                "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": f"{SHARD}:{seq}",
-                "eventName": "aws:kinesis:record", "awsRegion": "us-east-1",
-                "invokeIdentityArn": "arn:aws:iam::123456789012:role/kestrel-TransactionsRole",
-                "eventSourceARN": ARN,
-            })  # fmt: skip
-        events.append({"Records": records})
-    return events
 
 
 @dataclass
