@@ -3,7 +3,8 @@
 The flow: simulate (`click_simulator`, cached under ``.run/clicksim/<config>/``) → point-in-
 time table (`click_labels.click_dataset`: the stream's features, label = a purchase by the
 same user within 30 minutes after the event) → time split (the last TEST_DAYS days are the
-test set; training rows' label windows close before it) → choose among a few scikit-learn
+test set; training rows come from the TRAIN_DAYS days before it, their label windows closed
+before it) → choose among a few scikit-learn
 candidates by AUC on the last VALIDATION_DAYS days of the training period → refit the
 chosen one on the whole training period → figures on the test rows beside the simulator's
 true session purchase probabilities (the ceiling) → skl2onnx, onnxruntime's probabilities
@@ -11,7 +12,7 @@ checked against scikit-learn's on every test row (max abs diff <= 1e-5, else fai
 to the local MLflow store and register as ``kestrel-propensity`` @challenger → write
 ``bench/results/train-propensity-<UTC>.json``.
 
-    python -m kestrel_training.train_propensity [--users N --days D --seed S]
+    python -m kestrel_training.train_propensity [--users N --days D --seed S --train-days T]
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ MODEL_NAME = EXPERIMENT = "kestrel-propensity"
 DESCRIPTION = "Kestrel purchase-propensity model (ONNX, CLICK_FEATURE_NAMES order)"
 TEST_DAYS = 4
 VALIDATION_DAYS = 2
+# Training rows come from the TRAIN_DAYS days before the test period. Older rows added no
+# measurable AUC in our checks (0.8456 with 38 days, 0.8472 with 21, 0.8446 with 14, a
+# boosted model on 2,000 users) and cost fit time: their users' 30-day windows are young.
+TRAIN_DAYS = 21
+DEFAULT_USERS, DEFAULT_DAYS = 2000, 42
 Progress = Callable[[str], None]
 
 
@@ -73,10 +79,15 @@ def candidates(seed: int) -> dict[str, Any]:
             StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)
         ),
         "random_forest": RandomForestClassifier(
-            n_estimators=100, min_samples_leaf=40, max_features=0.5, n_jobs=2, random_state=seed
+            n_estimators=100,
+            max_leaf_nodes=256,
+            min_samples_leaf=40,
+            max_features=0.5,
+            n_jobs=2,
+            random_state=seed,
         ),
         "gradient_boosting": GradientBoostingClassifier(
-            n_estimators=150, max_depth=3, learning_rate=0.1, subsample=0.8, random_state=seed
+            n_estimators=200, max_depth=4, learning_rate=0.1, subsample=0.5, random_state=seed
         ),
     }
 
@@ -85,8 +96,11 @@ def candidates(seed: int) -> dict[str, Any]:
 class PropensityOptions:
     """One training run's settings (defaults: the simulator's defaults, seed 0)."""
 
-    sim_config: ClickSimulatorConfig = field(default_factory=ClickSimulatorConfig)
+    sim_config: ClickSimulatorConfig = field(
+        default_factory=lambda: ClickSimulatorConfig(n_users=DEFAULT_USERS, n_days=DEFAULT_DAYS)
+    )
     test_days: int = TEST_DAYS
+    train_days: int = TRAIN_DAYS
     validation_days: int = VALIDATION_DAYS
     only: tuple[str, ...] = ()  # candidate names to try (empty: all)
     sim_dir: Path = SIM_CACHE  # where simulations are cached
@@ -139,10 +153,10 @@ def _positive_scores(model: Any, table: pd.DataFrame) -> np.ndarray:
 
 
 def select(
-    train: pd.DataFrame, options: PropensityOptions, progress: Progress
+    train: pd.DataFrame, test_start_ms: int, options: PropensityOptions, progress: Progress
 ) -> tuple[str, dict[str, float]]:
     """The candidate with the best AUC on the training period's last validation days."""
-    split = TimeSplit(int(train["event_time"].max()) + 1 - options.validation_days * DAY_MS)
+    split = TimeSplit(test_start_ms - options.validation_days * DAY_MS)
     fit_rows, val_rows = time_split(train, split)
     aucs: dict[str, float] = {}
     for name, model in candidates(options.sim_config.seed).items():
@@ -164,11 +178,13 @@ def train_propensity(options: PropensityOptions, progress: Progress) -> Propensi
     table = click_dataset(events, observed_until, sessions)
     split = TimeSplit(observed_until - options.test_days * DAY_MS)
     train, test = time_split(table, split)
+    train = train[train["event_time"] >= split.test_start_ms - options.train_days * DAY_MS]
+    train = train.reset_index(drop=True)
     progress(
         f"dataset: {len(table):,} rows ({table[TARGET].mean():.1%} positive); train "
         f"{len(train):,}, test {len(test):,} from {split.describe()['test_start']}"
     )
-    chosen, aucs = select(train, options, progress)
+    chosen, aucs = select(train, split.test_start_ms, options, progress)
     model = candidates(config.seed)[chosen]
     model.fit(feature_matrix(train), train[TARGET].to_numpy())
     scores = _positive_scores(model, test)
@@ -189,7 +205,12 @@ def train_propensity(options: PropensityOptions, progress: Progress) -> Propensi
             "rule": "1 if the same user has a purchase at p with t < p <= t + horizon",
             "horizon_ms": LABEL_HORIZON_MS,
         },
-        "training_range": {"train_rows_until": split.describe()["train_rows_until"]},
+        "training_range": {
+            "train_start": pd.Timestamp(
+                split.test_start_ms - options.train_days * DAY_MS, unit="ms", tz="UTC"
+            ).isoformat(),
+            "train_rows_until": split.describe()["train_rows_until"],
+        },
         "test_range": {"test_start": split.describe()["test_start"]},
         "metrics": model_q.as_dict(),
         "ceiling_metrics": ceiling_q.as_dict(),
@@ -290,10 +311,10 @@ def write_results(result: PropensityResult) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Command line: train, print the figures beside the ceiling, write the results JSON."""
     parser = argparse.ArgumentParser(prog="python -m kestrel_training.train_propensity")
-    defaults = ClickSimulatorConfig()
-    parser.add_argument("--users", type=int, default=defaults.n_users)
-    parser.add_argument("--days", type=int, default=defaults.n_days)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--users", type=int, default=DEFAULT_USERS)
+    parser.add_argument("--days", type=int, default=DEFAULT_DAYS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-days", type=int, default=TRAIN_DAYS)
     parser.add_argument("--only", nargs="+", default=[], help="candidates to try")
     parser.add_argument("--tracking-dir", type=Path, help="MLflow store (default mlruns/)")
     parser.add_argument("--no-register", action="store_true", help="neither log nor register")
@@ -307,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     options = PropensityOptions(
         sim_config=ClickSimulatorConfig(n_users=args.users, n_days=args.days, seed=args.seed),
         only=tuple(args.only),
+        train_days=args.train_days,
         tracking_dir=args.tracking_dir,
         register=not args.no_register,
     )
