@@ -143,7 +143,7 @@ parity: up ## Replay EVENTS (default 100000) simulated events (MODE=fraud or cli
 train: $(SETUP_STAMP) ## Simulate if needed, select, train, ONNX + parity check, log and register kestrel-fraud@challenger
 	$(PY) -m kestrel_training.train $(if $(SEEDS),--seeds $(SEEDS))
 
-train-propensity: $(SETUP_STAMP) ## Train the purchase-propensity model on simulated clicks: figures beside the simulator's ceiling, register kestrel-propensity@challenger (ARGS='--users 4000 --days 21')
+train-propensity: $(SETUP_STAMP) ## Train the purchase-propensity model on simulated clicks: figures beside the simulator's ceiling, register kestrel-propensity@challenger (ARGS='--users 4000 --seed 1')
 	$(PY) -m kestrel_training.train_propensity $(ARGS)
 
 propensity-layer: $(SETUP_STAMP) ## Export kestrel-propensity@ALIAS (default champion) to layers/propensity-model/ (and S3 models/propensity/ when MODEL_BUCKET is set)

@@ -11,7 +11,7 @@ import pytest
 from kestrel_training import propensity_registry, tracking
 from kestrel_training.click_labels import TimeSplit, click_dataset, feature_matrix, time_split
 from kestrel_training.click_simulator import ClickSimulatorConfig
-from kestrel_training.propensity_eval import calibration_table, quality
+from kestrel_training.propensity_eval import auc_by_group, calibration_table, quality
 from kestrel_training.train_propensity import (
     PropensityOptions,
     PropensityResult,
@@ -104,3 +104,15 @@ def test_quality_figures_and_calibration_deciles() -> None:
     assert table[0].mean_score == pytest.approx(0.1) and table[-1].score_max == 0.95
     with pytest.raises(ValueError):
         quality(np.zeros(4), np.ones(4))
+
+
+def test_auc_by_group_reports_model_and_ceiling_per_group() -> None:
+    labels = np.array([0, 1, 0, 1, 1, 1])
+    model = np.array([0.1, 0.9, 0.2, 0.8, 0.5, 0.6])
+    ceiling = np.array([0.9, 0.1, 0.2, 0.8, 0.5, 0.5])
+    groups = np.array(["a", "a", "b", "b", "c", "c"])
+    assert auc_by_group(labels, model, ceiling, groups) == {
+        "a": {"rows": 2, "positive_rate": 0.5, "model_auc": 1.0, "ceiling_auc": 0.0},
+        "b": {"rows": 2, "positive_rate": 0.5, "model_auc": 1.0, "ceiling_auc": 1.0},
+        "c": {"rows": 2, "positive_rate": 1.0},  # one label only: no AUC
+    }

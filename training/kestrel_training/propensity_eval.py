@@ -95,6 +95,26 @@ def quality(labels: np.ndarray, scores: np.ndarray, n_bins: int = 10) -> Quality
     )
 
 
+def auc_by_group(
+    labels: np.ndarray, scores: np.ndarray, ceiling: np.ndarray, groups: np.ndarray
+) -> dict[str, dict[str, float | int]]:
+    """Per group (e.g. event type): rows, positive rate, model AUC and ceiling AUC (groups
+    with one label only get no AUC)."""
+    y, s, c, g = (np.asarray(a) for a in (labels, scores, ceiling, groups))
+    out: dict[str, dict[str, float | int]] = {}
+    for name in sorted(set(g.tolist())):
+        mask = g == name
+        row: dict[str, float | int] = {
+            "rows": int(mask.sum()),
+            "positive_rate": round(float(y[mask].mean()), 4),
+        }
+        if len(np.unique(y[mask])) == 2:
+            row["model_auc"] = round(float(roc_auc_score(y[mask], s[mask])), 4)
+            row["ceiling_auc"] = round(float(roc_auc_score(y[mask], c[mask])), 4)
+        out[str(name)] = row
+    return out
+
+
 def side_by_side(model: Quality, ceiling: Quality) -> str:
     """A plain-text table: the figures, then the calibration deciles, model beside ceiling."""
     lines = [

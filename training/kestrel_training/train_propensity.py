@@ -56,7 +56,7 @@ from kestrel_training.onnx_export import (
     measure_latency,
     to_onnx,
 )
-from kestrel_training.propensity_eval import Quality, quality, side_by_side
+from kestrel_training.propensity_eval import Quality, auc_by_group, quality, side_by_side
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_CACHE = ROOT / ".run" / "clicksim"
@@ -214,6 +214,9 @@ def train_propensity(options: PropensityOptions, progress: Progress) -> Propensi
         "test_range": {"test_start": split.describe()["test_start"]},
         "metrics": model_q.as_dict(),
         "ceiling_metrics": ceiling_q.as_dict(),
+        "by_event_type": auc_by_group(
+            labels, scores, test[CEILING].to_numpy(), test["event_type"].to_numpy()
+        ),
         "validation_metrics": {"auc_roc": aucs[chosen], "candidates": aucs},
         # kestrel.scoring.Scorer reads thresholds; propensity decides nothing with them.
         "decision_thresholds": {
@@ -289,6 +292,7 @@ def write_results(result: PropensityResult) -> Path:
         "validation_auc": result.validation_auc,
         "model_quality": result.model.as_dict(),
         "ceiling_quality": result.ceiling.as_dict(),
+        "by_event_type": result.summary["by_event_type"],
         "ceiling": "the simulator's true purchase probability of each row's session",
         "model_version": result.version,
         "onnx_parity_max_abs_diff": result.parity_max_abs_diff,
