@@ -28,7 +28,8 @@ endif
 endif
 
 .PHONY: help setup up down status deploy-local invoke run serve demo test test-unit test-integration test-e2e \
-	lint parity train promote model-layer retrain-scheduled mlflow-ui bench-emulator bench-engine \
+	lint parity train train-propensity propensity-layer promote model-layer retrain-scheduled \
+	mlflow-ui bench-emulator bench-engine \
 	bench-api bench-feast bench bench-e2e bench-compare bench-backfill drift redrive migrate-store \
 	backfill chaos build \
 	deploy-localstack clean
@@ -141,6 +142,13 @@ parity: up ## Replay EVENTS (default 100000) simulated events (MODE=fraud or cli
 
 train: $(SETUP_STAMP) ## Simulate if needed, select, train, ONNX + parity check, log and register kestrel-fraud@challenger
 	$(PY) -m kestrel_training.train $(if $(SEEDS),--seeds $(SEEDS))
+
+train-propensity: $(SETUP_STAMP) ## Train the purchase-propensity model on simulated clicks: figures beside the simulator's ceiling, register kestrel-propensity@challenger (ARGS='--users 4000 --seed 1')
+	$(PY) -m kestrel_training.train_propensity $(ARGS)
+
+propensity-layer: $(SETUP_STAMP) ## Export kestrel-propensity@ALIAS (default champion) to layers/propensity-model/ (and S3 models/propensity/ when MODEL_BUCKET is set)
+	$(PY) -m kestrel_training.propensity_registry export --alias $(or $(ALIAS),champion) \
+		$(if $(MODEL_BUCKET),--bucket $(MODEL_BUCKET))
 
 promote: $(SETUP_STAMP) ## Move the champion alias to VERSION if it is better (live comparison, or same test set): make promote VERSION=n [FORCE=1]
 	@test -n "$(VERSION)" || { echo "usage: make promote VERSION=<n> [FORCE=1]" >&2; exit 1; }

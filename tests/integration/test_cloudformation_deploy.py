@@ -82,6 +82,8 @@ STREAM_FUNCTIONS = {
 LAYERS = ("CoreLayer", "ModelLayer", "DepsLayer")
 # DriftFunction's layers: scipy instead of onnxruntime (both would not fit Lambda's 250 MB).
 DRIFT_LAYERS = ("CoreLayer", "ModelLayer", "DriftDepsLayer")
+# ClickstreamFunction's: the propensity model's layer instead of the fraud one's.
+CLICK_LAYERS = ("CoreLayer", "PropensityModelLayer", "DepsLayer")
 
 
 deployed = pytest.fixture(scope="module", name="deployed")(deployed_stack)
@@ -209,7 +211,8 @@ def _published_layers(deployed: Deployed) -> dict[str, dict[str, Any]]:
     lam = deployed.client("lambda")
     sam = load_template(TEMPLATE)["Resources"]
     by_description = {
-        sam[layer]["Properties"]["Description"]: layer for layer in {*LAYERS, *DRIFT_LAYERS}
+        sam[layer]["Properties"]["Description"]: layer
+        for layer in {*LAYERS, *DRIFT_LAYERS, *CLICK_LAYERS}
     }
     found: dict[str, dict[str, Any]] = {}
     for layer in lam.list_layers()["Layers"]:
@@ -226,7 +229,7 @@ def test_layers_are_published_from_the_uploaded_zips(
     lam = deployed.client("lambda")
     manifest = json.loads((lambda_build.parent / "lambda" / "manifest.json").read_text())
     layers = _published_layers(deployed)
-    assert set(layers) == {*LAYERS, *DRIFT_LAYERS}
+    assert set(layers) == {*LAYERS, *DRIFT_LAYERS, *CLICK_LAYERS}
     sizes = {}
     for logical_id, layer in layers.items():
         assert layer["CompatibleRuntimes"] == ["python3.12"], logical_id
@@ -277,6 +280,8 @@ def test_translated_functions_reference_the_three_layers(deployed: Deployed) -> 
         assert all(resources[ref]["Type"] == "AWS::Lambda::LayerVersion" for ref in refs)
     refs = [layer["Ref"] for layer in resources["DriftFunction"]["Properties"]["Layers"]]
     assert [ref.rstrip("0123456789abcdef") for ref in refs] == list(DRIFT_LAYERS)
+    refs = [layer["Ref"] for layer in resources["ClickstreamFunction"]["Properties"]["Layers"]]
+    assert [ref.rstrip("0123456789abcdef") for ref in refs] == list(CLICK_LAYERS)
 
 
 def test_drift_function_runs_on_its_schedule(deployed: Deployed) -> None:

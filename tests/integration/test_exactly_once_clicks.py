@@ -1,5 +1,6 @@
-"""Exactly once for clicks: duplicates and mid-batch crashes change nothing, and every logged
-feature vector is the offline one."""
+"""Exactly once for clicks: duplicates and mid-batch crashes change nothing, every logged
+feature vector is the offline one, and each user's stored propensity is the model's score of
+their latest event."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import redis
 from esm_harness import wait_until
 from kestrel_training.click_offline import click_offline_features
@@ -17,16 +19,18 @@ from kestrel_training.click_parity import read_logged_clicks, with_duplicates
 from kestrel_training.click_simulator import EVENT_COLUMNS, ClickSimulatorConfig, simulate_clicks
 from kestrel_training.producer import json_encoder, produce
 
+from kestrel.adapters.onnx_model import OnnxModel
 from kestrel.adapters.redis_click_lua import (
     PRODUCT_VIEWS_OFFSETS,
     PURCHASES_OFFSETS,
     VIEWS_OFFSETS,
 )
 from kestrel.adapters.redis_clicks import RedisClickStore
+from kestrel.adapters.redis_propensity import RedisPropensities
 from kestrel.adapters.redis_scripts import decode_state
 from kestrel.click_events import click_from_mapping
 from kestrel.click_features import CLICK_FEATURE_NAMES
-from kestrel.settings import LocalSettings
+from kestrel.settings import LocalSettings, default_propensity_dir
 from kestrel_local.aws import AwsClients
 from kestrel_local.provision import bind
 from kestrel_local.runtime import LocalRuntime
@@ -42,9 +46,12 @@ POINTERS = {
 
 
 def click_state(client: redis.Redis) -> dict[bytes, Any]:
-    """Every clickstream key's content, comparable: states decoded without TTL bookkeeping."""
+    """Every clickstream feature key's content, comparable: states decoded without TTL
+    bookkeeping (users' propensities are checked on their own)."""
     dump: dict[bytes, Any] = {}
     for key in client.scan_iter(match="kestrel:{u:*", count=1000):
+        if key.endswith(b":propensity"):
+            continue
         fields: dict[bytes, Any] = client.hgetall(key)  # type: ignore[assignment]
         raw = fields.pop(b"s")
         suffix = next((s for s in POINTERS if key.endswith(s)), None)
@@ -126,6 +133,17 @@ def test_exactly_once_clicks_with_duplicates_and_crashes_equals_a_clean_pass(
         assert all(
             math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0) for a, b in zip(vector, want, strict=True)
         ), event_id
+    # Each user's stored propensity is the model's score of their latest event's vector.
+    model = OnnxModel.from_folder(default_propensity_dir())
+    latest = clicks.sort_values(["event_time", "event_id"]).groupby("user_id").tail(1)
+    scores = model.predict_proba(
+        offline.loc[latest["event_id"], list(CLICK_FEATURE_NAMES)].to_numpy(np.float32)
+    )
+    reader = RedisPropensities(chaos)
+    for user, event_id, score in zip(latest["user_id"], latest["event_id"], scores, strict=True):
+        stored = reader.latest(user)
+        assert stored is not None and stored["event_id"] == event_id, user
+        assert math.isclose(stored["propensity"], score, abs_tol=1e-6), user
 
 
 def _records(clicks: Any) -> list[dict[str, Any]]:

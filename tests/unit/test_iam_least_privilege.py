@@ -226,6 +226,8 @@ def test_iam_least_privilege_s3_reads_are_what_each_function_uses(
         # The scorers poll the model pointer and fetch the models it names.
         "TransactionsFunctionRole": {"s3:GetObject": ["models/*"]},
         "ApiFunctionRole": {"s3:GetObject": ["models/*"]},
+        # ClickstreamFunction follows the propensity model's own pointer and versions only.
+        "ClickstreamFunctionRole": {"s3:GetObject": ["models/propensity/*"]},
         # LabelsFunction scores nothing and reads nothing from the bucket.
         "DriftFunctionRole": {
             "s3:GetObject": ["events/transactions/*", "models/*"],
@@ -272,6 +274,9 @@ def test_iam_least_privilege_each_key_the_code_writes_has_exactly_its_writer(
     # Who reads what the others write (dead letters: the redrive tool, as the operator).
     scorers = {"TransactionsFunctionRole", "ApiFunctionRole", "DriftFunctionRole"}
     assert readers_of(POINTER_KEY) == scorers | {"RetrainRole"}
+    propensity_pointer = "models/propensity/active.json"
+    assert readers_of(propensity_pointer) == scorers | {"RetrainRole", "ClickstreamFunctionRole"}
+    assert writers_of(propensity_pointer) == {"RetrainRole"}
     assert readers_of(keys["transactions"][0]) == {"DriftFunctionRole"}
     assert readers_of(keys["labels"][0]) == set()
     assert readers_of(keys["clicks"][0]) == set()

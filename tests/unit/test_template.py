@@ -61,7 +61,7 @@ def test_template_layers_point_at_existing_folders() -> None:
     layers = [
         r for r in TEMPLATE["Resources"].values() if r["Type"] == "AWS::Serverless::LayerVersion"
     ]
-    assert len(layers) == 4
+    assert len(layers) == 5
     for layer in layers:
         assert (ROOT / layer["Properties"]["ContentUri"]).is_dir()
 
@@ -71,9 +71,9 @@ def test_template_drift_function_has_scipy_but_not_onnxruntime() -> None:
     assert "Layers" not in (TEMPLATE["Globals"]["Function"]), "SAM would append them"
     for name in ("TransactionsFunction", "LabelsFunction", "ApiFunction"):
         assert FUNCTIONS[name]["Properties"]["Layers"] == [core, model, {"Ref": "DepsLayer"}]
-    # Clicks are not scored yet: no model layer.
+    # Clicks are scored with the propensity model's own layer, not the fraud one's.
     clicks = FUNCTIONS["ClickstreamFunction"]["Properties"]["Layers"]
-    assert clicks == [core, {"Ref": "DepsLayer"}]
+    assert clicks == [core, {"Ref": "PropensityModelLayer"}, {"Ref": "DepsLayer"}]
     drift = FUNCTIONS["DriftFunction"]["Properties"]
     assert drift["Layers"] == [core, model, {"Ref": "DriftDepsLayer"}]
     lines = (ROOT / "layers/drift-deps/requirements.txt").read_text().splitlines()

@@ -232,8 +232,8 @@ def _versions(
 def test_new_code_or_a_new_layer_publishes_a_new_version_through_codedeploy() -> None:
     before = _versions({})
     # A layer (domain code, model, dependencies) reaches the aliases of the functions that
-    # load it (ClickstreamFunction scores nothing yet: no model layer)...
-    for layer in ("CoreLayer", "ModelLayer", "DepsLayer"):
+    # load it (ClickstreamFunction loads the propensity model's layer, not the fraud one's)...
+    for layer in ("CoreLayer", "ModelLayer", "PropensityModelLayer", "DepsLayer"):
         after = _versions({layer: f"{layer}-new.zip"})
         for f in ROLLED_OUT:
             uses = {"Ref": layer} in TEMPLATE["Resources"][f]["Properties"]["Layers"]

@@ -50,8 +50,9 @@ def offline_environment() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
-def configure(directory: str | Path | None = None) -> Tracking:
-    """Point MLflow at the local store in `directory` (default: mlruns/ in the repo)."""
+def configure(directory: str | Path | None = None, experiment: str = EXPERIMENT) -> Tracking:
+    """Point MLflow at the local store in `directory` (default: mlruns/ in the repo); runs go
+    to `experiment` (created when missing)."""
     offline_environment()
     import mlflow
 
@@ -63,13 +64,13 @@ def configure(directory: str | Path | None = None) -> Tracking:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
         experiment_id = client.create_experiment(
-            EXPERIMENT, artifact_location=(folder / "artifacts").as_uri()
+            experiment, artifact_location=(folder / "artifacts").as_uri()
         )
     else:
-        experiment_id = experiment.experiment_id
+        experiment_id = found.experiment_id
     return Tracking(folder, uri, experiment_id)
 
 
@@ -161,16 +162,20 @@ def log_run(
         return str(run.info.run_id)
 
 
-def register(tracking: Tracking, run_id: str, alias: str = "challenger") -> str:
-    """Register the run's model folder as a new `kestrel-fraud` version with `alias`."""
+def register(
+    tracking: Tracking,
+    run_id: str,
+    alias: str = "challenger",
+    model_name: str = MODEL_NAME,
+    description: str = "Kestrel fraud model (ONNX, FEATURE_NAMES order)",
+) -> str:
+    """Register the run's model folder as a new `model_name` version with `alias`."""
     mlflow_client = client(tracking)
-    if not mlflow_client.search_registered_models(filter_string=f"name = '{MODEL_NAME}'"):
-        mlflow_client.create_registered_model(
-            MODEL_NAME, description="Kestrel fraud model (ONNX, FEATURE_NAMES order)"
-        )
+    if not mlflow_client.search_registered_models(filter_string=f"name = '{model_name}'"):
+        mlflow_client.create_registered_model(model_name, description=description)
     run = mlflow_client.get_run(run_id)
     version = mlflow_client.create_model_version(
-        MODEL_NAME, f"{run.info.artifact_uri}/{MODEL_ARTIFACT_DIR}", run_id=run_id
+        model_name, f"{run.info.artifact_uri}/{MODEL_ARTIFACT_DIR}", run_id=run_id
     )
-    mlflow_client.set_registered_model_alias(MODEL_NAME, alias, version.version)
+    mlflow_client.set_registered_model_alias(model_name, alias, version.version)
     return str(version.version)

@@ -4,13 +4,22 @@
 (poison goes to the dead-letter sink with its reason; an event dated more than
 `max_future_s` after it reached the stream is poison too; when the schema registry cannot
 answer, that record and the rest are retried), applies the valid events to the click store
-in one batch, computes each event's feature vector (`kestrel.click_features`) and logs the
-events with their vectors to the event log (``events/clicks/``), then says which records
-must be retried. Nothing is scored yet: the propensity model comes with its own change.
+in one batch, computes each event's feature vector (`kestrel.click_features`), scores the
+vectors with the propensity model in one call (`kestrel.propensity`), stores each user's
+latest propensity (`PropensitySink`), logs the events with their vectors and propensities to
+the event log (``events/clicks/``), then says which records must be retried.
+
+Without a usable propensity model (none in the layer, or refused), the batch goes on
+without scores: features are stored and events logged with ``propensity`` null, and one
+warning says so (again only after a model has been served in between). The propensity is
+an enrichment, so its absence must not hold the clickstream's features back (the fraud
+path differs: a transaction needs its decision, so there no model means a retried batch).
+A propensity store failure raises, so the batch is retried (the store is idempotent).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -19,7 +28,11 @@ from kestrel.click_events import ClickEvent, check_click_not_ahead_of_arrival
 from kestrel.click_features import CLICK_FEATURE_SET_HASH, AppliedClick, click_feature_vector
 from kestrel.events import DEFAULT_MAX_FUTURE_S, PoisonRecord, decode_base64
 from kestrel.ports import DeadLetter, DeadLetterSink, EventLog, SchemaRegistryUnavailable
+from kestrel.propensity import Propensity, PropensitySink, latest_per_user
+from kestrel.scoring import NoModelError, Scorer
 from kestrel.streaming import BatchOutcome, _registry_unavailable, batch_id
+
+logger = logging.getLogger(__name__)
 
 
 class ClickStore(Protocol):
@@ -31,7 +44,11 @@ class ClickStore(Protocol):
 
 
 class ClickPath:
-    """Clicks: decode, apply features once, log with their vectors, report retries."""
+    """Clicks: decode, apply features once, score, store propensities, log, report retries.
+
+    Without `scorer` (or `propensities`) nothing is scored (or stored): features and the
+    event log only.
+    """
 
     def __init__(
         self,
@@ -41,9 +58,13 @@ class ClickPath:
         event_log: EventLog,
         clock: Callable[[], float] = time.time,
         max_future_s: float = DEFAULT_MAX_FUTURE_S,
+        scorer: Scorer | None = None,
+        propensities: PropensitySink | None = None,
     ) -> None:
         self._decode, self._store, self._dead_letters = decode, store, dead_letters
         self._event_log, self._clock, self._max_future_s = event_log, clock, max_future_s
+        self._scorer, self._propensities = scorer, propensities
+        self._warned = False  # the no-model warning was given (and no model served since)
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """Process one Kinesis batch (the event's Records list)."""
@@ -53,7 +74,7 @@ class ClickPath:
         decoded = self._decode_all(records, outcome)
         results = self._store.apply_clicks([event for _, event in decoded])
         now_ms = self._clock() * 1000
-        logged = []
+        logged, kept, vectors = [], [], []
         for (record, event), result in zip(decoded, results, strict=True):
             kinesis = record["kinesis"]
             if isinstance(result, Exception):
@@ -63,6 +84,8 @@ class ClickPath:
                 event.event_type.value, event.price, event.event_time_ms, result.aggregates
             )
             outcome.vectors[kinesis["sequenceNumber"]] = vector
+            kept.append(event)
+            vectors.append(vector)
             if result.applied:
                 outcome.applied += 1
             else:
@@ -85,10 +108,50 @@ class ClickPath:
                     "record_id": record["eventID"],
                 }
             )
+        scores, version = self._score(vectors, outcome)
+        if scores is not None and version is not None:
+            for entry, score in zip(logged, scores, strict=True):
+                entry["propensity"], entry["model_version"] = score, version
+            if self._propensities is not None:
+                self._propensities.publish(
+                    latest_per_user(
+                        Propensity(e.user_id, e.session_id, e.event_id, e.event_time_ms, s, version)
+                        for e, s in zip(kept, scores, strict=True)
+                    )
+                )
+        else:
+            for entry in logged:
+                entry["propensity"], entry["model_version"] = None, None
         if logged:
             # A failure here fails the whole batch: it is retried, and the store is idempotent.
             self._event_log.write_batch("clicks", batch_id(records), logged, "event_time")
         return outcome
+
+    def _score(
+        self, vectors: Sequence[tuple[float, ...]], outcome: BatchOutcome
+    ) -> tuple[list[float] | None, str | None]:
+        """Propensities of the vectors in one model call, and the model version (None, None
+        without a scorer, vectors or usable model)."""
+        if self._scorer is None or not vectors:
+            return None, None
+        started = time.perf_counter()
+        try:
+            scores, manifest = self._scorer.score_batch(vectors)
+        except NoModelError:
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "no usable propensity model (PROPENSITY_MODEL_DIR, or the pointer in "
+                    "MODEL_BUCKET): clicks keep their features and are logged without a "
+                    "propensity until one is served"
+                )
+            return None, None
+        self._warned = False
+        outcome.scoring_ms = (time.perf_counter() - started) * 1000.0
+        outcome.model_version = manifest.version
+        values: list[float] = scores.tolist()
+        outcome.scores.extend(values)
+        return values, manifest.version
 
     def _decode_all(
         self, records: Sequence[Mapping[str, Any]], outcome: BatchOutcome

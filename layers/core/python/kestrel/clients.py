@@ -19,9 +19,11 @@ from kestrel.adapters.glue_registry import GlueSchemaApi, GlueSchemaRegistry
 from kestrel.adapters.kinesis_decisions import KinesisDecisionStream
 from kestrel.adapters.onnx_challenger import build_challenger
 from kestrel.adapters.onnx_model import build_scorer
+from kestrel.adapters.onnx_propensity import build_propensity_scorer
 from kestrel.adapters.redis_clicks import RedisClickStore
 from kestrel.adapters.redis_decisions import RedisDecisions
 from kestrel.adapters.redis_features import RedisFeatureStore
+from kestrel.adapters.redis_propensity import RedisPropensities
 from kestrel.adapters.redis_telemetry import RedisDriftStatus, RedisTelemetry
 from kestrel.adapters.s3_dead_letter_payloads import S3DeadLetterPayloads
 from kestrel.adapters.s3_event_log import S3EventLog
@@ -200,7 +202,21 @@ def click_path() -> ClickPath:
         dead_letter_sink(),
         event_log(),
         max_future_s=settings().max_future_s,
+        scorer=propensity_scorer(),
+        propensities=propensity_store(),
     )
+
+
+@cache
+def propensity_scorer() -> Scorer:
+    """The container's propensity scorer: its own layer, then its S3 pointer if configured."""
+    return build_propensity_scorer(settings(), s3_client=s3_client())
+
+
+@cache
+def propensity_store() -> RedisPropensities:
+    """Users' latest propensities in Redis (`PropensitySink`)."""
+    return RedisPropensities(redis_client())
 
 
 @cache
@@ -254,6 +270,8 @@ def reset() -> None:
         label_path,
         click_store,
         click_path,
+        propensity_scorer,
+        propensity_store,
         scorer,
         challenger,
         scoring_service,

@@ -225,6 +225,8 @@ class Settings:
     model_pointer_key: str = "models/active.json"
     model_refresh_s: float = 15.0
     challenger_model_dir: str = ""
+    propensity_model_dir: str = "/opt/propensity"
+    propensity_pointer_key: str = "models/propensity/active.json"
     api_key: str = ""
     api_auth: ApiAuth = "app"
     redis_password: str = field(default="", repr=False)
@@ -296,6 +298,10 @@ class Settings:
             model_pointer_key=_read(env, "MODEL_POINTER_KEY", "models/active.json"),
             model_refresh_s=_parse(env, "MODEL_REFRESH_S", "15", _non_negative_float),
             challenger_model_dir=_read(env, "CHALLENGER_MODEL_DIR", ""),
+            propensity_model_dir=_read(env, "PROPENSITY_MODEL_DIR", default_propensity_dir()),
+            propensity_pointer_key=_read(
+                env, "PROPENSITY_POINTER_KEY", "models/propensity/active.json"
+            ),
             api_key=api_key,
             api_auth=api_auth,
             # Not stripped: a password is taken as it is. A password in REDIS_URL wins.
@@ -406,3 +412,13 @@ def default_model_dir() -> str:
     repo_layers = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     local = os.path.join(os.path.abspath(repo_layers), "model")
     return local if os.path.isdir(local) else "/opt"
+
+
+def default_propensity_dir() -> str:
+    """Where the propensity model layer is when PROPENSITY_MODEL_DIR is unset: its files are
+    ``/opt/propensity/`` on Lambda, else the repository's ``layers/propensity-model/propensity``."""
+    if os.path.isfile("/opt/propensity/manifest.json"):
+        return "/opt/propensity"
+    repo_layers = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    local = os.path.join(os.path.abspath(repo_layers), "propensity-model", "propensity")
+    return local if os.path.isdir(local) else "/opt/propensity"
