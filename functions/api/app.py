@@ -6,12 +6,13 @@ from functools import cache
 
 from aws_lambda_powertools import Logger
 from chalice.app import Chalice, Request, Response
-from chalicelib import web
+from chalicelib import propensity_web, web
 from chalicelib.logs import share_handler
 from chalicelib.openapi import SPEC
 from chalicelib.telemetry import ApiMetrics
 
 from kestrel import clients
+from kestrel.propensity_serving import PropensityService
 from kestrel.serving import ScoringService
 from kestrel.settings import Settings
 from kestrel.telemetry import TelemetryService
@@ -30,6 +31,12 @@ def service() -> ScoringService:
     scoring = clients.scoring_service()
     metrics.track(lambda: scoring.breaker_state, lambda: scoring.model_version is not None)
     return scoring
+
+
+@cache
+def propensities() -> PropensityService:
+    """The container's propensity service (clickstream features and model)."""
+    return clients.propensity_service()
 
 
 @cache
@@ -111,6 +118,25 @@ def decision(transaction_id: str) -> Response:
     return web.stored_decision(
         lambda: service().decision(web.identifier(transaction_id, "transaction_id")),
         transaction_id,
+    )
+
+
+@app.route("/v1/propensity", methods=["POST"], api_key_required=True)
+def propensity() -> Response:
+    """A click's purchase propensity as if it were applied now."""
+    try:
+        event = propensity_web.click(web.json_body(web.current(app)))
+    except web.HttpError as exc:
+        return exc.response()
+    logger.set_correlation_id(event.event_id)
+    return web.json_response(propensity_web.propensity_body(propensities().score(event)))
+
+
+@app.route("/v1/users/{user_id}/features", methods=["GET"], api_key_required=True)
+def user_features(user_id: str) -> Response:
+    """A user's clickstream features now and their latest propensity."""
+    return propensity_web.user(
+        lambda: propensities().user_features(web.identifier(user_id, "user_id"))
     )
 
 

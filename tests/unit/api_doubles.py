@@ -18,6 +18,7 @@ import pybreaker
 import pytest
 from chalice.test import Client, HTTPResponse
 from openapi_schema_validator import OAS30Validator
+from propensity_doubles import MemoryClicks, propensity_service
 from serving_doubles import Registry
 from stream_doubles import MemoryDecisions, shipped_scorer
 from telemetry_doubles import FixedDepths, MemoryDrift, MemoryTelemetry
@@ -32,6 +33,7 @@ from kestrel.features import (
     TerminalAggregates,
     TransactionPreview,
 )
+from kestrel.propensity_serving import PropensityService
 from kestrel.serving import ScoringService
 from kestrel.settings import Settings
 from kestrel.telemetry import TelemetryService
@@ -147,6 +149,8 @@ class Api:
     drift: MemoryDrift
     registry: Registry
     clock: Clock
+    clicks: MemoryClicks
+    propensity: PropensityService
 
     def post(self, path: str, body: Any, headers: Mapping[str, str] = JSON_AUTH) -> HTTPResponse:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -172,14 +176,18 @@ def serve_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     settings = Settings.from_env({"KESTREL_API_KEY": KEY})
     stream, depths, drift = MemoryTelemetry(), FixedDepths({"poison": 0}), MemoryDrift()
     telemetry = TelemetryService(stream, depths, drift)
+    clicks = MemoryClicks(reader)  # the same Redis: down when the reader is down
+    propensity = propensity_service(clicks)
     monkeypatch.setattr(clients, "settings", lambda: settings)
     monkeypatch.setattr(clients, "scoring_service", lambda: service)
+    monkeypatch.setattr(clients, "propensity_service", lambda: propensity)
     monkeypatch.setattr(clients, "telemetry_service", lambda: telemetry)
     module = load_app()
     with Client(module.app, project_dir=str(API_DIR)) as client:
         yield Api(
-            module, client, reader, decisions, service, stream, depths, drift, registry, clock
-        )
+            module, client, reader, decisions, service, stream, depths, drift, registry, clock,
+            clicks, propensity,
+        )  # fmt: skip
 
 
 def transaction(**overrides: Any) -> dict[str, Any]:

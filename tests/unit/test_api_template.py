@@ -38,6 +38,8 @@ EXPECTED_ROUTES: dict[Route, bool] = {
     ("GET", "/v1/customers/{customer_id}/features"): True,
     ("GET", "/v1/terminals/{terminal_id}/features"): True,
     ("GET", "/v1/decisions/{transaction_id}"): True,
+    ("POST", "/v1/propensity"): True,
+    ("GET", "/v1/users/{user_id}/features"): True,
     ("GET", "/v1/telemetry"): True,
     ("GET", "/metrics"): True,
     ("GET", "/health"): False,
@@ -163,6 +165,7 @@ def test_api_template_function_is_short_and_api_only() -> None:
     assert API_FUNCTION["Layers"] == [
         {"Ref": "CoreLayer"},
         {"Ref": "ModelLayer"},
+        {"Ref": "PropensityModelLayer"},
         {"Ref": "DepsLayer"},
     ]
 
@@ -275,7 +278,7 @@ def test_api_template_local_runtime_gives_api_function_no_mappings() -> None:
     assert (api.kinesis, api.sqs) == ((), ())
     assert api.handler == "app.app"
     assert api.timeout_s == API_FUNCTION["Timeout"]
-    assert len(api.layer_dirs) == 3
+    assert len(api.layer_dirs) == 4  # core, fraud model, propensity model, deps
     assert "KESTREL_API_KEY" not in api.environment
     assert api.environment["KESTREL_API_AUTH"] == "gateway"  # make invoke: past the gateway
     assert "KESTREL_API_AUTH" not in specs["TransactionsFunction"].environment

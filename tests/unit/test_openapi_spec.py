@@ -74,7 +74,7 @@ def test_openapi_spec_has_exactly_the_apps_routes() -> None:
         if path not in UI_PATHS
     }
     assert {(path, method) for path, method, _ in OPERATIONS} == routes
-    assert len(OPERATIONS) == len(routes) == 9
+    assert len(OPERATIONS) == len(routes) == 11
 
 
 def test_openapi_spec_is_the_document_the_app_serves() -> None:

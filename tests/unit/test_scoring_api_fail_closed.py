@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis.exceptions
 from api_doubles import AUTH, KEY, Api, serve_api, transaction
+from propensity_doubles import click
 
 from kestrel import clients
 from kestrel.settings import Settings, SettingsError
@@ -30,7 +31,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
 def keyed_routes(api: Api) -> list[tuple[str, str]]:
     """(method, concrete path) of every route that declares api_key_required."""
     concrete = {"{customer_id}": "C-000042", "{terminal_id}": "TERM-0007",
-                "{transaction_id}": "T-000101"}  # fmt: skip
+                "{transaction_id}": "T-000101", "{user_id}": "U-000042"}  # fmt: skip
     routes = []
     for path, methods in api.module.app.routes.items():
         for method, entry in methods.items():
@@ -42,7 +43,10 @@ def keyed_routes(api: Api) -> list[tuple[str, str]]:
 
 
 def call(api: Api, method: str, path: str, headers: dict[str, str]) -> Any:
-    body = json.dumps({"transactions": [transaction()]} if "batch" in path else transaction())
+    if path == "/v1/propensity":
+        body = json.dumps(click())
+    else:
+        body = json.dumps({"transactions": [transaction()]} if "batch" in path else transaction())
     sent = {"content-type": "application/json", **headers}
     return api.client.http.request(method, path, headers=sent, body=body.encode())
 
@@ -59,7 +63,7 @@ def test_api_keyed_routes_are_every_route_but_the_open_ones(api: Api) -> None:
         for entry in methods.values()
     }
     assert {p for p, keyed in declared.items() if not keyed} == set(api.module.web.OPEN_PATHS)
-    assert len(keyed_routes(api)) == 7
+    assert len(keyed_routes(api)) == 9
 
 
 @pytest.mark.parametrize("sent", [{}, {"x-api-key": ""}, {"x-api-key": KEY}, {"x-api-key": " "}])
@@ -71,6 +75,7 @@ def test_api_with_an_empty_configured_key_refuses_every_keyed_route(
         response = call(api, method, path, sent)
         assert (method, path, response.status_code) == (method, path, 403)
     assert api.reader.calls == Counter() and api.stream.reads == []
+    assert api.clicks.calls == Counter()
     assert api.get("/health", headers={}).json_body == {"status": "ok"}
     assert api.get("/openapi.json", headers={}).status_code == 200
 

@@ -69,8 +69,11 @@ def test_template_layers_point_at_existing_folders() -> None:
 def test_template_drift_function_has_scipy_but_not_onnxruntime() -> None:
     core, model = {"Ref": "CoreLayer"}, {"Ref": "ModelLayer"}
     assert "Layers" not in (TEMPLATE["Globals"]["Function"]), "SAM would append them"
-    for name in ("TransactionsFunction", "LabelsFunction", "ApiFunction"):
+    for name in ("TransactionsFunction", "LabelsFunction"):
         assert FUNCTIONS[name]["Properties"]["Layers"] == [core, model, {"Ref": "DepsLayer"}]
+    # The API scores both: transactions (fraud model) and clicks (propensity model).
+    both = [core, model, {"Ref": "PropensityModelLayer"}, {"Ref": "DepsLayer"}]
+    assert FUNCTIONS["ApiFunction"]["Properties"]["Layers"] == both
     # Clicks are scored with the propensity model's own layer, not the fraud one's.
     clicks = FUNCTIONS["ClickstreamFunction"]["Properties"]["Layers"]
     assert clicks == [core, {"Ref": "PropensityModelLayer"}, {"Ref": "DepsLayer"}]

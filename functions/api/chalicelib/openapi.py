@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib import openapi_propensity
 from kestrel.events import MAX_AMOUNT
 from kestrel.serving import CUSTOMER_FEATURES, TERMINAL_FEATURES
 from kestrel.telemetry import COUNTERS, DECISION_TYPES, MAX_WINDOW_S, SHADOW_COUNTERS
@@ -373,4 +374,4 @@ def build_spec(
     }  # fmt: skip
 
 
-SPEC = build_spec(CUSTOMER_FEATURES, TERMINAL_FEATURES)
+SPEC = openapi_propensity.merged(build_spec(CUSTOMER_FEATURES, TERMINAL_FEATURES), _ID)

@@ -66,6 +66,7 @@ from kestrel.ports import (
     FeatureReader,
     FeatureStore,
 )
+from kestrel.propensity_serving import ClickReader, PropensityLookup, PropensityService
 from kestrel.scoring import Scorer
 from kestrel.serving import ScoringService, make_breaker
 from kestrel.streaming import LabelPath, TransactionPath
@@ -241,6 +242,20 @@ def scoring_service() -> ScoringService:
 
 
 @cache
+def propensity_service() -> PropensityService:
+    """The propensity API's service: read-only click store with a breaker, model, lookups."""
+    config = settings()
+    return PropensityService(
+        reader=cast("ClickReader", Deferred(lambda: RedisClickStore(api_redis_client()))),
+        scorer=propensity_scorer(),
+        propensities=cast(
+            "PropensityLookup", Deferred(lambda: RedisPropensities(api_redis_client()))
+        ),
+        breaker=make_breaker(config.breaker_fail_max, config.breaker_reset_s),
+    )
+
+
+@cache
 def scorer() -> Scorer:
     """The container's model scorer: the layer's model, then the S3 pointer if configured."""
     return build_scorer(settings(), s3_client=s3_client())
@@ -275,5 +290,6 @@ def reset() -> None:
         scorer,
         challenger,
         scoring_service,
+        propensity_service,
     ):
         factory.cache_clear()

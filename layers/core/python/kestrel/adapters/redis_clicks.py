@@ -5,7 +5,9 @@ entity logs of the fraud store (views, product views, purchases) and a hash per 
 all in the user's slot. `apply_clicks` runs the script once per event in ``apply`` mode:
 it stores the event once (an event id the session already holds changes nothing) and
 returns the `kestrel.click_features` aggregates as of the event; `preview_clicks` runs it
-in ``preview`` mode (what ``apply`` would return, writing nothing). A batch is one
+in ``preview`` mode (what ``apply`` would return, writing nothing; `preview_history` also
+says whether the user has other events); `user_aggregates` reads a user's windows at a
+moment without an event (the logs in ``peek`` mode). A batch is one
 pipeline: one round trip (per node on a cluster).
 
 As in `kestrel.adapters.redis_features`, the script is loaded once (SCRIPT LOAD, on every
@@ -21,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError
 
 from kestrel.adapters.redis_click_lua import CLICK_LUA, user_keys
+from kestrel.adapters.redis_scripts import PEEK_ID
 from kestrel.adapters.redis_wire import send_batch
-from kestrel.click_events import ClickEvent
+from kestrel.click_events import ClickEvent, ClickType
 from kestrel.click_features import (
     CLICK_KINDS,
     VIEW_WINDOWS,
@@ -37,6 +40,10 @@ if TYPE_CHECKING:
     from redis.cluster import RedisCluster
 
 _WINDOWS = len(VIEW_WINDOWS)
+# A user read (no event): a kind of no log, so every log answers in peek mode, and a
+# session id no event can have (ids are never empty), so the session part is empty.
+_NO_KIND = len(CLICK_KINDS)
+_NO_SESSION = ""
 
 
 class RedisClickStore:
@@ -70,17 +77,34 @@ class RedisClickStore:
             for reply in self._run("preview", events)
         ]
 
+    def preview_history(self, events: Sequence[ClickEvent]) -> list[AppliedClick | Exception]:
+        """`preview_clicks` with whether each user has other events (``applied`` is False)."""
+        return [
+            reply if isinstance(reply, Exception) else _applied(reply)
+            for reply in self._run("preview", events)
+        ]
+
+    def user_aggregates(self, user_id: str, as_of_ms: int) -> tuple[ClickAggregates, bool]:
+        """The user's windows at `as_of_ms` (no event: the logs in ``peek`` mode at (as_of,
+        PEEK_ID), an empty session), and whether the user has any stored event."""
+        probe = ClickEvent(PEEK_ID, user_id, _NO_SESSION, ClickType.PAGE_VIEW, as_of_ms)
+        reply = self._run("peek", [probe], kind=_NO_KIND)[0]
+        if isinstance(reply, Exception):
+            raise reply
+        _, views, product_views, purchases = reply
+        return _aggregates(reply), max(views[4], product_views[4], purchases[4]) > 0
+
     def ping(self) -> None:
         """Raise unless the store answers."""
         self._client.ping()
 
-    def _run(self, mode: str, events: Sequence[ClickEvent]) -> list[Any]:
+    def _run(self, mode: str, events: Sequence[ClickEvent], kind: int | None = None) -> list[Any]:
         """One EVALSHA per event in one pipeline; each reply (or its exception) in order."""
         if not events:
             return []
         if not self._loaded:
             self._load()
-        commands = [self._command(mode, event) for event in events]
+        commands = [self._command(mode, event, kind) for event in events]
         replies = send_batch(self._client, commands)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
@@ -91,12 +115,13 @@ class RedisClickStore:
                 replies[i] = reply
         return replies
 
-    def _command(self, mode: str, e: ClickEvent) -> tuple[str | int, ...]:
+    def _command(self, mode: str, e: ClickEvent, kind: int | None) -> tuple[str | int, ...]:
         keys = user_keys(e.user_id, e.session_id)
         price = cents(e.price) if e.price is not None else 0
+        code = CLICK_KINDS.index(e.event_type.value) if kind is None else kind
         return (
             "EVALSHA", self._script.sha, len(keys), *keys, mode, e.event_id, e.event_time_ms,
-            CLICK_KINDS.index(e.event_type.value), price, e.product_id or "", e.category or "",
+            code, price, e.product_id or "", e.category or "",
         )  # fmt: skip
 
     def _load(self) -> None:

@@ -1,0 +1,171 @@
+"""The propensity routes' part of the OpenAPI document (`chalicelib.openapi` merges it in)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kestrel.click_events import CLICK_TYPES, MAX_PRICE
+from kestrel.click_features import CLICK_FEATURE_NAMES
+from kestrel.propensity_serving import USER_FEATURES
+
+_REF = "#/components/schemas/"
+_KEY: list[dict[str, list[str]]] = [{"ApiKey": []}]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _numbers(names: tuple[str, ...], nullable: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": list(names),
+        "properties": {n: {"type": "number"} for n in names},
+    }
+    if nullable:
+        schema["nullable"] = True
+    return schema
+
+
+def schemas(id_schema: dict[str, Any], event_time: dict[str, Any]) -> dict[str, Any]:
+    """The ClickEvent, Propensity and UserFeatures component schemas."""
+    optional_id = {**id_schema, "nullable": True}
+    return {
+        "ClickEvent": {
+            "type": "object",
+            "description": "A page_view names no product (product_id, category and price "
+            "null or absent); the other types carry all three.",
+            "required": ["event_id", "user_id", "session_id", "event_type", "event_time"],
+            "properties": {
+                "event_id": id_schema,
+                "user_id": id_schema,
+                "session_id": id_schema,
+                "event_type": {"type": "string", "enum": list(CLICK_TYPES)},
+                "event_time": copy.deepcopy(event_time),
+                "product_id": optional_id,
+                "category": optional_id,
+                "price": {"type": "number", "minimum": 0, "maximum": MAX_PRICE,
+                          "nullable": True},
+            },
+        },
+        "Propensity": {
+            "type": "object",
+            "required": ["event_id", "user_id", "session_id", "event_type", "propensity",
+                         "model_version", "feature_set_hash", "reasons", "degraded",
+                         "degraded_reasons", "cold_start", "features", "scored_at", "source"],
+            "properties": {
+                "event_id": {"type": "string"},
+                "user_id": {"type": "string"},
+                "session_id": {"type": "string"},
+                "event_type": {"type": "string", "enum": list(CLICK_TYPES)},
+                "propensity": {"type": "number", "minimum": 0, "maximum": 1,
+                               "nullable": True},
+                "model_version": {"type": "string", "nullable": True},
+                "feature_set_hash": {"type": "string"},
+                "reasons": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["kind", "name", "value", "reference", "deviation"],
+                    "properties": {
+                        "kind": {"type": "string", "enum": ["feature", "prior"]},
+                        "name": {"type": "string"},
+                        "value": {"type": "number"},
+                        "reference": {"type": "number"},
+                        "deviation": {"type": "number", "nullable": True},
+                    },
+                }},
+                "degraded": {"type": "boolean"},
+                "degraded_reasons": {"type": "array", "items": {
+                    "type": "string",
+                    "enum": ["feature_store_unavailable", "no_model", "model_error"]}},
+                "cold_start": {"type": "boolean"},
+                "features": _numbers(CLICK_FEATURE_NAMES, nullable=True),
+                "scored_at": {"type": "integer"},
+                "source": {"type": "string", "enum": ["api"]},
+            },
+        },
+        "UserFeatures": {
+            "type": "object",
+            "required": ["user_id", "as_of", "known", "features", "propensity"],
+            "properties": {
+                "user_id": {"type": "string"},
+                "as_of": {"type": "integer"},
+                "known": {"type": "boolean"},
+                "features": _numbers(USER_FEATURES),
+                "propensity": {
+                    "type": "object",
+                    "nullable": True,
+                    "required": ["propensity", "model_version", "event_time", "event_id",
+                                 "session_id"],
+                    "properties": {
+                        "propensity": {"type": "number", "minimum": 0, "maximum": 1},
+                        "model_version": {"type": "string"},
+                        "event_time": {"type": "integer"},
+                        "event_id": {"type": "string"},
+                        "session_id": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }  # fmt: skip
+
+
+def paths(
+    id_schema: dict[str, Any], errors: dict[str, Any], store_down: dict[str, Any]
+) -> dict[str, Any]:
+    """The /v1/propensity and /v1/users/{user_id}/features operations."""
+    return {
+        "/v1/propensity": {
+            "post": {
+                "operationId": "propensity",
+                "summary": "A click's purchase propensity as if it were applied now "
+                "(writes nothing).",
+                "description": "When the feature store or the propensity model is "
+                "unavailable, the answer is the documented prior (degraded).",
+                "security": _KEY,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ClickEvent")}},
+                },
+                "responses": {
+                    "200": _json(_ref("Propensity"), "The propensity, the model and why."),
+                    **errors,
+                },
+            }
+        },
+        "/v1/users/{user_id}/features": {
+            "get": {
+                "operationId": "userFeatures",
+                "summary": "The user's clickstream features now and latest stored propensity.",
+                "security": _KEY,
+                "parameters": [
+                    {"name": "user_id", "in": "path", "required": True, "schema": id_schema}
+                ],
+                "responses": {
+                    "200": _json(
+                        _ref("UserFeatures"),
+                        "Features of the user; known is false for a user with no history.",
+                    ),
+                    **errors,
+                    **store_down,
+                },
+            }
+        },
+    }
+
+
+def merged(spec: dict[str, Any], id_schema: dict[str, Any]) -> dict[str, Any]:
+    """`spec` with the propensity routes and their schemas added."""
+    components = spec["components"]["schemas"]
+    event_time = components["Transaction"]["properties"]["event_time"]
+    components.update(schemas(id_schema, event_time))
+    operations = spec["paths"]
+    errors = {k: v for k, v in operations["/v1/score"]["post"]["responses"].items() if k != "200"}
+    store_down = {"503": operations["/v1/customers/{customer_id}/features"]["get"]
+                  ["responses"]["503"]}  # fmt: skip
+    operations.update(paths(id_schema, errors, store_down))
+    return spec
