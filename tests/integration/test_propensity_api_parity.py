@@ -92,9 +92,9 @@ def test_propensity_api_vector_equals_the_streams_and_the_offline_features(
     for row in latest.itertuples(index=False):
         if row.event_type == "purchase":
             continue  # its own purchase is "before" a read after it, not before the event
-        at = int(row.event_time)
+        at = int(row.event_time)  # read at the user's latest event
         reader = PropensityService(
-            store, None, RedisPropensities(client), make_breaker(3, 30), clock_ms=lambda: at
+            store, None, RedisPropensities(client), make_breaker(3, 30), clock_ms=at.__int__
         )
         found = reader.user_features(row.user_id)
         want = offline.loc[row.event_id]

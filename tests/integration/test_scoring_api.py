@@ -58,6 +58,8 @@ API_PATHS = {
     "/v1/terminals/{terminal_id}/features",
     "/v1/decisions/{transaction_id}",
     "/v1/telemetry",
+    "/v1/propensity",
+    "/v1/users/{user_id}/features",
     "/health",
     "/metrics",
     "/openapi.json",
