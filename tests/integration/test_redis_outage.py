@@ -74,6 +74,7 @@ def redis_server(tmp_path: Path) -> Iterator[PersistentRedis]:
 class Sample:
     """One API request of the load: when it was sent and answered, and what came back."""
 
+    route: str
     sent: float
     status: int | None
     degraded: bool | None
@@ -83,7 +84,8 @@ class Sample:
 
 
 class ScoreLoad(threading.Thread):
-    """POST /v1/score at a fixed rate over one keep-alive connection, every answer kept."""
+    """POST /v1/score and /v1/propensity in turn at a fixed rate over one keep-alive
+    connection, every answer kept."""
 
     def __init__(self, server: ApiServer, now_ms: int) -> None:
         super().__init__(name="score-load", daemon=True)
@@ -97,20 +99,20 @@ class ScoreLoad(threading.Thread):
         try:
             while not self.stopping.is_set():
                 n += 1
-                tx = transaction(
-                    f"L-{n:06d}",
-                    f"C-{n % CUSTOMERS}",
-                    f"TERM-{n % TERMINALS}",
-                    round(5 + n % 300 * 0.7, 2),
-                    self.now_ms,
-                )
+                route, doc = self.request_of(n)
                 sent = time.monotonic()
                 try:
-                    reply = client.request("POST", "/v1/score", tx)
+                    reply = client.request("POST", route, doc)
                 except Exception as exc:  # noqa: BLE001 - every failure is a finding
                     self.samples.append(
                         Sample(
-                            sent, None, None, (), f"{type(exc).__name__}: {exc}", time.monotonic()
+                            route,
+                            sent,
+                            None,
+                            None,
+                            (),
+                            f"{type(exc).__name__}: {exc}",
+                            time.monotonic(),
                         )
                     )
                     client.close()
@@ -119,6 +121,7 @@ class ScoreLoad(threading.Thread):
                     body: dict[str, Any] = reply.json() if reply.status == 200 else {}
                     self.samples.append(
                         Sample(
+                            route,
                             sent,
                             reply.status,
                             body.get("degraded"),
@@ -132,11 +135,31 @@ class ScoreLoad(threading.Thread):
         finally:
             client.close()
 
+    def request_of(self, n: int) -> tuple[str, dict[str, Any]]:
+        """The n-th request: a transaction (odd n) or a product view (even n)."""
+        if n % 2:
+            return "/v1/score", transaction(
+                f"L-{n:06d}",
+                f"C-{n % CUSTOMERS}",
+                f"TERM-{n % TERMINALS}",
+                round(5 + n % 300 * 0.7, 2),
+                self.now_ms,
+            )
+        user = f"U-{n % CUSTOMERS}"
+        return "/v1/propensity", {
+            "event_id": f"LC-{n:06d}", "user_id": user, "session_id": f"{user}-S1",
+            "event_type": "product_view", "product_id": f"P-{n % 50}", "category": "shoes",
+            "price": round(5 + n % 300 * 0.7, 2), "event_time": self.now_ms,
+        }  # fmt: skip
+
     def answered_ok_since(self, moment: float) -> bool:
         """True once a request sent after `moment` got a non-degraded 200."""
-        return any(
-            s.sent > moment and s.status == 200 and s.degraded is False for s in self.samples
-        )
+        routes = {
+            s.route
+            for s in self.samples
+            if s.sent > moment and s.status == 200 and s.degraded is False
+        }
+        return routes == {"/v1/score", "/v1/propensity"}
 
 
 def timeline(samples: list[Sample], origin: float, step_s: float = 0.5) -> str:
@@ -202,6 +225,12 @@ def test_redis_outage_degrades_the_api_without_errors_and_the_stream_loses_nothi
             assert redis_server.terminate() == 0, "redis-server did not shut down cleanly"
             down_at = time.monotonic()
             assert not redis_server.answers()
+            time.sleep(max(0.0, down_at + OUTAGE_S / 2 - time.monotonic()))
+            probe = ApiClient(api)
+            try:  # a read with no fallback: 503, retry later
+                user_down = probe.request("GET", "/v1/users/U-1/features")
+            finally:
+                probe.close()
             time.sleep(max(0.0, down_at + OUTAGE_S - time.monotonic()))
             up_at = time.monotonic()
             redis_server.start()
@@ -221,6 +250,7 @@ def test_redis_outage_degrades_the_api_without_errors_and_the_stream_loses_nothi
             probe = ApiClient(api)
             try:
                 health = probe.request("GET", "/health").json()
+                user_up = probe.request("GET", "/v1/users/U-1/features")
             finally:
                 probe.close()
         finally:
@@ -249,6 +279,11 @@ def test_redis_outage_degrades_the_api_without_errors_and_the_stream_loses_nothi
     assert any(s.degraded is False for s in recovering), seen
     assert len(quiet) >= RATE_PER_S * QUIET_S * 0.4, seen
     assert all(s.degraded is False for s in quiet), f"the breaker did not close: {seen}"
+    for route in ("/v1/score", "/v1/propensity"):  # both routes ran in every phase
+        assert all(any(s.route == route for s in phase) for phase in (before, during, quiet))
+    assert user_down.status == 503 and user_down.headers["retry-after"] == "1", user_down.body
+    assert user_down.json()["error"] == "feature_store_unavailable"
+    assert user_up.status == 200 and user_up.json()["known"] is False, user_up.body
     assert health["checks"]["redis"]["ok"] is True, health
     assert health["checks"]["redis"]["breaker"] == "closed", health
 
