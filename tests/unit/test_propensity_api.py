@@ -7,12 +7,14 @@ shipped propensity model (`propensity_doubles`); nothing here opens a socket.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis.exceptions
-from api_doubles import AUTH, JSON_AUTH, Api, conforms, serve_api
+from api_doubles import AUTH, JSON_AUTH, REPO, Api, conforms, serve_api
+from openapi_schema_validator import OAS30Validator
 from propensity_doubles import (
     HISTORY,
     KNOWN_USER,
@@ -21,7 +23,7 @@ from propensity_doubles import (
     shipped_propensity_scorer,
 )
 
-from kestrel.click_events import ClickEvent, ClickType
+from kestrel.click_events import MAX_PRICE, ClickEvent, ClickType
 from kestrel.click_features import CLICK_FEATURE_NAMES, click_feature_vector
 from kestrel.propensity_serving import PROPENSITY_PRIOR, USER_FEATURES
 
@@ -185,3 +187,32 @@ def test_api_propensity_service_vector_is_the_streams_for_the_same_aggregates(ap
     event = ClickEvent("E-9", KNOWN_USER, "S-1", ClickType.ADD_TO_CART, T0, "P-1", "shoes", 20.0)
     vector, cold = api.propensity.vector(event)
     assert vector == click_feature_vector("add_to_cart", 20.0, T0, HISTORY) and cold is False
+
+
+CLICK_DOCS = [
+    click(),
+    click(event_type="page_view", product_id=..., category=..., price=...),
+    click(event_type="page_view", product_id=None, category=None, price=None),
+    click(event_type="page_view"),
+    click(event_type="page_view", product_id=..., category=..., price=0),
+    click(event_type="purchase", price=None),
+    click(event_type="add_to_cart", category=...),
+    click(price=MAX_PRICE + 1),
+    click(event_time=1_795_857_302_123),
+    click(event_type="checkout"),
+]
+
+
+@pytest.mark.parametrize("doc", CLICK_DOCS)
+def test_api_propensity_spec_and_domain_agree_on_click_events(api: Api, doc: Any) -> None:
+    spec = sys.modules["chalicelib.openapi"].SPEC
+    schema = {"components": spec["components"], "$ref": "#/components/schemas/ClickEvent"}
+    valid = not list(OAS30Validator(schema).iter_errors(doc))
+    assert valid is (api.post("/v1/propensity", doc).status_code == 200), doc
+
+
+def test_api_propensity_sample_event_is_a_valid_request(api: Api) -> None:
+    sample = json.loads((REPO / "events" / "api-propensity.json").read_text())
+    body = json.loads(sample["body"])
+    conforms(body, "ClickEvent")
+    assert api.post("/v1/propensity", body).status_code == 200

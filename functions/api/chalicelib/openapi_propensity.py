@@ -32,27 +32,48 @@ def _numbers(names: tuple[str, ...], nullable: bool = False) -> dict[str, Any]:
     return schema
 
 
+_NONE = {name: {"nullable": True, "enum": [None]} for name in ("product_id", "category", "price")}
+
+
+def _click(
+    id_schema: dict[str, Any],
+    event_time: dict[str, Any],
+    types: list[str],
+    product: dict[str, Any],
+    required: list[str],
+) -> dict[str, Any]:
+    """A clickstream event of `types`, its product fields as `product` says."""
+    return {
+        "type": "object",
+        "required": ["event_id", "user_id", "session_id", "event_type", "event_time", *required],
+        "properties": {
+            "event_id": id_schema,
+            "user_id": id_schema,
+            "session_id": id_schema,
+            "event_type": {"type": "string", "enum": types},
+            "event_time": copy.deepcopy(event_time),
+            **product,
+        },
+    }
+
+
 def schemas(id_schema: dict[str, Any], event_time: dict[str, Any]) -> dict[str, Any]:
     """The ClickEvent, Propensity and UserFeatures component schemas."""
-    optional_id = {**id_schema, "nullable": True}
     return {
         "ClickEvent": {
-            "type": "object",
             "description": "A page_view names no product (product_id, category and price "
             "null or absent); the other types carry all three.",
-            "required": ["event_id", "user_id", "session_id", "event_type", "event_time"],
-            "properties": {
-                "event_id": id_schema,
-                "user_id": id_schema,
-                "session_id": id_schema,
-                "event_type": {"type": "string", "enum": list(CLICK_TYPES)},
-                "event_time": copy.deepcopy(event_time),
-                "product_id": optional_id,
-                "category": optional_id,
-                "price": {"type": "number", "minimum": 0, "maximum": MAX_PRICE,
-                          "nullable": True},
-            },
+            "oneOf": [_ref("PageView"), _ref("ProductEvent")],
         },
+        "PageView": _click(id_schema, event_time, ["page_view"], _NONE, []),
+        "ProductEvent": _click(
+            id_schema,
+            event_time,
+            [t for t in CLICK_TYPES if t != "page_view"],
+            {"product_id": id_schema, "category": id_schema,
+             "price": {"type": "number", "minimum": 0, "maximum": MAX_PRICE}},
+            ["product_id", "category", "price"],
+        ),
         "Propensity": {
             "type": "object",
             "required": ["event_id", "user_id", "session_id", "event_type", "propensity",
