@@ -3,9 +3,9 @@
 Each test runs 10,000 examples under the ``totality`` profile (`totality_strategies`) and
 gives every example to every parser, so each parser meets 10,000 arbitrary byte strings and
 10,000 arbitrary JSON documents. The parsers are called directly: the stream's transaction,
-label and clickstream decoders with an in-memory schema registry, and the API's body and transaction
-parsers as /v1/score and /v1/score/batch call them. Hypothesis fails a test on any exception
-other than the ones asserted here.
+label and clickstream decoders with an in-memory schema registry, and the API's body,
+transaction and click parsers as /v1/score, /v1/score/batch and /v1/propensity call them.
+Hypothesis fails a test on any exception other than the ones asserted here.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from kestrel.events import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "functions" / "api"))
-from chalicelib import web
+from chalicelib import propensity_web, web
 
 TRANSACTIONS = transaction_decoder(Registry())
 LABELS = label_decoder(Registry())
@@ -105,8 +105,9 @@ def _decode_on_the_stream(data: bytes) -> None:
 
 
 def _parse_in_the_api(raw: bytes) -> None:
-    """/v1/score and /v1/score/batch parse any body into transactions or a 4xx naming a field."""
-    for parse in (web.transaction, web.transactions):
+    """/v1/score, /v1/score/batch and /v1/propensity parse any body into transactions or clicks,
+    or a 4xx naming a field."""
+    for parse in (web.transaction, web.transactions, propensity_web.click):
         try:
             parsed: Any = parse(web.body_document(raw))
         except web.HttpError as error:
@@ -119,8 +120,11 @@ def _parse_in_the_api(raw: bytes) -> None:
             assert response.status_code == error.status
             assert json.loads(response.body)["field"] == error.field
             continue
-        for tx in parsed if isinstance(parsed, list) else [parsed]:
-            _check_transaction(tx)
+        for item in parsed if isinstance(parsed, list) else [parsed]:
+            if isinstance(item, ClickEvent):
+                _check_click(item)
+            else:
+                _check_transaction(item)
 
 
 @TOTALITY
