@@ -56,7 +56,7 @@ class ClickStack:
 
         def stored() -> bool:
             raw = self.store.hget(f"kestrel:{{u:{last['user_id']}}}:propensity", "event_id")
-            return raw is not None and raw.decode() == last["event_id"]
+            return isinstance(raw, bytes) and raw.decode() == last["event_id"]
 
         wait_until(stored, timeout_s=timeout_s, what=f"propensity of {last['event_id']}")
 
