@@ -150,7 +150,8 @@ def stream_telemetry() -> Response:
 def health() -> Response:
     """``ok`` or ``degraded``; with the key, each check and why it failed."""
     detailed = web.carries_key(web.current(app).headers, settings())
-    return web.json_response(web.health_body(service().health(), detailed))
+    health = propensity_web.with_model_check(service().health(), propensities().model_check())
+    return web.json_response(web.health_body(health, detailed))
 
 
 @app.route("/metrics", methods=["GET"], api_key_required=True)

@@ -216,3 +216,17 @@ def test_api_propensity_sample_event_is_a_valid_request(api: Api) -> None:
     body = json.loads(sample["body"])
     conforms(body, "ClickEvent")
     assert api.post("/v1/propensity", body).status_code == 200
+
+
+def test_api_health_reports_the_propensity_model_and_degrades_without_it(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check = api.get("/health").json_body["checks"]["propensity_model"]
+    assert check == {"ok": True, "version": shipped_propensity_scorer().model_version}
+    monkeypatch.setattr(api.propensity, "_scorer", None)
+    body = api.get("/health").json_body
+    assert body["status"] == "degraded"
+    assert body["checks"]["propensity_model"]["ok"] is False
+    assert "prior" in body["checks"]["propensity_model"]["detail"]
+    assert body["checks"]["model"]["ok"] is True  # the fraud model is still served
+    assert api.get("/health", headers={}).json_body == {"status": "degraded"}

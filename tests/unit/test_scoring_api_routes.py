@@ -126,7 +126,7 @@ def test_api_health_reports_each_check(api: Api) -> None:
     assert response.status_code == 200
     body = response.json_body
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"redis", "model", "schema_registry"}
+    assert set(body["checks"]) == {"redis", "model", "schema_registry", "propensity_model"}
     assert all(check["ok"] is True for check in body["checks"].values())
 
 

@@ -37,6 +37,14 @@ def propensity_body(result: PropensityResult) -> dict[str, Any]:
     return body
 
 
+def with_model_check(health: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
+    """`health` with the propensity model's check; ``degraded`` when it fails."""
+    health["checks"]["propensity_model"] = check
+    if not check["ok"]:
+        health["status"] = "degraded"
+    return health
+
+
 def user(fetch: Callable[[], UserFeatures]) -> Response:
     """200 with a user's features and latest propensity, 400 for a bad id, 503 if no store."""
     found = web._read(fetch)

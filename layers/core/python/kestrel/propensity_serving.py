@@ -192,9 +192,13 @@ class PropensityService:
         values = dict(zip(CLICK_FEATURE_NAMES, vector, strict=True))
         return UserFeatures(user_id, at, {n: values[n] for n in USER_FEATURES}, known, latest)
 
-    def check(self) -> None:
-        """Raise `StoreUnavailable` unless the click store answers (through the breaker)."""
-        self._store(self._reader.ping)
+    def model_check(self) -> dict[str, Any]:
+        """The propensity model's /health check: ``ok`` and the served version (no I/O)."""
+        version = self._scorer.model_version if self._scorer else None
+        check: dict[str, Any] = {"ok": version is not None, "version": version}
+        if version is None:
+            check["detail"] = "no usable propensity model: /v1/propensity answers the prior"
+        return check
 
     def _store(self, call: Callable[..., T], *args: Any) -> T:
         """Call the store through the breaker; any failure becomes `StoreUnavailable`."""
