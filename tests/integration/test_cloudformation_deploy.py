@@ -84,6 +84,8 @@ LAYERS = ("CoreLayer", "ModelLayer", "DepsLayer")
 DRIFT_LAYERS = ("CoreLayer", "ModelLayer", "DriftDepsLayer")
 # ClickstreamFunction's: the propensity model's layer instead of the fraud one's.
 CLICK_LAYERS = ("CoreLayer", "PropensityModelLayer", "DepsLayer")
+# The API scores transactions and clicks: both models' layers.
+API_LAYERS = ("CoreLayer", "ModelLayer", "PropensityModelLayer", "DepsLayer")
 
 
 deployed = pytest.fixture(scope="module", name="deployed")(deployed_stack)
@@ -265,8 +267,12 @@ def test_layers_have_the_template_names_and_architectures(deployed: Deployed) ->
 def test_each_function_has_the_three_layers_attached(deployed: Deployed) -> None:
     lam = deployed.client("lambda")
     layers = _published_layers(deployed)
-    expected = [layers[logical_id]["LayerVersionArn"] for logical_id in LAYERS]
-    for function in ("TransactionsFunction", "LabelsFunction", "ApiFunction"):
+    for function, attached in (
+        ("TransactionsFunction", LAYERS),
+        ("LabelsFunction", LAYERS),
+        ("ApiFunction", API_LAYERS),
+    ):
+        expected = [layers[logical_id]["LayerVersionArn"] for logical_id in attached]
         config = lam.get_function(FunctionName=deployed.physical(function))["Configuration"]
         assert [layer["Arn"] for layer in config.get("Layers", [])] == expected, function
 
@@ -274,9 +280,13 @@ def test_each_function_has_the_three_layers_attached(deployed: Deployed) -> None
 def test_translated_functions_reference_the_three_layers(deployed: Deployed) -> None:
     """What moto does not keep is at least what the stack was asked for."""
     resources = deployed.deployment.template["Resources"]
-    for function in ("TransactionsFunction", "LabelsFunction", "ApiFunction"):
+    for function, attached in (
+        ("TransactionsFunction", LAYERS),
+        ("LabelsFunction", LAYERS),
+        ("ApiFunction", API_LAYERS),
+    ):
         refs = [layer["Ref"] for layer in resources[function]["Properties"]["Layers"]]
-        assert [ref.rstrip("0123456789abcdef") for ref in refs] == list(LAYERS)
+        assert [ref.rstrip("0123456789abcdef") for ref in refs] == list(attached)
         assert all(resources[ref]["Type"] == "AWS::Lambda::LayerVersion" for ref in refs)
     refs = [layer["Ref"] for layer in resources["DriftFunction"]["Properties"]["Layers"]]
     assert [ref.rstrip("0123456789abcdef") for ref in refs] == list(DRIFT_LAYERS)
