@@ -16,6 +16,7 @@ from chalicelib import web
 from kestrel.click_events import ClickEvent, click_from_mapping
 from kestrel.events import PoisonRecord
 from kestrel.propensity_serving import PropensityResult, UserFeatures
+from kestrel.serving import StoreUnavailable
 
 
 def click(doc: Any) -> ClickEvent:
@@ -47,9 +48,13 @@ def with_model_check(health: dict[str, Any], check: dict[str, Any]) -> dict[str,
 
 def user(fetch: Callable[[], UserFeatures]) -> Response:
     """200 with a user's features and latest propensity, 400 for a bad id, 503 if no store."""
-    found = web._read(fetch)
-    if isinstance(found, Response):
-        return found
+    try:
+        found = fetch()
+    except web.HttpError as exc:
+        return exc.response()
+    except StoreUnavailable as exc:
+        body = {"error": "feature_store_unavailable", "field": "", "problem": str(exc)}
+        return web.json_response(body, 503, {"Retry-After": "1"})
     return web.json_response(
         {"user_id": found.user_id, "as_of": found.as_of_ms, "known": found.known,
          "features": found.features, "propensity": found.propensity}
