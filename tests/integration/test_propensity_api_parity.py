@@ -6,6 +6,7 @@ it (`PropensityService.vector`, writing nothing): the two vectors must be equal,
 to the offline point-in-time features of training (`click_offline_features`); the API's
 propensity is the model's score of that vector; and a user's features read with no event
 (`user_features`) are the USER_ features of the stream's vector of their latest event.
+On a standalone redis-server and on a 3-master cluster.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import redis
 from kestrel_training.click_offline import click_offline_features
 from kestrel_training.click_simulator import ClickSimulatorConfig, simulate_clicks
+from redis.cluster import RedisCluster
 
 from kestrel.adapters.onnx_model import OnnxModel
 from kestrel.adapters.onnx_propensity import build_propensity_scorer
@@ -33,13 +35,21 @@ from kestrel.settings import Settings, default_propensity_dir
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    url = redis_url.rsplit("/", 1)[0] + "/9"
-    store = redis.Redis.from_url(url)
-    store.flushdb()
-    yield store
-    store.flushdb()
+@pytest.fixture(params=["standalone", "cluster"])
+def client(request: pytest.FixtureRequest) -> Iterator[redis.Redis | RedisCluster]:
+    """Database 9 of a standalone redis-server, or a 3-master cluster; emptied before/after."""
+    store: redis.Redis | RedisCluster
+    if request.param == "cluster":
+        store = RedisCluster.from_url(request.getfixturevalue("redis_cluster_url"))
+        store.flushall()
+        yield store
+        store.flushall()
+    else:
+        url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/9"
+        store = redis.Redis.from_url(url)
+        store.flushdb()
+        yield store
+        store.flushdb()
     store.close()
 
 
@@ -55,7 +65,7 @@ def _close(a: tuple[float, ...], b: Any) -> bool:
 
 
 def test_propensity_api_vector_equals_the_streams_and_the_offline_features(
-    client: redis.Redis,
+    client: redis.Redis | RedisCluster,
 ) -> None:
     events = simulate_clicks(ClickSimulatorConfig(n_users=40, n_days=2, seed=11)).events
     events = events.sort_values(["event_time", "event_id"]).head(1200)
