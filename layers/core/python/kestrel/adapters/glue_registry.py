@@ -13,7 +13,8 @@ are read one by one by number, up to the schema's ``LatestSchemaVersion``).
 Lookups by version id (`GlueSchemaRegistry.schema_for`, the stream's `SchemaLookup`) need
 only ``glue:GetSchemaVersion``, cost one call per new id, and cost next to nothing for ids
 the registry does not know: see the class. Throttling, missing permissions and outages
-become `kestrel.ports.SchemaRegistryUnavailable` (`kestrel.adapters.glue_errors`).
+become `kestrel.ports.SchemaRegistryUnavailable` (`kestrel.adapters.glue_errors`). The
+shipped schemas' fixed ids (`kestrel.shipped_schemas`) are known without any call.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from kestrel.adapters.glue_lookup import UnknownIds, unavailable
 from kestrel.codec import SHIPPED_SCHEMAS, schema_definition
 from kestrel.ports import UnknownSchemaVersion
 from kestrel.schema_compat import SchemaIncompatible, check_backward
+from kestrel.shipped_schemas import shipped_versions
 
 __all__ = [
     "GlueSchemaApi",
@@ -163,7 +165,8 @@ class GlueSchemaRegistry:
         self._registry = registry_name
         self._wait_s = wait_s
         self._sleep = sleep
-        self._definitions: dict[UUID, str] = {}
+        # Shipped schemas' fixed ids decode without a call, with or without Glue.
+        self._definitions: dict[UUID, str] = dict(shipped_versions())
         self._unknown = UnknownIds(miss_ttl_s, miss_cache_size, miss_lookups, clock)
         self._schema_names = tuple(schema_names or shipped_schema_names())
         self._lock = threading.Lock()
