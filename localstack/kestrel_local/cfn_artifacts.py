@@ -175,7 +175,7 @@ MAX_TEMPLATE_BODY = 51_200
 
 
 def template_source(clients: AwsClients, bucket: str, body: str) -> dict[str, str]:
-    """CreateStack's ``TemplateBody``, or a ``TemplateURL`` in `bucket` when the body is too long."""
+    """CreateStack's ``TemplateBody``, or a ``TemplateURL`` in `bucket` for a long template."""
     if len(body.encode()) <= MAX_TEMPLATE_BODY:
         return {"TemplateBody": body}
     key = artifact_key("template", body.encode(), "templates/").replace(".zip", ".json")

@@ -26,6 +26,7 @@ Command line (``make localstack-up`` / ``make localstack-down``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -297,10 +298,8 @@ def _stop_group(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:
             return
         deadline = time.monotonic() + wait_s
         while _alive(pid) and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
-            except ChildProcessError:
-                pass
             time.sleep(0.2)
         if not _alive(pid):
             return

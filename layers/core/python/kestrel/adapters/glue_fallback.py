@@ -15,6 +15,7 @@ from uuid import UUID
 
 from botocore.exceptions import ClientError
 
+from kestrel.adapters.glue_lookup import registry_missing
 from kestrel.adapters.glue_registry import GlueSchemaRegistry, register_all
 from kestrel.shipped_schemas import shipped_ids
 
@@ -22,29 +23,11 @@ __all__ = ["NO_REGISTRY_WARNING", "register_shipped", "registry_missing"]
 
 logger = logging.getLogger(__name__)
 
-# Error codes with which an endpoint says it has no Glue at all (LocalStack answers 501).
-_MISSING_CODES = frozenset({"InternalFailure", "NotImplemented", "UnknownOperationException"})
-_MISSING_WORDS = ("not yet implemented", "pro feature", "not implemented", "not supported")
-
 NO_REGISTRY_WARNING = (
     "this endpoint has no Glue schema registry (LocalStack's free plan has none): the "
     "shipped schemas are used with their fixed ids, which the stream functions, the API and "
     "redrive know without a registry"
 )
-
-
-def registry_missing(exc: BaseException) -> bool:
-    """True when `exc` says the endpoint has no Glue service at all (not a passing failure)."""
-    if not isinstance(exc, ClientError):
-        return False
-    error = exc.response.get("Error", {})
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    message = str(error.get("Message", "")).lower()
-    if status == 501:
-        return True
-    return str(error.get("Code", "")) in _MISSING_CODES and any(
-        words in message for words in _MISSING_WORDS
-    )
 
 
 def register_shipped(

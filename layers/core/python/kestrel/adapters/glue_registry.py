@@ -29,7 +29,7 @@ from uuid import UUID
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from kestrel.adapters.glue_lookup import UnknownIds, unavailable
+from kestrel.adapters.glue_lookup import UnknownIds, registry_missing, unavailable
 from kestrel.codec import SHIPPED_SCHEMAS, schema_definition
 from kestrel.ports import UnknownSchemaVersion
 from kestrel.schema_compat import SchemaIncompatible, check_backward
@@ -225,7 +225,7 @@ class GlueSchemaRegistry:
         try:
             found = self._client.get_schema_version(SchemaVersionId=str(version_id))
         except ClientError as exc:
-            if _code(exc) == _NOT_FOUND:
+            if _code(exc) == _NOT_FOUND or registry_missing(exc):  # no Glue: nothing registered
                 self._unknown.remember(version_id)
                 raise UnknownSchemaVersion(version_id) from None
             self._unavailable(exc)
@@ -245,7 +245,7 @@ class GlueSchemaRegistry:
                 SchemaVersionNumber=number,
             )
         except ClientError as exc:
-            if _code(exc) == _NOT_FOUND:
+            if _code(exc) == _NOT_FOUND or registry_missing(exc):
                 return None
             self._unavailable(exc)
         except BotoCoreError as exc:
