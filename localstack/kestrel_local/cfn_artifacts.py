@@ -181,5 +181,8 @@ def template_source(clients: AwsClients, bucket: str, body: str) -> dict[str, st
     key = artifact_key("template", body.encode(), "templates/").replace(".zip", ".json")
     clients.client("s3").put_object(Bucket=bucket, Key=key, Body=body.encode())
     if clients.endpoint:
-        return {"TemplateURL": f"{clients.endpoint.rstrip('/')}/{bucket}/{key}"}
+        # Path style on the endpoint; moto reads a URL as path style only when it names
+        # "localhost" (else it takes the host's first label for the bucket).
+        endpoint = clients.endpoint.rstrip("/").replace("://127.0.0.1:", "://localhost:")
+        return {"TemplateURL": f"{endpoint}/{bucket}/{key}"}
     return {"TemplateURL": f"https://{bucket}.s3.{clients.region}.amazonaws.com/{key}"}
