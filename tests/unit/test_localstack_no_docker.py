@@ -84,6 +84,13 @@ def test_registry_decodes_fixed_ids_without_any_call() -> None:
     assert glue.calls == 0
 
 
+def test_registry_check_passes_without_glue_and_fails_on_other_errors() -> None:
+    assert GlueSchemaRegistry(NoGlue().api, "kestrel").check() == "NO_REGISTRY"
+    denied = NoGlue(client_error("AccessDeniedException", "no", 400))
+    with pytest.raises(ClientError):
+        GlueSchemaRegistry(denied.api, "kestrel").check()
+
+
 def test_unknown_id_without_glue_is_poison_not_an_outage() -> None:
     registry = GlueSchemaRegistry(NoGlue().api, "kestrel")
     frame = AvroEncoder(schema_definition("transaction.v2"), UUID(int=7))(

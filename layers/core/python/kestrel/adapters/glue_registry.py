@@ -180,8 +180,16 @@ class GlueSchemaRegistry:
         return self._registry
 
     def check(self) -> str:
-        """The registry's status (``AVAILABLE`` when usable); botocore errors propagate."""
-        found = self._client.get_registry(RegistryId={"RegistryName": self._registry})
+        """The registry's status (``AVAILABLE`` when usable); botocore errors propagate.
+
+        ``NO_REGISTRY`` on an endpoint without Glue: the shipped schemas' fixed ids serve.
+        """
+        try:
+            found = self._client.get_registry(RegistryId={"RegistryName": self._registry})
+        except ClientError as exc:
+            if registry_missing(exc):
+                return "NO_REGISTRY"
+            raise
         status = str(found.get("Status", "AVAILABLE"))
         if status != "AVAILABLE":
             raise RuntimeError(f"schema registry {self._registry} is {status}")
