@@ -26,7 +26,13 @@ from kestrel_local.localstack_deploy import (
     docker_available,
     skipped_types,
 )
-from kestrel_local.localstack_host import HostConfig, HostError, host_env
+from kestrel_local.localstack_host import (
+    INSTALL_HINT,
+    HostConfig,
+    HostError,
+    host_env,
+    python_candidates,
+)
 
 LOCALSTACK_501 = client_error(
     "InternalFailure",
@@ -203,3 +209,17 @@ def test_missing_model_pointer_is_one_warning_and_no_model(
     assert len(warnings) == 1
     assert warnings[0].levelno == logging.WARNING
     assert "no model pointer" in warnings[0].getMessage()
+
+
+def test_python_candidates_look_in_localstack_python_then_pyenv(tmp_path: Path) -> None:
+    pyenv = tmp_path / "pyenv"
+    found = pyenv / "versions" / "3.13.1" / "bin" / "python3.13"
+    found.parent.mkdir(parents=True)
+    found.touch()
+    (pyenv / "versions" / "3.12.1" / "bin").mkdir(parents=True)
+    candidates = python_candidates({"LOCALSTACK_PYTHON": "/opt/py/bin/python3.13",
+                                    "PYENV_ROOT": str(pyenv)})  # fmt: skip
+    assert candidates[0] == "/opt/py/bin/python3.13"
+    assert str(found) in candidates
+    assert not any("3.12" in c for c in candidates)
+    assert "pyenv install 3.13" in INSTALL_HINT and "LOCALSTACK_PYTHON" in INSTALL_HINT
