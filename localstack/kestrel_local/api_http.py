@@ -12,7 +12,12 @@ http.server handler, besides speed:
   answers without a body;
 - a malformed, oversized or chunked request gets a JSON 4xx/5xx and the connection closes;
 - an error outside the app (in the gateway) is logged and answered 500, never a dropped
-  connection.
+  connection;
+- scoring requests (SERIAL_ROUTES) run one at a time, as in one Lambda container: two at
+  once under the GIL only take turns mid-request, each paying for the other's work and the
+  hand-overs. A scoring request that arrives meanwhile waits before the app (its HTTP
+  latency counts the wait; its handler time, Server-Timing, does not). Other routes (health,
+  metrics, telemetry, the dashboard) run alongside, so a slow one never holds up scoring.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ import contextlib
 import logging
 import socket
 import socketserver
+import threading
 from typing import Any
 from urllib.parse import unquote
 
 from chalice.app import Chalice
 from chalice.config import Config
 from chalice.local import (
+    LambdaContext,
     LambdaEventConverter,
     LocalGateway,
     LocalGatewayException,
@@ -46,6 +53,7 @@ from kestrel_local.http_wire import (
 logger = logging.getLogger(__name__)
 
 RECV_BYTES = 65536
+SERIAL_ROUTES = frozenset({"/v1/score", "/v1/score/batch"})
 _GATEWAY_ERROR = b'{"error":"internal_error","field":"","problem":"the local gateway failed"}'
 
 
@@ -99,6 +107,16 @@ class FastGateway(LocalGateway):
             RouteMatcher(list(app_object.routes)), app_object.api.binary_types
         )
         self.event_converter = self.events
+        self._serial = threading.Lock()
+        timeout_s = config.lambda_timeout
+        if timeout_s is None:
+            timeout_s = self.MAX_LAMBDA_EXECUTION_TIME
+        self._context = (config.function_name, config.lambda_memory_size, timeout_s * 1000)
+
+    def _generate_lambda_context(self) -> LambdaContext:
+        """Chalice's context, the config read once (a new request id each time)."""
+        name, memory, timeout_ms = self._context
+        return LambdaContext(function_name=name, memory_size=memory, max_runtime_ms=timeout_ms)
 
     def _generate_lambda_event(
         self, method: str, path: str, headers: Any, body: bytes | None
@@ -112,7 +130,11 @@ class FastGateway(LocalGateway):
             path = "/" + path.lstrip("/")
         head_only = head.method == "HEAD"
         try:
-            response = self.handle_request(head.method, path, head.headers, body or None)
+            if path in SERIAL_ROUTES:
+                with self._serial:
+                    response = self.handle_request(head.method, path, head.headers, body or None)
+            else:
+                response = self.handle_request(head.method, path, head.headers, body or None)
         except LocalGatewayException as exc:
             fields = {"Content-Type": "application/json", **exc.headers}
             return response_bytes(
