@@ -34,8 +34,10 @@ MAX_BODY_BYTES = 6 * 1024 * 1024  # a synchronous Lambda invocation's payload li
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
-_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB
-_DIGITS = re.compile(rb"[0-9]{1,19}")
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e]*) HTTP/(\d)\.(\d)\r?")
+# Header lines, each with its line end (token name, colon, value without CTLs but HTAB),
+# then the blank line that ends the head.
+_FIELD_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r?\n)*\r?\n")
 _END = re.compile(rb"\r?\n\r?\n")
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -64,16 +66,46 @@ class Refusal:
 
 def parse_head(data: bytes | bytearray) -> Head | Refusal | None:
     """The request head at the start of `data`; None while it is incomplete."""
-    end = _END.search(data, 0, MAX_HEAD_BYTES + 4)
-    if end is None:
+    stop = _head_end(data)
+    if stop is None:
         if len(data) > MAX_HEAD_BYTES:
             return Refusal(431, f"request head over {MAX_HEAD_BYTES} bytes")
         return None
-    lines = bytes(data[: end.start()]).split(b"\n")
-    request_line = lines[0].removesuffix(b"\r")
-    if not request_line and len(lines) == 1:
-        return Refusal(400, "empty request line")
-    parts = request_line.split(b" ")
+    start, size = stop
+    line_end = data.find(b"\n", 0, start)
+    if line_end < 0:  # the head is its request line alone
+        line_end, fields = start, b"\n"
+    else:  # the header lines, each with its line end, then the blank line
+        fields = bytes(data[line_end + 1 : size])
+    matched = _REQUEST_LINE.fullmatch(data, 0, line_end)
+    if matched is None or matched.group(3) != b"1":
+        return _bad_request_line(bytes(data[:line_end]).removesuffix(b"\r"))
+    if fields.count(b"\n") - 1 > MAX_HEADERS:
+        return Refusal(431, f"more than {MAX_HEADERS} header fields")
+    if not _FIELD_LINES.fullmatch(fields):
+        return Refusal(400, "a header field must be a token name, a colon and a value "
+                       "without control characters (no line folding)")  # fmt: skip
+    headers: dict[str, str] = {}
+    for line in fields.decode("latin-1").split("\n")[:-2]:
+        name, _, value = line.partition(":")
+        key, text = name.lower(), value.strip(" \t\r")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    method, target = matched.group(1).decode("ascii"), matched.group(2).decode("ascii")
+    return _head(method, target, matched.group(4), headers, size)
+
+
+def _head_end(data: bytes | bytearray) -> tuple[int, int] | None:
+    """Where the blank line ending the head starts and ends (CRLF or bare LF lines)."""
+    at = data.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
+    if at >= 0 and data.find(b"\n\n", 0, at) < 0 and data.find(b"\n\r\n", 0, at) < 0:
+        return at, at + 4
+    end = _END.search(data, 0, MAX_HEAD_BYTES + 4)
+    return None if end is None else (end.start(), end.end())
+
+
+def _bad_request_line(line: bytes) -> Refusal:
+    """Why a request line is refused."""
+    parts = line.split(b" ")
     if len(parts) != 3:
         return Refusal(400, "request line must be: method, target, HTTP version")
     method, target, version = parts
@@ -81,49 +113,43 @@ def parse_head(data: bytes | bytearray) -> Head | Refusal | None:
         return Refusal(400, "method must be a token")
     if not _TARGET.fullmatch(target):
         return Refusal(400, "request target must be an absolute path of visible ASCII")
-    matched = _VERSION.fullmatch(version)
-    if matched is None:
+    if _VERSION.fullmatch(version) is None:
         return Refusal(400, "not an HTTP version")
-    if matched.group(1) != b"1":
-        return Refusal(505, "only HTTP/1.0 and HTTP/1.1 are served")
-    if len(lines) - 1 > MAX_HEADERS:
-        return Refusal(431, f"more than {MAX_HEADERS} header fields")
-    headers: dict[str, str] = {}
-    for raw in lines[1:]:
-        line = raw.removesuffix(b"\r")
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
-            return Refusal(400, "header field must be a token name, a colon and a value")
-        value = value.strip(b" \t")
-        if _VALUE_BAD.search(value):
-            return Refusal(400, "control character in a header field value")
-        key, text = name.decode("ascii").lower(), value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    return _head(method.decode("ascii"), target.decode("ascii"), matched, headers, end.end())
+    return Refusal(505, "only HTTP/1.0 and HTTP/1.1 are served")
 
 
 def _head(
-    method: str, target: str, version: re.Match[bytes], headers: dict[str, str], size: int
+    method: str, target: str, minor: bytes, headers: dict[str, str], size: int
 ) -> Head | Refusal:
     """The head's framing: body length, keep-alive, 100-continue; or its refusal."""
     if "transfer-encoding" in headers:
         return Refusal(501, "Transfer-Encoding is not supported: send a Content-Length")
     length = 0
-    if "content-length" in headers:
-        values = {v.strip() for v in headers["content-length"].split(",")}
-        if len(values) != 1:
-            return Refusal(400, "conflicting Content-Length values")
-        raw = values.pop().encode("latin-1")
-        if not _DIGITS.fullmatch(raw):
-            return Refusal(400, "Content-Length must be a decimal number")
+    raw = headers.get("content-length")
+    if raw is not None:
+        if not _decimal(raw):  # maybe the same length repeated: "3, 3"
+            values = {v.strip(" \t") for v in raw.split(",")}
+            if len(values) != 1:
+                return Refusal(400, "conflicting Content-Length values")
+            raw = values.pop()
+            if not _decimal(raw):
+                return Refusal(400, "Content-Length must be a decimal number")
         length = int(raw)
         if length > MAX_BODY_BYTES:
             return Refusal(413, f"body over {MAX_BODY_BYTES} bytes")
-    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-    minor = version.group(2)
-    keep_alive = "keep-alive" in tokens if minor == b"0" else "close" not in tokens
-    expect = headers.get("expect", "").lower() == "100-continue" and minor != b"0"
-    return Head(method, target, headers, length, keep_alive, expect, size)
+    connection = headers.get("connection")
+    if connection is None:
+        keep_alive = minor != b"0"
+    else:
+        tokens = {t.strip(" \t").lower() for t in connection.split(",")}
+        keep_alive = "keep-alive" in tokens if minor == b"0" else "close" not in tokens
+    expect = "expect" in headers and headers["expect"].lower() == "100-continue"
+    return Head(method, target, headers, length, keep_alive, expect and minor != b"0", size)
+
+
+def _decimal(text: str) -> bool:
+    """1 to 19 ASCII digits."""
+    return 0 < len(text) <= 19 and text.isascii() and text.isdigit()
 
 
 def response_bytes(
