@@ -35,6 +35,7 @@ for the whole batch: the caller fails it and the event source mapping retries it
 from __future__ import annotations
 
 import os
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -91,13 +92,17 @@ class _Idle(list[tuple[Any, float]]):
 
 
 _IDLE: weakref.WeakKeyDictionary[Any, _Idle] = weakref.WeakKeyDictionary()
+_IDLE_LOCK = threading.Lock()
 
 
 def _idle(pool: Any) -> _Idle:
     """The pool's idle connections here (none after a fork: a child never uses its parent's)."""
     idle = _IDLE.get(pool)
     if idle is None or idle.pid != os.getpid():
-        idle = _IDLE[pool] = _Idle()
+        with _IDLE_LOCK:  # one list per pool, whichever thread comes first
+            idle = _IDLE.get(pool)
+            if idle is None or idle.pid != os.getpid():
+                idle = _IDLE[pool] = _Idle()
     return idle
 
 
