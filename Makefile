@@ -9,8 +9,9 @@ PY := $(VENV)/bin/python
 PYTHON ?=
 TEMPLATE ?= template.yaml
 STACK_NAME ?= $(or $(KESTREL_STACK_NAME),kestrel)
-# Template parameter overrides ('K=V K=V'); an external REDIS_URL becomes the RedisUrl parameter.
-PARAMS ?= $(if $(REDIS_URL),RedisUrl=$(REDIS_URL))
+# Template parameter overrides ('K=V K=V'): the functions' RedisUrl is an external REDIS_URL,
+# else the embedded redis-server `make up` starts (on KESTREL_REDIS_PORT, default 6399).
+PARAMS ?= RedisUrl=$(or $(REDIS_URL),redis://127.0.0.1:$(or $(KESTREL_REDIS_PORT),6399)/0)
 PYTEST_ARGS ?=
 STAMPS := .stamps
 SETUP_STAMP := $(STAMPS)/setup
@@ -32,7 +33,7 @@ endif
 	mlflow-ui bench-emulator bench-engine \
 	bench-api bench-feast bench bench-e2e bench-compare bench-backfill drift redrive migrate-store \
 	backfill chaos build \
-	deploy-localstack clean
+	deploy-localstack localstack-up localstack-down test-localstack clean
 
 help: ## List every target with what it does
 	@echo "Kestrel: make <target> [VAR=value]"
@@ -175,24 +176,33 @@ mlflow-ui: $(SETUP_STAMP) ## MLflow UI over mlruns/ on http://127.0.0.1:5001
 build: $(SETUP_STAMP) ## Build reproducible Lambda zips (functions, layers) into build/lambda and check Lambda's size limits (ARGS='--arch arm64 --skip-deps')
 	$(PY) tools/build_lambda.py $(ARGS)
 
-# LocalStack (docker compose -f localstack/compose.yml up -d): its edge endpoint, the RedisUrl its
-# Lambda containers reach (compose's redis service) and the resource types it lacks.
+# LocalStack: Community in host mode without Docker (make localstack-up: pinned, in its own
+# .venv-localstack on a Python 3.13, loopback only, state in $(KESTREL_RUN_DIR)/localstack), or
+# with Docker `docker compose -f localstack/compose.yml up -d --wait`. LOCALSTACK_PARAMS'
+# RedisUrl is the one compose's Lambda containers reach; without Docker, Kestrel's runtime
+# runs the functions (AWS_ENDPOINT_URL=$(LOCALSTACK_ENDPOINT) make run) with its own Redis.
 LOCALSTACK_ENDPOINT ?= http://127.0.0.1:4566
 LOCALSTACK_PARAMS ?= RedisUrl=redis://redis:6379/0 Stage=local
-LOCALSTACK_SKIP_TYPES ?= $(if $(LOCALSTACK_AUTH_TOKEN),,AWS::CodeBuild::Project)
+LOCALSTACK_SKIP_TYPES ?=
+# auto: deploy the functions only when a Docker daemon answers (docker | none to force)
+LOCALSTACK_LAMBDA ?= auto
 
-deploy-localstack: build ## Deploy build/template.json to LocalStack at LOCALSTACK_ENDPOINT, then register the schemas
-	@curl -fsS --max-time 5 $(LOCALSTACK_ENDPOINT)/_localstack/health >/dev/null 2>&1 || { \
-		echo "error: no LocalStack answers at $(LOCALSTACK_ENDPOINT). Start it (Docker needed):" \
-			"docker compose -f localstack/compose.yml up -d --wait" >&2; exit 1; }
-	AWS_ENDPOINT_URL=$(LOCALSTACK_ENDPOINT) $(PY) -m kestrel_local.cfn_deploy \
-		--template build/template.json --stack-name $(STACK_NAME) \
+localstack-up: $(SETUP_STAMP) ## Start LocalStack Community in host mode, no Docker (pinned, .venv-localstack, Python 3.13; LOCALSTACK_ENDPOINT)
+	LOCALSTACK_ENDPOINT=$(LOCALSTACK_ENDPOINT) $(PY) -m kestrel_local.localstack_host up
+
+localstack-down: ## Stop the LocalStack that localstack-up started (and only it); the port is left free
+	@if [ -x $(PY) ]; then LOCALSTACK_ENDPOINT=$(LOCALSTACK_ENDPOINT) $(PY) -m kestrel_local.localstack_host down; \
+		else echo "nothing to stop (no $(VENV))"; fi
+
+deploy-localstack: build ## Deploy build/template.json to LocalStack (without Docker: all but the functions, which make run runs), then the schemas
+	AWS_ENDPOINT_URL=$(LOCALSTACK_ENDPOINT) $(PY) -m kestrel_local.localstack_deploy \
+		--template build/template.json --stack-name $(STACK_NAME) --lambda $(LOCALSTACK_LAMBDA) \
 		--parameter-overrides $(LOCALSTACK_PARAMS) \
 		$(foreach type,$(LOCALSTACK_SKIP_TYPES),--skip-type $(type))
-	AWS_ENDPOINT_URL=$(LOCALSTACK_ENDPOINT) $(PY) -m kestrel_local register-schemas \
-		--stack-name $(STACK_NAME) || { echo "error: the stack is deployed but the schemas" \
-		"are not registered: this LocalStack has no Glue schema registry (see README," \
-		"Deploying to LocalStack)" >&2; exit 1; }
+
+test-localstack: $(SETUP_STAMP) ## LocalStack end to end (slow, ~3 min): host mode, deploy, Kestrel's runtime, 1,000 events + poison, redrive; skips only without Python 3.13
+	@$(CHECK_PREREQS) --for "make $@" redis-server venv
+	$(PY) -m pytest tests/integration/test_localstack_host.py -m slow -p no:cacheprovider $(PYTEST_ARGS)
 
 drift: $(SETUP_STAMP) ## Drift check: last 24 h of the event log vs the model's reference (PSI, KS); table, report, Redis status (ARGS='--end now --fail-on-drift')
 	$(PY) -m kestrel_ops drift --stack-name $(STACK_NAME) --template $(TEMPLATE) $(ARGS)
@@ -235,6 +245,7 @@ bench-compare: $(SETUP_STAMP) ## Compare the newest bench run with bench/results
 	$(PY) bench/compare.py $(ARGS)
 
 clean: ## Stop services, remove .run, caches and build output
-	@if [ -x $(PY) ]; then $(PY) -m kestrel_local down || true; fi
+	@if [ -x $(PY) ]; then $(PY) -m kestrel_local down || true; \
+		$(PY) -m kestrel_local.localstack_host down || true; fi
 	rm -rf .run build .aws-sam .pytest_cache .mypy_cache .ruff_cache test-artifacts
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -46,9 +46,11 @@ from bench.api_stack import (  # noqa: E402
     local_stack,
     log,
     pin_threads,
+    redis_cpu_seconds,
     remove_bench_keys,
     seed,
 )
+from bench.e2e_support import cpu_seconds  # noqa: E402
 from bench.loadgen import run_open_loop, schedule_ns  # noqa: E402
 from bench.loadgen_http import prepare_requests  # noqa: E402
 from bench.loadgen_stats import LoadResult, summarize, summary  # noqa: E402
@@ -151,6 +153,8 @@ def figures_of(run: dict[str, Any], fr: dict[str, Any]) -> dict[str, tuple[float
     out = {f"api.{k}_ms": (round(v, 4), "ms") for k, v in ms.items() if not math.isnan(v)}
     for name in ("errors", "requests", "degraded"):
         out[f"api.{name}"] = (run[name], "count")
+    for name in ("server_cpu_us_per_request", "redis_cpu_us_per_request"):
+        out[f"api.{name}"] = (run[name], "µs")
     return out
 
 
@@ -227,10 +231,17 @@ def measure(
         warm = summary(load(args, server, history, args.warmup, "warmup"))
         log(f"warm-up: p99 {warm['latency_ms']['p99']:.3f} ms, {warm['errors']} errors")
         log(f"timed run: {args.rate:g} req/s for {args.duration:g} s")
+        before = (cpu_seconds(server.proc.pid), redis_cpu_seconds(client))
         result = load(args, server, history, args.duration, "timed")
+        after = (cpu_seconds(server.proc.pid), redis_cpu_seconds(client))
     finally:
         server.stop()
-    return history, fr, rtt, warm, result, server.command
+    n = max(len(result.intended_ns), 1)
+    cpu = {
+        "server_cpu_us_per_request": round(((after[0] or 0.0) - (before[0] or 0.0)) / n * 1e6, 1),
+        "redis_cpu_us_per_request": round((after[1] - before[1]) / n * 1e6, 1),
+    }
+    return history, fr, rtt, warm, result, server.command, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 pinned, args.spin_us = False, 0
             if pinned:
                 restore = pin_threads(redis_pid, {cpus[-1]})
-            history, fr, rtt, warm, result, command = measure(
+            history, fr, rtt, warm, result, command, cpu = measure(
                 args, client, cpus, pinned, settings.redis
             )
         finally:
@@ -279,11 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     run["errors_by_kind"]["2xx_without_score"] = malformed
     run["errors_detail"] = result.errors_detail[:20]
     run["warmup"] = {"latency_ms": warm["latency_ms"], "errors": warm["errors"]}
+    run.update(cpu)
     notes = {
         "placement": placement(cpus, pinned, rtt),
         "latency": "intended send time to the last response byte (coordinated omission "
         "accounted for), over responses and timeouts; nearest-rank percentiles",
         "in_handler": "Server-Timing app;dur of each response",
+        "cpu_per_request": "user + system CPU of the API server process (/proc) and of "
+        "redis-server (INFO cpu) over the timed run, divided by its requests",
         "seeding": {"customers": args.customers, "terminals": args.terminals, "days": args.days,
                     "transactions": history.transactions, "fraud_labels": history.labels,
                     "seconds": round(history.seconds, 1), "history_ends": "at seeding time"},

@@ -114,6 +114,12 @@ def seed(store: RedisFeatureStore, config: SimulatorConfig, now_ms: int) -> Hist
     return History(rows, len(txs), len(labels), time.perf_counter() - t0)
 
 
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    """The server's used_cpu_user + used_cpu_sys (INFO cpu)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def pin_threads(pid: int, cpus: set[int]) -> dict[int, set[int]]:
     """Pin every thread of `pid` to `cpus`; return each thread's previous CPU set."""
     before = {}

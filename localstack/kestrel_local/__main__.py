@@ -23,7 +23,8 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from kestrel.adapters.glue_registry import GlueSchemaRegistry, register_all
+from kestrel.adapters.glue_fallback import register_shipped
+from kestrel.adapters.glue_registry import GlueSchemaRegistry
 from kestrel.schema_compat import SchemaIncompatible
 from kestrel.settings import LocalSettings, SettingsError
 from kestrel_local import metrics_server
@@ -35,7 +36,7 @@ from kestrel_local.api_server import (
     serve,
     warm_up,
 )
-from kestrel_local.aws import AwsClients
+from kestrel_local.aws import AwsClients, apply_local_endpoint_defaults
 from kestrel_local.events import load_event
 from kestrel_local.invoker import FunctionPool, function_environment
 from kestrel_local.provision import QUEUE, LocalApp, bind
@@ -83,8 +84,13 @@ def _cmd_provision(args: argparse.Namespace, settings: LocalSettings) -> int:
 def _cmd_register_schemas(args: argparse.Namespace, settings: LocalSettings) -> int:
     clients = AwsClients(settings.endpoint, region=args.region)
     registry = GlueSchemaRegistry(clients.client("glue"), args.stack_name)
-    for name, version in register_all(registry).items():
-        print(f"schema {name:<16} registry {args.stack_name}: version {version}")
+    warned: list[str] = []
+    versions = register_shipped(registry, warned.append)
+    for line in warned:
+        print(f"warning: {line}", file=sys.stderr)
+    where = "fixed id (no registry)" if warned else f"registry {args.stack_name}"
+    for name, version in versions.items():
+        print(f"schema {name:<16} {where}: version {version}")
     return 0
 
 
@@ -336,9 +342,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _endpoint_hint() -> str:
+    """What to check when the endpoint failed: the embedded emulator, or the user's endpoint."""
+    try:
+        settings = LocalSettings.from_env()
+    except SettingsError as exc:
+        return str(exc)
+    if settings.embedded_emulator:
+        return "is the local stack up? (make up)"
+    return (
+        f"is the endpoint at {settings.endpoint} up, and does it offer this service? "
+        "(LocalStack without Docker: make localstack-up)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _parser().parse_args(argv)
+    apply_local_endpoint_defaults()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -361,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BotoCoreError, ClientError) as exc:
         print(
             f"error: the AWS endpoint {LocalSettings.from_env().endpoint} failed: {exc}\n"
-            "hint: is the local stack up? (make up)",
+            f"hint: {_endpoint_hint()}",
             file=sys.stderr,
         )
         return 2

@@ -1,16 +1,13 @@
-"""The local scoring API: the template's Chalice function served by ``chalice local``'s server.
+"""The local scoring API: the template's Chalice function on a fast local HTTP server.
 
 `python -m kestrel_local serve` (``make serve``) reads the API function from the SAM
 template (code folder, handler, environment, exactly as the local Lambda runtime does),
-imports its Chalice app in this process and serves it with Chalice's local dev server on
-a loopback address, with two changes that matter for latency and noise:
-
-- TCP_NODELAY on every connection (``disable_nagle_algorithm``). Chalice's handler writes
-  the headers and the body in separate sends; with Nagle's algorithm on, a keep-alive
-  client's delayed ACK holds the body back about 40 ms per request.
-- one log line per request goes to the debug log instead of stderr;
-- methods no route declares (TRACE, ...) reach Chalice and get its 405, as on API Gateway,
-  instead of http.server's 501.
+imports its Chalice app in this process and serves it on a loopback address with
+`kestrel_local.api_http`: Chalice's own local gateway (routing, Lambda event, app call)
+behind a small HTTP/1.1 keep-alive server that parses requests without http.server's
+``email`` parser and writes each response in one send with TCP_NODELAY (``chalice local``
+writes headers and body in separate sends, and with Nagle's algorithm a keep-alive
+client's delayed ACK holds the body back about 40 ms).
 
 The API key is KESTREL_API_KEY when set, else a random key kept in ``<run dir>/api-key``
 (mode 0600), created on first use and printed at start, so the local API is never open: an
@@ -31,23 +28,13 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote
 
 from chalice.app import Chalice
 from chalice.config import Config
-from chalice.local import (
-    ChaliceRequestHandler,
-    CustomLocalChalice,
-    LambdaEventConverter,
-    LocalChalice,
-    LocalDevServer,
-    LocalGateway,
-    RouteMatcher,
-)
+from chalice.local import CustomLocalChalice, LocalChalice
 
+from kestrel_local.api_http import LocalApiServer
 from kestrel_local.functions import FunctionSpec
 
 logger = logging.getLogger(__name__)
@@ -60,52 +47,6 @@ _PROCESS_ONLY = frozenset({"PATH", "LANG", "TZ", "PYTHONUNBUFFERED", "LAMBDA_TAS
 
 class ServeError(RuntimeError):
     """The API cannot be served (bad host, not a Chalice app, port in use)."""
-
-
-class DecodedPathEvents(LambdaEventConverter):
-    """Lambda events with decoded path parameters, as API Gateway sends them.
-
-    chalice local passes them still percent-encoded; the app validates the decoded value.
-    """
-
-    def create_lambda_event(self, *args: Any, **kwargs: Any) -> Any:
-        """Chalice's event, its path parameters percent-decoded."""
-        event = super().create_lambda_event(*args, **kwargs)
-        params = event.get("pathParameters")
-        if params:
-            event["pathParameters"] = {name: unquote(value) for name, value in params.items()}
-        return event
-
-
-class NoDelayRequestHandler(ChaliceRequestHandler):
-    """Chalice's local request handler: TCP_NODELAY, decoded path parameters, debug logs."""
-
-    disable_nagle_algorithm = True
-
-    def __init__(
-        self,
-        request: Any,
-        client_address: Any,
-        server: Any,
-        app_object: Chalice,
-        config: Config,
-    ) -> None:
-        """Chalice's handler with `DecodedPathEvents` in its gateway."""
-        self.local_gateway = LocalGateway(app_object, config)
-        self.local_gateway.event_converter = DecodedPathEvents(
-            RouteMatcher(list(app_object.routes)), app_object.api.binary_types
-        )
-        BaseHTTPRequestHandler.__init__(self, request, client_address, server)
-
-    def __getattr__(self, name: str) -> Any:
-        """Send every HTTP method to Chalice (405 where undeclared), never http.server's 501."""
-        if name.startswith("do_"):
-            return self._generic_handle
-        raise AttributeError(name)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Log one request at debug level."""
-        logger.debug("%s %s", self.address_string(), format % args)
 
 
 def api_key(run_dir: str, env: Mapping[str, str] | None = None) -> str:
@@ -155,8 +96,8 @@ def load_app(spec: FunctionSpec, environment: Mapping[str, str]) -> Chalice:
     return app
 
 
-def build_server(app: Chalice, spec: FunctionSpec, host: str, port: int) -> LocalDevServer:
-    """Chalice's threaded local server for `app` on a loopback `host`, with TCP_NODELAY."""
+def build_server(app: Chalice, spec: FunctionSpec, host: str, port: int) -> LocalApiServer:
+    """The local API server for `app` on a loopback `host` (a thread per connection)."""
     if host not in LOOPBACK_HOSTS:
         raise ServeError(f"--host {host}: the local API binds to loopback only (127.0.0.1)")
     # What chalice.local.create_local_server does, so current_request is per thread.
@@ -166,7 +107,7 @@ def build_server(app: Chalice, spec: FunctionSpec, host: str, port: int) -> Loca
         chalice_stage="dev", app_name=app.app_name, lambda_timeout=int(spec.timeout_s)
     )
     try:
-        return LocalDevServer(app, config, host, port, handler_cls=NoDelayRequestHandler)
+        return LocalApiServer(app, config, host, port)
     except OSError as exc:
         raise ServeError(f"cannot listen on {host}:{port}: {exc}") from None
 
@@ -203,7 +144,7 @@ def warm_up_http(host: str, port: int, key: str) -> int:
         connection.close()
 
 
-def serve(server: LocalDevServer, stop: threading.Event, key: str) -> None:
+def serve(server: LocalApiServer, stop: threading.Event, key: str) -> None:
     """Serve until `stop` is set (SIGINT/SIGTERM), then close the socket."""
     thread = threading.Thread(target=server.server.serve_forever, name="api", daemon=True)
     thread.start()

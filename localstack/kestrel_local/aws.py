@@ -1,9 +1,20 @@
-"""boto3 clients for the local platform's endpoint, created once and shared between threads."""
+"""boto3 clients for the local platform's endpoint, created once and shared between threads.
+
+Every command line (runtime, producer, redrive, drift, demo, model export) uses the same
+defaults when ``AWS_ENDPOINT_URL`` is a loopback endpoint (the embedded emulator,
+LocalStack): region ``us-east-1`` and test credentials, unless the environment names its own
+(`local_endpoint_defaults`). Real AWS endpoints get nothing: boto3 finds region and
+credentials the usual way.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import threading
+from collections.abc import Mapping, MutableMapping
 from typing import Any
+from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
@@ -13,6 +24,51 @@ from kestrel_local.template import DEFAULT_ACCOUNT_ID
 
 # Credentials the embedded emulator accepts; they open nothing anywhere else.
 EMULATOR_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+DEFAULT_REGION = "us-east-1"
+# Names that resolve to loopback (LocalStack's HTTPS name resolves to 127.0.0.1).
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localstack.cloud"})
+
+
+def is_loopback_endpoint(url: str) -> bool:
+    """True when `url` is an http(s) endpoint on this machine (127.0.0.0/8, ::1, localhost)."""
+    try:
+        host = urlparse(url).hostname or ""
+    except ValueError:
+        return False
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def local_endpoint_defaults(env: Mapping[str, str]) -> dict[str, str]:
+    """Region and test credentials to add when AWS_ENDPOINT_URL is loopback and they are unset."""
+    endpoint = env.get("AWS_ENDPOINT_URL", "")
+    if not endpoint or not is_loopback_endpoint(endpoint):
+        return {}
+    defaults: dict[str, str] = {}
+    if not env.get("AWS_REGION") and not env.get("AWS_DEFAULT_REGION"):
+        defaults["AWS_DEFAULT_REGION"] = DEFAULT_REGION
+    if not env.get("AWS_ACCESS_KEY_ID") and not env.get("AWS_PROFILE"):
+        defaults["AWS_ACCESS_KEY_ID"] = EMULATOR_CREDENTIALS["aws_access_key_id"]
+        defaults["AWS_SECRET_ACCESS_KEY"] = EMULATOR_CREDENTIALS["aws_secret_access_key"]
+    return defaults
+
+
+def apply_local_endpoint_defaults(env: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Put `local_endpoint_defaults` into `env` (default: os.environ); return what was added."""
+    target = os.environ if env is None else env
+    added = local_endpoint_defaults(target)
+    target.update(added)
+    return added
+
+
+def endpoint_session() -> boto3.session.Session:
+    """A boto3 session for AWS_ENDPOINT_URL, with the loopback defaults applied first."""
+    apply_local_endpoint_defaults()
+    return boto3.session.Session()
 
 
 class AwsClients:

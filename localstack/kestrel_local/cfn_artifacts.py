@@ -167,3 +167,22 @@ def upload_artifacts(
         s3.put_object(Bucket=bucket, Key=key, Body=data)
         locations[artifact.logical_id] = S3Location(bucket, key)
     return locations
+
+
+# CloudFormation takes at most 51,200 bytes of TemplateBody (AWS and LocalStack alike); a
+# longer template goes by TemplateURL from the artifact bucket, as `sam deploy` does.
+MAX_TEMPLATE_BODY = 51_200
+
+
+def template_source(clients: AwsClients, bucket: str, body: str) -> dict[str, str]:
+    """CreateStack's ``TemplateBody``, or a ``TemplateURL`` in `bucket` for a long template."""
+    if len(body.encode()) <= MAX_TEMPLATE_BODY:
+        return {"TemplateBody": body}
+    key = artifact_key("template", body.encode(), "templates/").replace(".zip", ".json")
+    clients.client("s3").put_object(Bucket=bucket, Key=key, Body=body.encode())
+    if clients.endpoint:
+        # Path style on the endpoint; moto reads a URL as path style only when it names
+        # "localhost" (else it takes the host's first label for the bucket).
+        endpoint = clients.endpoint.rstrip("/").replace("://127.0.0.1:", "://localhost:")
+        return {"TemplateURL": f"{endpoint}/{bucket}/{key}"}
+    return {"TemplateURL": f"https://{bucket}.s3.{clients.region}.amazonaws.com/{key}"}

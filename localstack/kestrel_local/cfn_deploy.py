@@ -43,7 +43,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
 from kestrel_local.aws import AwsClients
-from kestrel_local.cfn_artifacts import built_artifacts, rewrite_code_uris, upload_artifacts
+from kestrel_local.cfn_artifacts import (
+    built_artifacts,
+    rewrite_code_uris,
+    template_source,
+    upload_artifacts,
+)
 from kestrel_local.functions import functions_of
 from kestrel_local.provision import LocalApp, described_consumer
 from kestrel_local.template import PhysicalResource, Stack, TemplateError, load_template
@@ -163,14 +168,20 @@ def create_stack(
     template: Mapping[str, Any],
     parameters: Mapping[str, str] | None = None,
     timeout_s: float = 120.0,
+    bucket: str | None = None,
 ) -> str:
-    """Create the stack and wait for CREATE_COMPLETE; its id, or DeployError with the events."""
+    """Create the stack and wait for CREATE_COMPLETE; its id, or DeployError with the events.
+
+    With `bucket`, a template over CloudFormation's body limit goes there (TemplateURL).
+    """
     cfn = clients.client("cloudformation")
+    body = json.dumps(template)
+    source = template_source(clients, bucket, body) if bucket else {"TemplateBody": body}
     try:
         stack_id = str(
             cfn.create_stack(
                 StackName=stack_name,
-                TemplateBody=json.dumps(template),
+                **source,
                 Parameters=[
                     {"ParameterKey": key, "ParameterValue": str(value)}
                     for key, value in (parameters or {}).items()
@@ -249,7 +260,7 @@ def deploy(
     # translation (AutoPublishAlias, DeploymentPreference's Type).
     translated = translate(rewrite_code_uris(sam, locations), clients.region, params)
     deployed, removed = drop_resources(translated, unsupported_types or {})
-    stack_id = create_stack(clients, stack_name, deployed, params, timeout_s)
+    stack_id = create_stack(clients, stack_name, deployed, params, timeout_s, artifact_bucket)
     resources = stack_resources(clients, stack_id)
     expected = enabled_resources(deployed, stack_name, clients.region, clients.account_id(), params)
     missing = sorted(expected - set(resources))

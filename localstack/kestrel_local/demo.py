@@ -46,7 +46,7 @@ from kestrel.adapters.glue_registry import GlueSchemaRegistry
 from kestrel.events import iso_ms
 from kestrel.settings import LocalSettings, default_model_dir, redact_url
 from kestrel_local.api_server import ServeError, api_key
-from kestrel_local.aws import AwsClients
+from kestrel_local.aws import AwsClients, apply_local_endpoint_defaults
 from kestrel_local.demo_input import (
     label_records,
     poison_entries,
@@ -266,7 +266,8 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
         say(f"runtime {wait_line(runtime_log, 'warm environments', 120.0, children)}")
         wait_line(runtime_log, RUNTIME_READY, 30.0, children)
 
-        encoders = avro_encoders(GlueSchemaRegistry(clients.client("glue"), args.stack_name))
+        registry = GlueSchemaRegistry(clients.client("glue"), args.stack_name)
+        encoders = avro_encoders(registry, lambda line: say(f"warning: {line}"))
         kinesis = clients.client("kinesis")
         tx_stream = str(physical["TransactionsStream"].ref)
         label_stream = str(physical["LabelsStream"].ref)
@@ -351,6 +352,7 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; serve until Ctrl-C unless --exit; 1 with a message on failure."""
     args = parse_args(argv)
+    apply_local_endpoint_defaults()  # and the runtime and API it starts inherit them
     settings = LocalSettings.from_env()
     # Ctrl-C and SIGTERM both stop the demo and what it started (even if started in the
     # background, where a shell leaves SIGINT ignored).

@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from kestrel.adapters.glue_registry import GlueSchemaRegistry
 from kestrel.adapters.s3_dead_letter_payloads import S3DeadLetterPayloads
 from kestrel.settings import LocalSettings, SettingsError
-from kestrel_local.aws import AwsClients
+from kestrel_local.aws import AwsClients, apply_local_endpoint_defaults
 from kestrel_local.provision import bind
 from kestrel_local.template import TemplateError
 from kestrel_ops import backfill, drift, migrate_store
@@ -297,6 +297,7 @@ def run_redrive(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = parser().parse_args(argv)
+    apply_local_endpoint_defaults()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

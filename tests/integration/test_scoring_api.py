@@ -3,7 +3,7 @@
 The API runs as ``python -m kestrel_local serve`` in its own process (what ``make serve``
 runs), not in-process with `load_app`/`build_server`: the subprocess reads ApiFunction's
 environment from the template exactly as a user's server does, serves through the real
-`NoDelayRequestHandler` on a loopback socket, and keeps the app's import-time side effects
+`kestrel_local.api_http` server on a loopback socket, and keeps the app's import-time side effects
 (`load_app` writes the function environment into ``os.environ`` and puts the layers on
 ``sys.path``; `build_server` rebinds the app's class; `kestrel.clients` caches clients)
 out of the pytest process, where they would leak into other tests. A separate process is

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
-import boto3
-
-from kestrel.adapters.glue_registry import GlueSchemaRegistry, register_all
+from kestrel.adapters.glue_fallback import register_shipped
+from kestrel.adapters.glue_registry import GlueSchemaRegistry
 from kestrel.codec import AvroEncoder, schema_definition
+from kestrel_local.aws import endpoint_session
 
 # The schema each stream kind is written with (readers resolve any registered version).
 WRITER_SCHEMAS = {
@@ -17,9 +18,15 @@ WRITER_SCHEMAS = {
 }
 
 
-def avro_encoders(registry: GlueSchemaRegistry) -> dict[str, AvroEncoder]:
-    """An Avro encoder per stream kind, with schemas registered (idempotently) first."""
-    versions = register_all(registry)
+def avro_encoders(
+    registry: GlueSchemaRegistry, warn: Callable[[str], None] | None = None
+) -> dict[str, AvroEncoder]:
+    """An Avro encoder per stream kind, with schemas registered (idempotently) first.
+
+    On an endpoint without Glue (LocalStack's free plan), one warning, and the shipped
+    schemas' fixed ids, which every decoder knows (`kestrel.shipped_schemas`).
+    """
+    versions = register_shipped(registry, warn)
     return {
         kind: AvroEncoder(schema_definition(name), versions[name])
         for kind, name in WRITER_SCHEMAS.items()
@@ -30,6 +37,6 @@ def avro_encoder(kind: str) -> AvroEncoder:
     """The producer's ``--encoder avro``: registry SCHEMA_REGISTRY_NAME on AWS_ENDPOINT_URL."""
     if kind not in WRITER_SCHEMAS:
         raise ValueError(f"no Avro schema for {kind!r}: use one of {sorted(WRITER_SCHEMAS)}")
-    glue = boto3.session.Session().client("glue")
+    glue = endpoint_session().client("glue")
     registry = GlueSchemaRegistry(glue, os.environ.get("SCHEMA_REGISTRY_NAME", "kestrel"))
     return avro_encoders(registry)[kind]

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+
+from kestrel_local.aws import apply_local_endpoint_defaults, endpoint_session
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
@@ -130,7 +131,7 @@ def resolve_encoder(spec: str, kind: str) -> Encoder:
 def kinesis_client() -> KinesisClient:
     """A Kinesis client for ``AWS_ENDPOINT_URL`` (or AWS); retries are left to `produce`."""
     config = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=2)
-    return boto3.session.Session().client("kinesis", config=config)
+    return endpoint_session().client("kinesis", config=config)
 
 
 def rate_pacer(rate: float) -> Pacer:
@@ -389,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="simulator seed (with --duration)")
     parser.add_argument("--max-retries", type=int, default=8)
     args = parser.parse_args(argv)
+    apply_local_endpoint_defaults()  # region and test credentials for a loopback endpoint
     if args.duration is not None and not args.rate:
         parser.error("--duration needs --rate")
     if (args.rate is not None and args.rate <= 0) or (

@@ -121,9 +121,9 @@ def export_champion(
 
 def _s3(s3: Any) -> Any:
     if s3 is None:
-        import boto3
+        from kestrel_local.aws import endpoint_session
 
-        s3 = boto3.client("s3")  # honours AWS_ENDPOINT_URL
+        s3 = endpoint_session().client("s3")  # honours AWS_ENDPOINT_URL
     return s3
 
 

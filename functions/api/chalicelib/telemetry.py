@@ -9,6 +9,7 @@ scrape, so they are the whole stream's, whichever process answers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -55,16 +56,32 @@ class ApiMetrics:
         self._model = Gauge(
             "kestrel_api_model_loaded", "1 while a model is served.", registry=self.registry
         )
+        # Label children by their labels, looked up once: `labels()` validates and locks.
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._decision_children: dict[tuple[Any, bool], Counter] = {}
 
     def observe(self, route: str, method: str, status: int, elapsed_ms: float) -> None:
         """Count one request and its handler time."""
-        self._requests.labels(route, method, str(status)).inc()
-        self._latency.labels(route).observe(elapsed_ms / 1000.0)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:  # first time for these labels; a dict read from then on
+            children = (
+                self._requests.labels(route, method, str(status)),
+                self._latency.labels(route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(elapsed_ms / 1000.0)
 
     def decided(self, records: Sequence[DecisionRecord]) -> None:
         """Count decisions by outcome and by whether they were degraded."""
         for record in records:
-            self._decisions.labels(record.decision.value, str(bool(record.degraded)).lower()).inc()
+            key = (record.decision, bool(record.degraded))
+            child = self._decision_children.get(key)
+            if child is None:
+                child = self._decisions.labels(key[0].value, str(key[1]).lower())
+                self._decision_children[key] = child
+            child.inc()
 
     def track(self, breaker_state: Callable[[], str], model_loaded: Callable[[], bool]) -> None:
         """Read the breaker and the model state at each scrape."""

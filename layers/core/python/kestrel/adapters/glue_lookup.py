@@ -39,6 +39,7 @@ __all__ = [
     "THROTTLING_CODES",
     "UnknownIds",
     "missing_permission",
+    "registry_missing",
     "unavailable",
 ]
 
@@ -55,6 +56,9 @@ THROTTLING_CODES = frozenset(
     }
 )
 ACCESS_DENIED_CODES = frozenset({"AccessDeniedException", "AccessDenied"})
+# Error codes with which an endpoint says it has no Glue at all (LocalStack answers 501).
+_MISSING_CODES = frozenset({"InternalFailure", "NotImplemented", "UnknownOperationException"})
+_MISSING_WORDS = ("not yet implemented", "pro feature", "not implemented", "not supported")
 # AWS: "User: arn:aws:sts::123456789012:assumed-role/R/F is not authorized to perform:
 # glue:GetSchemaVersion on resource: arn:aws:glue:us-east-1:123456789012:registry/kestrel ..."
 _NOT_AUTHORIZED = re.compile(r"perform:\s*(?P<action>[\w:*-]+)\s+on resource:\s*(?P<arn>[^\s,;]+)")
@@ -199,3 +203,22 @@ def unavailable(
             "unavailable", f"{type(exc).__name__} in registry {registry_name}: {exc}"
         )
     return None
+
+
+def registry_missing(exc: BaseException) -> bool:
+    """True when `exc` says the endpoint has no Glue service at all (not a passing failure).
+
+    LocalStack's free plan answers every Glue call with HTTP 501 (``InternalFailure``, "not
+    included in your current license plan or has not yet been emulated"). There no version
+    id is registered anywhere, so a lookup is a miss, not an outage to retry.
+    """
+    if not isinstance(exc, ClientError):
+        return False
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if status == 501:
+        return True
+    message = str(error.get("Message", "")).lower()
+    return str(error.get("Code", "")) in _MISSING_CODES and any(
+        words in message for words in _MISSING_WORDS
+    )

@@ -13,7 +13,8 @@ are read one by one by number, up to the schema's ``LatestSchemaVersion``).
 Lookups by version id (`GlueSchemaRegistry.schema_for`, the stream's `SchemaLookup`) need
 only ``glue:GetSchemaVersion``, cost one call per new id, and cost next to nothing for ids
 the registry does not know: see the class. Throttling, missing permissions and outages
-become `kestrel.ports.SchemaRegistryUnavailable` (`kestrel.adapters.glue_errors`).
+become `kestrel.ports.SchemaRegistryUnavailable` (`kestrel.adapters.glue_errors`). The
+shipped schemas' fixed ids (`kestrel.shipped_schemas`) are known without any call.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from uuid import UUID
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from kestrel.adapters.glue_lookup import UnknownIds, unavailable
+from kestrel.adapters.glue_lookup import UnknownIds, registry_missing, unavailable
 from kestrel.codec import SHIPPED_SCHEMAS, schema_definition
 from kestrel.ports import UnknownSchemaVersion
 from kestrel.schema_compat import SchemaIncompatible, check_backward
+from kestrel.shipped_schemas import shipped_versions
 
 __all__ = [
     "GlueSchemaApi",
@@ -163,7 +165,8 @@ class GlueSchemaRegistry:
         self._registry = registry_name
         self._wait_s = wait_s
         self._sleep = sleep
-        self._definitions: dict[UUID, str] = {}
+        # Shipped schemas' fixed ids decode without a call, with or without Glue.
+        self._definitions: dict[UUID, str] = dict(shipped_versions())
         self._unknown = UnknownIds(miss_ttl_s, miss_cache_size, miss_lookups, clock)
         self._schema_names = tuple(schema_names or shipped_schema_names())
         self._lock = threading.Lock()
@@ -177,8 +180,16 @@ class GlueSchemaRegistry:
         return self._registry
 
     def check(self) -> str:
-        """The registry's status (``AVAILABLE`` when usable); botocore errors propagate."""
-        found = self._client.get_registry(RegistryId={"RegistryName": self._registry})
+        """The registry's status (``AVAILABLE`` when usable); botocore errors propagate.
+
+        ``NO_REGISTRY`` on an endpoint without Glue: the shipped schemas' fixed ids serve.
+        """
+        try:
+            found = self._client.get_registry(RegistryId={"RegistryName": self._registry})
+        except ClientError as exc:
+            if registry_missing(exc):
+                return "NO_REGISTRY"
+            raise
         status = str(found.get("Status", "AVAILABLE"))
         if status != "AVAILABLE":
             raise RuntimeError(f"schema registry {self._registry} is {status}")
@@ -222,7 +233,7 @@ class GlueSchemaRegistry:
         try:
             found = self._client.get_schema_version(SchemaVersionId=str(version_id))
         except ClientError as exc:
-            if _code(exc) == _NOT_FOUND:
+            if _code(exc) == _NOT_FOUND or registry_missing(exc):  # no Glue: nothing registered
                 self._unknown.remember(version_id)
                 raise UnknownSchemaVersion(version_id) from None
             self._unavailable(exc)
@@ -242,7 +253,7 @@ class GlueSchemaRegistry:
                 SchemaVersionNumber=number,
             )
         except ClientError as exc:
-            if _code(exc) == _NOT_FOUND:
+            if _code(exc) == _NOT_FOUND or registry_missing(exc):
                 return None
             self._unavailable(exc)
         except BotoCoreError as exc:

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from botocore.exceptions import ClientError
 
 from kestrel.features import FEATURE_NAMES, FEATURE_SET_HASH
 from kestrel.scoring import DEFAULT_REFRESH_S, ModelManifest, RejectedModel, Scorer
@@ -207,8 +208,19 @@ class S3ModelSource:
         return pointer
 
     def poll(self) -> OnnxModel | None:
-        """The pointer's version if it changed since the last one returned; else None."""
-        target = pointer_target(self.read_pointer(), self._pointer_key)
+        """The pointer's version if it changed since the last one returned; else None.
+
+        No pointer yet (before the first export) is the normal state: the layer's model
+        keeps serving, and one WARNING per process says so.
+        """
+        try:
+            pointer = self.read_pointer()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchKey":
+                raise
+            _warn_no_pointer(self._bucket, self._pointer_key)
+            return None
+        target = pointer_target(pointer, self._pointer_key)
         if target == self._known or (self._known is None and target[0] == self._known_version):
             self._known = target
             return None
@@ -239,6 +251,22 @@ class S3ModelSource:
             model = OnnxModel(folder / MODEL_FILE, raw, self._threads)
         logger.info("downloaded model version %s from s3://%s", version, self._bucket)
         return model
+
+
+_NO_POINTER_WARNED: set[str] = set()
+
+
+def _warn_no_pointer(bucket: str, key: str) -> None:
+    """One WARNING per process and pointer: no model pointer is the state before an export."""
+    where = f"s3://{bucket}/{key}"
+    if where in _NO_POINTER_WARNED:
+        return
+    _NO_POINTER_WARNED.add(where)
+    logger.warning(
+        "no model pointer at %s yet (normal before the first `make model-layer "
+        "MODEL_BUCKET=...`): serving the model layer's version",
+        where,
+    )
 
 
 def pointer_target(entry: Mapping[str, Any], where: str) -> tuple[str, str, str]:

@@ -34,11 +34,12 @@ local k, cum, prev, stored, pt, w
 local added = 0
 local writes
 -- The stream's normal case: an apply after every stored transaction whose pointers each
--- move at most two entries. It reads those entries in one HMGET and makes no closures or
--- caches; anything else (a longer move, a late event, a replay, preview, peek) takes the
--- general path below, from the state as read.
-if mode == 'apply' and raw and n >= lo and (t > T or (t == T and id > I)) then
-  local want, m = {}, 0
+-- move at most two entries, and the API's: a preview of such a transaction. It reads those
+-- entries in one HMGET and makes no closures or caches; anything else (a longer move, a
+-- late event, a replay, peek) takes the general path below, from the state as read.
+if (mode == 'apply' or mode == 'preview') and raw and n >= lo
+    and (t > T or (t == T and id > I)) then
+  local want, m, raw_seq = {}, 0, v[9]
   for p = 1, P do
     if v[7 + 4 * p] <= t - off[p] then
       want[m + 1], want[m + 2] = v[5 + 4 * p] + 2, v[5 + 4 * p] + 3
@@ -67,7 +68,13 @@ if mode == 'apply' and raw and n >= lo and (t > T or (t == T and id > I)) then
       v[5 + 4 * p], v[6 + 4 * p], v[7 + 4 * p], v[8 + 4 * p] = good, gcum, nt, nc
     end
   end
-  if short then
+  if short and mode == 'preview' then
+    -- What the general path answers: the moved pointers (the retention pointer, 1, is not
+    -- in the reply and must stay as read, since `others` counts from it) and nothing written.
+    k, cum, prev, pt = n + 1, v[4] + amount, n, T
+    v[9] = raw_seq
+    w = v
+  elseif short then
     added, stored = 1, true
     k, cum, prev, pt = n + 1, v[4] + amount, n, T
     for p = 1, P do if v[7 + 4 * p] == INF then v[7 + 4 * p], v[8 + 4 * p] = t, cum end end

@@ -19,6 +19,14 @@ windows of 64, 9.8 ms in windows of 16) and in `make bench` (the engine lost 14%
 throughput with windows of 64 and a quarter with 16, one round trip per window), and the
 engine's throughput won: the stream and the API get separate Lambda functions on AWS.
 
+Connections: redis-py's pool checks a connection for unread data (socket calls) on every
+checkout and does its own bookkeeping on every return, more than a whole API read costs
+in Python. A single-node batch here takes the connection used last from a short list of
+its own instead (one per thread using the client at once, taken from the pool once and kept),
+and checks it as the pool would only when it sat idle for over RECHECK_IDLE_S: a server
+that closed it meanwhile (restarted, idle timeout) then costs a reconnect, not an error.
+A connection that failed is disconnected before it goes back; its next use reconnects.
+
 A reply that is a Redis error comes back in its place as the exception (as a pipeline with
 ``raise_on_error=False``). A connection error or timeout drops the connection and raises
 for the whole batch: the caller fails it and the event source mapping retries it.
@@ -26,14 +34,22 @@ for the whole batch: the caller fails it and the event source mapping retries it
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = Sequence[str | bytes | int | float]
+# A connection idle longer than this is checked before use, as the pool would check it.
+RECHECK_IDLE_S = 1.0
 
 
 def send_batch(client: Any, commands: Sequence[Command]) -> list[Any]:
@@ -49,8 +65,8 @@ def send_batch(client: Any, commands: Sequence[Command]) -> list[Any]:
         return list(pipe.execute(raise_on_error=False))
     pack: Any = hiredis.pack_command  # typed for one-element tuples only
     payload = b"".join(pack(tuple(command)) for command in commands)
-    pool = client.connection_pool
-    connection: Any = pool.get_connection()
+    idle = _idle(client.connection_pool)
+    connection = _take(client.connection_pool, idle)
     try:
         connection.send_packed_command([payload])
         replies: list[Any] = []
@@ -59,9 +75,49 @@ def send_batch(client: Any, commands: Sequence[Command]) -> list[Any]:
                 replies.append(connection.read_response())
             except ResponseError as exc:
                 replies.append(exc)
+        idle.append((connection, time.monotonic()))
         return replies
     except BaseException:
-        connection.disconnect()  # never hand a half-read connection back to the pool
+        connection.disconnect()  # never reuse a half-read connection; it reconnects on use
+        idle.append((connection, 0.0))
         raise
-    finally:
-        pool.release(connection)
+
+
+class _Idle(list[tuple[Any, float]]):
+    """Connections this module keeps out of a pool, each with when it was last used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pid = os.getpid()
+
+
+_IDLE: weakref.WeakKeyDictionary[Any, _Idle] = weakref.WeakKeyDictionary()
+_IDLE_LOCK = threading.Lock()
+
+
+def _idle(pool: Any) -> _Idle:
+    """The pool's idle connections here (none after a fork: a child never uses its parent's)."""
+    idle = _IDLE.get(pool)
+    if idle is None or idle.pid != os.getpid():
+        with _IDLE_LOCK:  # one list per pool, whichever thread comes first
+            idle = _IDLE.get(pool)
+            if idle is None or idle.pid != os.getpid():
+                idle = _IDLE[pool] = _Idle()
+    return idle
+
+
+def _take(pool: Any, idle: _Idle) -> Any:
+    """A connection: the last one used (checked as the pool checks it, if it sat idle for
+    over RECHECK_IDLE_S), else a new one from the pool, kept here from then on."""
+    try:
+        connection, used_at = idle.pop()  # atomic under the GIL: threads share the list
+    except IndexError:
+        return pool.get_connection()
+    if time.monotonic() - used_at > RECHECK_IDLE_S:
+        try:  # what ConnectionPool.get_connection does: the server may have closed it
+            connection.connect()
+            if connection.can_read():
+                connection.disconnect()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            connection.disconnect()
+    return connection
