@@ -210,6 +210,12 @@ def test_redis_outage_degrades_the_api_without_errors_and_the_stream_loses_nothi
     producer = threading.Thread(target=produce, name="producer", daemon=True)
     with running_api(app, emulator_endpoint, redis_server.url(), tmp_path / "api", API_ENV) as api:
         load = ScoreLoad(api, now_ms)
+        warm = ApiClient(api)
+        try:  # the propensity model loads now, not while the stream starts under load
+            route, doc = load.request_of(0)
+            assert warm.request("POST", route, doc).status == 200
+        finally:
+            warm.close()
         runtime.start()
         try:
             load.start()
