@@ -53,7 +53,7 @@ from kestrel_local.http_wire import (
 logger = logging.getLogger(__name__)
 
 RECV_BYTES = 65536
-SERIAL_ROUTES = frozenset({"/v1/score", "/v1/score/batch"})
+SERIAL_ROUTES = frozenset({"/v1/score", "/v1/score/batch", "/v1/propensity"})
 _GATEWAY_ERROR = b'{"error":"internal_error","field":"","problem":"the local gateway failed"}'
 
 
