@@ -72,7 +72,6 @@ from kestrel_local.services import status
 from kestrel_ops.redrive import stack_streams
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNTIME_NICE = 10  # the runtime's CPU priority below the API's (nice -n)
 
 
 def say(line: str) -> None:
@@ -114,15 +113,12 @@ class Children:
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, args: Sequence[str], nice: int = 0) -> Path:
-        """Start `python -m kestrel_local <args>` in its own process group; its log file.
-
-        `nice` lowers the child's CPU priority (its workers inherit it).
-        """
+    def start(self, name: str, args: Sequence[str]) -> Path:
+        """Start `python -m kestrel_local <args>` in its own process group; its log file."""
         log = self.log_dir / f"demo-{name}.log"
         with log.open("wb") as out:
             self.processes[name] = subprocess.Popen(
-                ["nice", "-n", str(nice), sys.executable, "-m", "kestrel_local", *args],
+                [sys.executable, "-m", "kestrel_local", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -256,7 +252,7 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
         # share two cores, on AWS they never share a machine.
         # Only what the demo streams: ClickstreamFunction would warm environments that wait.
         streamed = ["-f", "TransactionsFunction", "-f", "LabelsFunction"]
-        runtime_log = children.start("runtime", ["run", *stack_args, *streamed], nice=RUNTIME_NICE)
+        runtime_log = children.start("runtime", ["run", *stack_args, *streamed])
         say(f"local Lambda runtime starting (log: {runtime_log})")
         key = demo_key(run_dir)  # made before the server starts, which then reads it
         log = children.start("api", ["serve", *stack_args, "--port", str(args.port)])
