@@ -49,6 +49,7 @@ from kestrel_local.cfn_artifacts import (
     template_source,
     upload_artifacts,
 )
+from kestrel_local.deploy_args import deploy_arguments, parse_deploy_args
 from kestrel_local.functions import functions_of
 from kestrel_local.provision import LocalApp, described_consumer
 from kestrel_local.template import PhysicalResource, Stack, TemplateError, load_template
@@ -363,31 +364,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m kestrel_local.cfn_deploy",
         description="Deploy a SAM template as a CloudFormation stack at AWS_ENDPOINT_URL.",
     )
-    parser.add_argument(
-        "--template", default="build/template.json", help="built template (from `make build`)"
-    )
-    parser.add_argument("--stack-name", default="kestrel")
-    parser.add_argument("--bucket", help="artifact bucket (default: <stack-name>-artifacts)")
-    parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-    parser.add_argument("--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE")
-    parser.add_argument(
-        "--skip-type",
-        action="append",
-        default=[],
-        metavar="TYPE",
-        help="leave out resources of this type (and what refers to them); repeatable",
-    )
-    parser.add_argument("--timeout", type=float, default=600.0)
-    args = parser.parse_args(argv)
-    overrides: dict[str, str] = {}
-    for pair in args.parameter_overrides:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            parser.error(f"--parameter-overrides: {pair!r} is not KEY=VALUE")
-        overrides[key] = value
-    args.parameter_overrides = overrides
-    args.bucket = args.bucket or f"{args.stack_name}-artifacts"
-    return args
+    deploy_arguments(parser)
+    return parse_deploy_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,6 +39,7 @@ from kestrel.adapters.glue_fallback import register_shipped
 from kestrel.adapters.glue_registry import GlueSchemaRegistry
 from kestrel_local.aws import AwsClients, apply_local_endpoint_defaults
 from kestrel_local.cfn_deploy import DeployError, deploy
+from kestrel_local.deploy_args import deploy_arguments, parse_deploy_args
 from kestrel_local.template import TemplateError
 
 LAMBDA_FUNCTION = "AWS::Lambda::Function"
@@ -178,11 +179,7 @@ def runtime_command(endpoint: str) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of `python -m kestrel_local.localstack_deploy` (see the module doc)."""
     parser = argparse.ArgumentParser(prog="python -m kestrel_local.localstack_deploy")
-    parser.add_argument("--template", default="build/template.json")
-    parser.add_argument("--stack-name", default="kestrel")
-    parser.add_argument("--bucket", help="artifact bucket (default: <stack-name>-artifacts)")
-    parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-    parser.add_argument("--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE")
+    deploy_arguments(parser)
     parser.add_argument(
         "--lambda",
         dest="lambda_mode",
@@ -190,18 +187,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("LOCALSTACK_LAMBDA", "auto"),
         help="auto: deploy the functions only when a Docker daemon answers (LOCALSTACK_LAMBDA)",
     )
-    parser.add_argument("--skip-type", action="append", default=[], metavar="TYPE")
-    parser.add_argument("--timeout", type=float, default=600.0)
-    args = parser.parse_args(argv)
-    overrides: dict[str, str] = {}
-    for pair in args.parameter_overrides:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            parser.error(f"--parameter-overrides: {pair!r} is not KEY=VALUE")
-        overrides[key] = value
-    args.parameter_overrides = overrides
-    args.bucket = args.bucket or f"{args.stack_name}-artifacts"
-    return args
+    return parse_deploy_args(parser, argv)
 
 
 def say(line: str) -> None:
