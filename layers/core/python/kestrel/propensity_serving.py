@@ -32,7 +32,7 @@ from kestrel.click_features import (
 )
 from kestrel.decisions import Degraded, ReasonCode, now_ms
 from kestrel.scoring import NoModelError, Scorer
-from kestrel.serving import StoreUnavailable
+from kestrel.serving import StoreUnavailable, call_store
 
 logger = logging.getLogger(__name__)
 
@@ -202,13 +202,7 @@ class PropensityService:
 
     def _store(self, call: Callable[..., T], *args: Any) -> T:
         """Call the store through the breaker; any failure becomes `StoreUnavailable`."""
-        try:
-            return self._breaker.call(call, *args)
-        except pybreaker.CircuitBreakerError as exc:
-            raise StoreUnavailable(f"feature store circuit breaker is open: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - any store failure degrades, never a 500
-            logger.warning("click store call failed: %s: %s", type(exc).__name__, exc)
-            raise StoreUnavailable(f"feature store failed: {type(exc).__name__}: {exc}") from None
+        return call_store(self._breaker, "click store", call, *args)
 
 
 def _prior(

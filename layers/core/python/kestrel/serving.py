@@ -232,10 +232,17 @@ class ScoringService:
 
     def _store(self, call: Callable[..., T], *args: Any) -> T:
         """Call the store through the breaker; any failure becomes `StoreUnavailable`."""
-        try:
-            return self._breaker.call(call, *args)
-        except pybreaker.CircuitBreakerError as exc:
-            raise StoreUnavailable(f"feature store circuit breaker is open: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - any store failure degrades, never a 500
-            logger.warning("feature store call failed: %s: %s", type(exc).__name__, exc)
-            raise StoreUnavailable(f"feature store failed: {type(exc).__name__}: {exc}") from None
+        return call_store(self._breaker, "feature store", call, *args)
+
+
+def call_store(
+    breaker: pybreaker.CircuitBreaker, name: str, call: Callable[..., T], *args: Any
+) -> T:
+    """`call(*args)` through `breaker`; an open breaker or any failure is `StoreUnavailable`."""
+    try:
+        return breaker.call(call, *args)
+    except pybreaker.CircuitBreakerError as exc:
+        raise StoreUnavailable(f"feature store circuit breaker is open: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any store failure degrades, never a 500
+        logger.warning("%s call failed: %s: %s", name, type(exc).__name__, exc)
+        raise StoreUnavailable(f"feature store failed: {type(exc).__name__}: {exc}") from None
