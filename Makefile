@@ -30,7 +30,7 @@ endif
 
 .PHONY: help setup up down status deploy-local invoke run serve demo test test-unit test-integration test-e2e \
 	lint parity train train-propensity propensity-layer promote model-layer retrain-scheduled \
-	mlflow-ui bench-emulator bench-engine \
+	mlflow-ui bench-emulator bench-engine bench-click-engine \
 	bench-api bench-feast bench bench-e2e bench-compare bench-backfill drift redrive migrate-store \
 	backfill chaos build \
 	deploy-localstack localstack-up localstack-down test-localstack clean
@@ -225,6 +225,9 @@ bench-emulator: $(SETUP_STAMP) ## Measure the embedded emulator's Kinesis put/ge
 
 bench-engine: $(SETUP_STAMP) ## Engine throughput: TransactionsFunction on Kinesis batches, real Redis (bench/results/)
 	$(PY) bench/engine.py
+
+bench-click-engine: $(SETUP_STAMP) ## Clickstream engine throughput: ClickstreamFunction (features + propensity) on Kinesis batches, real Redis (bench/results/)
+	$(PY) bench/click_engine.py
 
 bench-backfill: $(SETUP_STAMP) ## Backfill throughput: 30 simulated days from Parquet into its own redis-server, beside its pipelined SET ceiling (bench/results/)
 	$(PY) bench/backfill.py $(ARGS)
