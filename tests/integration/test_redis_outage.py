@@ -84,12 +84,12 @@ class Sample:
 
 
 class ScoreLoad(threading.Thread):
-    """POST /v1/score and /v1/propensity in turn at a fixed rate over one keep-alive
-    connection, every answer kept."""
+    """POST /v1/score and /v1/propensity in turn (or /v1/score only) at a fixed rate over one
+    keep-alive connection, every answer kept."""
 
-    def __init__(self, server: ApiServer, now_ms: int) -> None:
+    def __init__(self, server: ApiServer, now_ms: int, propensity: bool = True) -> None:
         super().__init__(name="score-load", daemon=True)
-        self.server, self.now_ms = server, now_ms
+        self.server, self.now_ms, self.propensity = server, now_ms, propensity
         self.samples: list[Sample] = []
         self.stopping = threading.Event()
 
@@ -136,8 +136,9 @@ class ScoreLoad(threading.Thread):
             client.close()
 
     def request_of(self, n: int) -> tuple[str, dict[str, Any]]:
-        """The n-th request: a transaction (odd n) or a product view (even n)."""
-        if n % 2:
+        """The n-th request: a transaction (odd n, or every n without `propensity`) or a
+        product view (even n)."""
+        if n % 2 or not self.propensity:
             return "/v1/score", transaction(
                 f"L-{n:06d}",
                 f"C-{n % CUSTOMERS}",
