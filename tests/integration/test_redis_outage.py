@@ -160,7 +160,7 @@ class ScoreLoad(threading.Thread):
             for s in self.samples
             if s.sent > moment and s.status == 200 and s.degraded is False
         }
-        return routes == {"/v1/score", "/v1/propensity"}
+        return routes == ({"/v1/score", "/v1/propensity"} if self.propensity else {"/v1/score"})
 
 
 def timeline(samples: list[Sample], origin: float, step_s: float = 0.5) -> str:
