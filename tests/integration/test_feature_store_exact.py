@@ -204,3 +204,37 @@ def test_feature_store_drops_entries_past_retention_and_stays_exact(
     kept_at_terminal = sum(1 for f in terminal if f.isdigit())
     assert kept_at_terminal < 40 * 6 + 64 + 2
     assert sum(1 for f in terminal if f.startswith(b"#")) == kept_at_terminal  # ids dropped too
+
+
+@pytest.mark.parametrize("moved", [1, 2, 3, 6, 7, 31, 62, 63, 64, 150])
+def test_feature_store_window_pointer_walks_any_distance_exactly(
+    store: RedisFeatureStore, moved: int
+) -> None:
+    # A burst of 200 transactions a second apart, then one whose 1-hour window (customer)
+    # and delayed 1-day window (terminal) drop exactly `moved` of them: the in-order path
+    # walks its pointers in rounds of reads, and past 62 entries it takes the general path.
+    customer, terminal = f"C-walk-{moved}", f"TERM-walk-{moved}"
+    burst = [
+        Transaction(f"W{i:04d}", customer, terminal, 1.0 + i % 13, START_MS + i * 1000)
+        for i in range(200)
+    ]
+    ref = Reference()
+    for tx, got in zip(burst, store.apply_transactions(burst), strict=True):
+        ref.stored[tx.transaction_id] = tx
+        assert not isinstance(got, Exception)
+    hour_ms = START_MS + 3_600_000 + moved * 1000 - 500
+    hour = Transaction("W-hour", customer, "TERM-other", 2.5, hour_ms)
+    day_ms = START_MS + TERMINAL_DELAY_MS + DAY_MS + moved * 1000 - 500
+    day = Transaction("W-day", "C-other", terminal, 2.5, day_ms)
+    for probe in (hour, day):
+        (preview,) = store.preview_transactions([probe])
+        assert not isinstance(preview, Exception)
+        assert preview.customer == ref.customer(probe, virtual=True), probe
+        assert preview.terminal == ref.terminal(probe), probe
+        (got,) = store.apply_transactions([probe])
+        ref.stored[probe.transaction_id] = probe
+        assert not isinstance(got, Exception)
+        assert got.customer == ref.customer(probe, virtual=False), probe
+        assert got.terminal == ref.terminal(probe), probe
+    hour_window = [w for _, w in CUSTOMER_WINDOWS].index(3_600_000)
+    assert ref.customer(hour, virtual=False).counts[hour_window] == 200 - moved + 1

@@ -25,12 +25,14 @@ Key layout (the part in braces is the Redis Cluster hash tag: one entity, one sl
 Pointers are kept for the newest transaction: one per window bound (customers: t - W for
 each window; terminals: t - D and t - D - W) and one for retention. Applying a transaction
 that comes after every stored one (the stream's normal case) appends one entry and moves
-each pointer past the entries that left its window, reading only those (gallop, then
-bisect, so a long jump costs log of its length): one HGET of the state, usually one HMGET
-of the entries that left windows, one HSET of the new entry and state (and, for
-terminals with frauds, one count per window), whatever the history. When every pointer
-moves at most two entries (nearly always) this runs as a straight-line path that makes no
-Lua closures or caches; longer moves take the general path. A late transaction
+each pointer past the entries that left its window, reading only those: one HGET of the
+state, usually one HMGET of the entries that left windows, one HSET of the new entry and
+state (and, for terminals with frauds, one count per window), whatever the history. A
+pointer whose bound is at or past the newest entry jumps to it without a read; the others
+walk forward in rounds of one HMGET (2, 4, 8, 16, then 32 entries per pointer), with no
+Lua closures or caches. Only a pointer that moves more than 62 entries (a long silence on
+a heavy entity) takes the general path: gallop, then bisect, so a long jump costs the log
+of its length. A late transaction
 is inserted at its place: the entries after it move one seq up with their running totals
 corrected (it repairs only what it changes) and each pointer is patched in constant time.
 A replay, a preview of the past and a peek at the past find positions by bisection:
