@@ -31,7 +31,7 @@ endif
 .PHONY: help setup up down status deploy-local invoke run serve demo test test-unit test-integration test-e2e \
 	lint parity train train-propensity propensity-layer promote model-layer retrain-scheduled \
 	mlflow-ui bench-emulator bench-engine bench-click-engine \
-	bench-api bench-feast bench bench-e2e bench-compare bench-backfill drift redrive migrate-store \
+	bench-api bench-click-api bench-feast bench bench-e2e bench-compare bench-backfill drift redrive migrate-store \
 	backfill chaos build \
 	deploy-localstack localstack-up localstack-down test-localstack clean
 
@@ -234,6 +234,9 @@ bench-backfill: $(SETUP_STAMP) ## Backfill throughput: 30 simulated days from Pa
 
 bench-api: $(SETUP_STAMP) ## Scoring API latency over HTTP: open loop, 500 req/s for 60 s, keep-alive (bench/results/)
 	$(PY) bench/api.py
+
+bench-click-api: $(SETUP_STAMP) ## Propensity API latency over HTTP (POST /v1/propensity), measured as bench-api: 500 req/s for 60 s (ARGS='--duration 30')
+	$(PY) bench/click_api.py $(ARGS)
 
 bench-feast: $(SETUP_STAMP) ## Feast beside Kestrel: a pinned feast[redis] in .venv-feast (installed once), in-process and feast serve p50/p99, own redis-server (bench/results/)
 	$(PY) bench/feast.py $(ARGS)

@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: python bench/feast.py
 
 from kestrel_training.simulator import SimulatorConfig  # noqa: E402
 
-from bench.api import BANDS, redis_rtt_us  # noqa: E402
+from bench.api_load import BANDS, redis_rtt_us  # noqa: E402
 from bench.api_stack import pin_threads  # noqa: E402
 from bench.feast_serve import FeastServer, bodies_for, incomplete  # noqa: E402
 from bench.feast_setup import (  # noqa: E402

@@ -6,9 +6,11 @@ Usage: ``python bench/suite.py [--size full|medium|tiny] [--results-dir DIR] [--
 lines prefixed: ``refs`` (redis-benchmark, EVALSHA of the feature scripts, onnxruntime),
 ``emulator`` (Kinesis PutRecords/GetRecords at 1M records), ``engine`` (TransactionsFunction
 in process, real Redis), ``backfill`` (simulated days from Parquet into Redis through
-``kestrel_ops backfill``'s code), ``api`` (HTTP, open loop), ``feast`` (a pinned Feast in its own
-.venv-feast on the same Redis; "skipped" with the reason when it cannot be installed) and
-``e2e`` (sustained rate, freshness).
+``kestrel_ops backfill``'s code), ``click_engine`` (ClickstreamFunction in process, its own
+redis-server, shorter than ``make bench-click-engine``), ``api`` (HTTP, open loop),
+``click_api`` (``POST /v1/propensity``, measured as ``api`` with a shorter run), ``feast``
+(a pinned Feast in its own .venv-feast on the same Redis; "skipped" with the reason when it
+cannot be installed) and ``e2e`` (sustained rate, freshness).
 Writes ``<results>/bench-<UTC>.json`` (DESIGN.md's format plus machine_class, versions,
 ratios and every part's own params) and ``<results>/bench-<UTC>.md`` (the table of
 `bench.suite_report`). Exit 1 when a part failed or any loss or error was counted.
@@ -87,7 +89,14 @@ def parts(
             ("emulator", "bench/emulator.py --records 1000000 --max-seconds 150", 240),
             ("engine", "bench/engine.py --seconds 10 --profile-events 10000", 420),
             ("backfill", f"{backfill} --days 30", 150),
+            (
+                "click_engine",
+                "bench/click_engine.py --events 30000 --warmup 50000 "
+                "--heavy-clicks 50000 --heavy-events 2000",
+                150,
+            ),
             ("api", "bench/api.py", 300),
+            ("click_api", "bench/click_api.py --duration 30 --warmup 3 --feature-reads 3000", 150),
             ("feast", feast, 300),
             ("e2e", e2e, 1080),
         ]
@@ -99,8 +108,12 @@ def parts(
             ("engine", "bench/engine.py --seconds 5 --repeats 2 --days 45 --warmup-days 10 "
              "--profile-events 3000", 300),
             ("backfill", f"{backfill} --days 10", 60),
+            ("click_engine", "bench/click_engine.py --events 15000 --warmup 20000 --repeats 2 "
+             "--heavy-clicks 20000 --heavy-events 1000", 90),
             ("api", "bench/api.py --duration 20 --warmup 3 --days 10 --customers 1000 "
              "--terminals 2000 --feature-reads 3000", 180),
+            ("click_api", "bench/click_api.py --duration 15 --warmup 3 --days 7 --users 500 "
+             "--feature-reads 2000", 120),
             ("feast", f"{feast} --duration 15 --warmup 3 --days 10 --customers 1000 "
              "--terminals 2000 --reads 3000", 240),
             ("e2e", e2e, 480),
@@ -112,13 +125,17 @@ def parts(
              "--producers 1", 60),
             ("engine", "bench/engine.py --quick", 90),
             ("backfill", f"{backfill} --days 2 --customers 500 --terminals 1000", 45),
+            ("click_engine", "bench/click_engine.py --quick", 60),
             ("api", "bench/api.py --rate 50 --duration 2 --warmup 1 --days 2 --customers 50 "
              "--terminals 100 --feature-reads 200 --connections 4", 90),
+            ("click_api", "bench/click_api.py --rate 50 --duration 2 --warmup 1 --days 2 "
+             "--users 50 --feature-reads 200 --connections 4", 60),
             ("feast", f"{feast} --rate 50 --duration 2 --warmup 1 --days 2 --customers 50 "
              "--terminals 100 --reads 200 --connections 4", 180),
             ("e2e", e2e, 120),
         ]  # fmt: skip
-    prefix = {"engine": "engine_quick"} if size == "tiny" else {}
+    prefix = {"engine": "engine_quick", "click_engine": "click_engine_quick"}
+    prefix = prefix if size == "tiny" else {}
     extra = {"e2e": ["--workdir", str(workdir / "e2e")]}  # a path may hold spaces
     return [
         Part(name, argv.split() + extra.get(name, []), budget, prefix.get(name, ""))
@@ -224,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("full", "medium", "tiny"), default="full")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument(
-        "--only", help="comma-separated parts (refs,emulator,engine,backfill,api,feast,e2e)"
+        "--only",
+        help="comma-separated parts (refs,emulator,engine,backfill,click_engine,api,click_api,"
+        "feast,e2e)",
     )
     parser.add_argument("--workdir", type=Path, help="keep logs and part results here")
     args = parser.parse_args(argv)
@@ -264,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [r.name for r in results if r.error]
     counts = [
         n
-        for n in ("e2e.lost", "e2e.errors", "api.errors", "engine.failed")
+        for n in ("e2e.lost", "e2e.errors", "api.errors", "clickstream.api_errors", "engine.failed")
         if figures.get(n, {}).get("value")
     ]
     if bad or counts:

@@ -78,6 +78,7 @@ E2E_CEILING = lowest(EMULATOR_PUT, EMULATOR_GET, one("engine.events_per_s"))
 E2E_HEALTH = ("e2e.lost", "e2e.errors")
 ENGINE_HEALTH = ("engine.failed", "engine.duplicates")
 FEAST_HEALTH = ("feast.http_errors",)
+CLICK_API_HEALTH = ("clickstream.api_errors",)
 
 SPECS: tuple[Spec, ...] = (
     Spec("e2e.sustained_events_per_s", (">=", 10_000), E2E_CEILING, "8,000 events/s", E2E_HEALTH),
@@ -113,6 +114,21 @@ SPECS: tuple[Spec, ...] = (
     Spec("api.http_p99_ms", ("<=", 1.0), None, "", ("api.errors",)),
     Spec("api.in_handler_p99_ms", ("<=", 0.5), None, "", ("api.errors",)),
     Spec("api.feature_read_p99_ms", ("<=", 0.2), None, "", ("api.errors",)),
+    # The clickstream's bars are the fraud path's of issue 14 (issue 17). No same-run
+    # ceiling yet: refs does not run the click script alone.
+    Spec("clickstream.engine_events_per_s", (">=", 25_000)),
+    Spec("clickstream.engine_redis_us_per_event", ("<=", 25.0)),
+    Spec("clickstream.engine_client_us_per_event", ("<=", 40.0)),
+    Spec("clickstream.engine_redis_commands_per_event"),
+    Spec("clickstream.engine_heavy_user_clicks"),
+    Spec("clickstream.engine_heavy_user_redis_us_per_event"),
+    Spec("clickstream.engine_light_user_redis_us_per_event"),
+    Spec("clickstream.engine_heavy_user_redis_commands_per_event"),
+    Spec("clickstream.engine_light_user_redis_commands_per_event"),
+    Spec("clickstream.api_http_p50_ms", None, None, "", CLICK_API_HEALTH),
+    Spec("clickstream.api_http_p99_ms", ("<=", 1.0), None, "", CLICK_API_HEALTH),
+    Spec("clickstream.api_in_handler_p99_ms", ("<=", 0.5), None, "", CLICK_API_HEALTH),
+    Spec("clickstream.api_feature_read_p99_ms", ("<=", 0.2), None, "", CLICK_API_HEALTH),
     Spec("feast.read_p50_ms", fact="0.21-0.32 ms"),
     Spec("feast.read_p99_ms", fact="0.29-0.39 ms"),
     Spec("feast.http_p50_ms", None, None, "", FEAST_HEALTH, "1.2-1.5 ms"),

@@ -1,9 +1,9 @@
 """The benchmark suite, tiny: every part runs end to end and both result files are written.
 
 `bench/suite.py --size tiny` starts its own emulator and redis-server, runs refs,
-emulator, engine, backfill, API, Feast and e2e with seconds-long steps and small record counts
-(the Feast part installs its pinned Feast into `.venv-feast` on first use, or reports
-"skipped" when it cannot), and writes
+emulator, engine, backfill, the click engine, API, the propensity API, Feast and e2e with
+seconds-long steps and small record counts (the Feast part installs its pinned Feast into
+`.venv-feast` on first use, or reports "skipped" when it cannot), and writes
 ``bench-<UTC>.json`` and ``.md`` into a temporary folder. The figures of a tiny run mean
 nothing; this proves the orchestration (``make bench`` runs the same code at full size).
 """
@@ -20,7 +20,17 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-PARTS = ["refs", "emulator", "engine", "backfill", "api", "feast", "e2e"]
+PARTS = [
+    "refs",
+    "emulator",
+    "engine",
+    "backfill",
+    "click_engine",
+    "api",
+    "click_api",
+    "feast",
+    "e2e",
+]
 
 
 @pytest.mark.timeout(600)  # a first run installs Feast into .venv-feast
@@ -63,6 +73,13 @@ def test_suite_tiny_runs_every_part_and_writes_json_and_markdown(tmp_path: Path)
         "ratio.backfill_vs_engine",
         "api.http_p99_ms",
         "api.errors",
+        "clickstream.engine_events_per_s",
+        "clickstream.engine_redis_us_per_event",
+        "clickstream.engine_client_us_per_event",
+        "clickstream.api_http_p50_ms",
+        "clickstream.api_http_p99_ms",
+        "clickstream.api_in_handler_p99_ms",
+        "clickstream.api_errors",
         "e2e.sustained_events_per_s",
         "e2e.lost",
         "e2e.errors",

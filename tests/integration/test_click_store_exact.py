@@ -191,3 +191,40 @@ def test_click_store_an_event_id_counts_once_even_with_another_time(
     assert not isinstance(c, Exception)
     assert c.aggregates.purchases_30d == 1 and c.aggregates.session.events == 2
     assert c.aggregates.last_purchase_ms == START_MS
+
+
+def _hgetall_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0))
+
+
+def test_click_store_replay_in_a_long_session_reads_only_its_own_entry(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    store, rng, ref = RedisClickStore(client), random.Random(5), Reference()
+    session = [
+        replace(_event(rng, i, START_MS + i * 1_000), user_id="U-long", session_id="S-long")
+        for i in range(300)
+    ]
+    for event in session:
+        ref.stored[event.event_id] = event
+    assert all(not isinstance(r, Exception) for r in store.apply_clicks(session))
+    older = session[40:60]  # a retried batch: none of them the session's newest
+    client.config_resetstat()
+    replies = store.apply_clicks(older)
+    assert _hgetall_calls(client) == 0  # answered from each event's own entry
+    for event, got in zip(older, replies, strict=True):
+        assert not isinstance(got, Exception) and not got.applied
+        assert got.aggregates == ref.aggregates(event, virtual=False), event
+    # A late event before them changes their answers: the replays count the session again.
+    late = replace(_event(rng, 999, START_MS + 45_500), user_id="U-long", session_id="S-long")
+    ref.stored[late.event_id] = late
+    (applied,) = store.apply_clicks([late])
+    assert not isinstance(applied, Exception) and applied.applied
+    client.config_resetstat()
+    replies = store.apply_clicks(older)
+    assert _hgetall_calls(client) == len(older)
+    for event, got in zip(older, replies, strict=True):
+        assert not isinstance(got, Exception) and not got.applied
+        assert got.aggregates == ref.aggregates(event, virtual=False), event
+    client.flushall()
+    client.close()

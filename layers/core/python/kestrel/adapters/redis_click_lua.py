@@ -13,7 +13,10 @@ their own windows) and one hash per session, all under the user's hash tag (one 
                                              net, distinct products, distinct categories,
                                              newest (time, id), TTL refresh time);
                                              e:<event_id> -> (time, kind, product,
-                                             category); p:<product>, c:<category> -> 1
+                                             category[, the session part of the reply
+                                             as of the event and the late count then]);
+                                             l -> late count (events stored out of
+                                             order); p:<product>, c:<category> -> 1
 
 `CLICK_LUA` handles one event in one call: the session hash first (it is the event id
 index: an id it holds is a replay, and then no log is written), then each log, in
@@ -24,9 +27,13 @@ guarantees: constant work for an in-order event whatever the history, exact wind
 (time, id) order, late events inserted at their place, replays found by bisection.
 
 The session hash answers an in-order event with constant work (one HMGET of the state,
-the event id and the product and category markers; one HSET). A late event, or a replay
-of one that is not the session's newest, reads the whole session (HGETALL) and counts the
-events up to it: work bounded by the session, never by the user's history. Session keys
+the event id, the late count and the product and category markers; one HSET). An event
+stored in order keeps, in its entry, the session part of its reply and the late count at
+that moment: a replay of it (same id and time) while the late count is unchanged answers
+from there, with constant work whatever the session's length (a late event before it
+would change its answer, and every late event moves the count). A late event, or a replay
+that cannot answer so, reads the whole session (HGETALL) and counts the events up to it:
+work bounded by the session, never by the user's history. Session keys
 expire `SESSION_TTL_MS` after their last refresh (refreshed at most once an hour of event
 time); the logs keep their retention (window plus `LATE_SLACK_MS`).
 
@@ -58,30 +65,40 @@ def _wrapped(name: str, ttl_ms: int, lookback_ms: int, offsets: list[int]) -> st
 
 _SESSION = """
 -- The session hash: state 's' is struct SSFMT (n, first, cart, products, categories,
--- newest time, refreshed, newest id); entries 'e:<id>' are struct '<ddss'.
+-- newest time, refreshed, newest id); entries 'e:<id>' are struct '<ddss' (time, kind,
+-- product, category), followed for an event stored in order by struct SNAP (events,
+-- products, categories, cart, first time: the reply as of the event; the late count 'l'
+-- when it was stored).
 local SSFMT = '<ddddddds'
+local SNAP = '<dddddd'
 local function session(SK, mode, id, t, kind, product, category)
   local INF = math.huge
-  local fields = {'s', 'e:' .. id}
-  if product ~= '' then fields[3], fields[4] = 'p:' .. product, 'c:' .. category end
+  local fields = {'s', 'e:' .. id, 'l'}
+  if product ~= '' then fields[4], fields[5] = 'p:' .. product, 'c:' .. category end
   local r = redis.call('HMGET', SK, unpack(fields))
   local n, F, cart, DP, DC, T, R, I = 0, INF, 0, 0, 0, -INF, -INF, ''
   if r[1] then n, F, cart, DP, DC, T, R, I = struct.unpack(SSFMT, r[1]) end
   local stored = r[2] ~= false
+  local L = tonumber(r[3] or '0')
   local delta = 0
   if kind == 2 then delta = 1 elseif kind == 3 then delta = -1 end
-  local newp = product ~= '' and not r[3]
-  local newc = product ~= '' and not r[4]
+  local newp = product ~= '' and not r[4]
+  local newc = product ~= '' and not r[5]
   local in_order = n == 0 or t > T or (t == T and id > I)
   local added = 0
   if mode == 'apply' and not stored then
     added = 1
     n, cart = n + 1, cart + delta
     if t < F then F = t end
-    local writes = {'e:' .. id, struct.pack('<ddss', t, kind, product, category)}
-    if newp then DP = DP + 1; writes[#writes + 1] = 'p:' .. product; writes[#writes + 1] = 1 end
-    if newc then DC = DC + 1; writes[#writes + 1] = 'c:' .. category; writes[#writes + 1] = 1 end
-    if in_order then T, I = t, id end
+    if newp then DP = DP + 1 end
+    if newc then DC = DC + 1 end
+    local entry = struct.pack('<ddss', t, kind, product, category)
+    if in_order then entry = entry .. struct.pack(SNAP, n, DP, DC, cart, F, L) end
+    local writes = {'e:' .. id, entry}
+    if newp then writes[#writes + 1] = 'p:' .. product; writes[#writes + 1] = 1 end
+    if newc then writes[#writes + 1] = 'c:' .. category; writes[#writes + 1] = 1 end
+    if in_order then T, I = t, id
+    else writes[#writes + 1] = 'l'; writes[#writes + 1] = L + 1 end
     local refresh = n == 1 or t - R >= 3600000 or t < R
     if refresh then R = t end
     writes[#writes + 1] = 's'
@@ -91,6 +108,13 @@ local function session(SK, mode, id, t, kind, product, category)
     if in_order then return {1, n, DP, DC, cart, F}, false end
   elseif stored and t == T and id == I then
     return {0, n, DP, DC, cart, F}, true
+  elseif stored then
+    -- A replay of an older event: its own answer, if no event was stored late since.
+    local et, _, _, _, at = struct.unpack('<ddss', r[2])
+    if et == t and at <= #r[2] then
+      local sn, sp, sc, scart, sf, sl = struct.unpack(SNAP, r[2], at)
+      if sl == L then return {0, sn, sp, sc, scart, sf}, true end
+    end
   elseif mode ~= 'apply' and not stored and in_order then
     if t < F then F = t end
     local p, c = DP, DC
