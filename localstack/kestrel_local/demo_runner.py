@@ -113,7 +113,11 @@ class ApiLoad:
         context = multiprocessing.get_context("spawn")
         self._stop_event = context.Event()
         self._results, sender = context.Pipe(duplex=False)
-        bodies = [json.dumps(records[(i * 7919) % len(records)]).encode() for i in range(4096)]
+        bodies = [
+            json.dumps(records[(i * 7919) % len(records)]).encode()
+            for i in range(4096 if records else 0)
+        ]
+        self._sending = bool(bodies)
         self._process = context.Process(
             target=_score_loop,
             args=(port, key, bodies, rate, self._stop_event, sender, path),
@@ -122,8 +126,8 @@ class ApiLoad:
         )
 
     def start(self) -> None:
-        """Start sending (nothing at a rate of 0)."""
-        if self.rate > 0:
+        """Start sending (nothing at a rate of 0 or without records)."""
+        if self.rate > 0 and self._sending:
             self._process.start()
 
     def stop(self) -> None:

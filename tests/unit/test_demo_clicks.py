@@ -7,6 +7,7 @@ import math
 
 from kestrel_local.demo_clicks import ClickSummary, Lag, progress_part, summary_rows, tenths
 from kestrel_local.demo_report import DemoSummary, summary_table
+from kestrel_local.demo_runner import ApiLoad
 
 
 def snap(p50_ms: float | None, current: float) -> dict[str, object]:
@@ -76,3 +77,15 @@ def test_summary_says_when_clicks_fell_behind_and_leaves_clicks_out_without_them
     assert behind["Propensity, every click"] == "none scored"
     assert math.isnan(ClickSummary().freshness_p50_ms)
     assert "Clicks" not in summary_table(DemoSummary(events_sent=10, events_decided=10))
+
+
+def test_api_load_without_records_sends_nothing() -> None:
+    # make demo CLICK_RATE=0: no clicks, so no /v1/propensity load (it once divided by zero).
+    load = ApiLoad(port=1, key="k", records=[], rate=0.0, path="/v1/propensity")
+    load.start()
+    load.stop()
+    assert load.latencies_ms == [] and load.errors == 0
+    idle = ApiLoad(port=1, key="k", records=[], rate=10.0, path="/v1/propensity")
+    idle.start()
+    assert not idle._process.is_alive()
+    idle.stop()
