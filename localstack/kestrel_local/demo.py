@@ -56,6 +56,7 @@ from kestrel_local.demo_clicks import (
     api_bodies,
     click_records,
     fill,
+    second_pacer,
     wait_processed,
 )
 from kestrel_local.demo_input import (
@@ -259,8 +260,8 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
             threads.append(threading.Thread(
                 target=stream, args=(clicks, str(physical["ClickstreamStream"].ref)),
                 kwargs={"encoder": encoders["clicks"], "partition_key": "user_id",
-                        "pacer": rate_pacer(args.click_rate),
-                        "max_records_per_batch": max(1, min(500, int(args.click_rate * 0.1)))},
+                        "pacer": second_pacer(args.click_rate),
+                        "max_records_per_batch": max(1, min(500, int(args.click_rate)))},
                 daemon=True,
             ))  # fmt: skip
         api = ApiLoad(args.port, key, tx, args.api_rate)

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import math
 
-from kestrel_local.demo_clicks import ClickSummary, Lag, progress_part, summary_rows, tenths
+from kestrel_local.demo_clicks import (
+    ClickSummary,
+    Lag,
+    progress_part,
+    second_pacer,
+    summary_rows,
+    tenths,
+)
 from kestrel_local.demo_report import DemoSummary, summary_table
 from kestrel_local.demo_runner import ApiLoad
 
@@ -89,3 +96,10 @@ def test_api_load_without_records_sends_nothing() -> None:
     idle.start()
     assert not idle._process.is_alive()
     idle.stop()
+
+
+def test_second_pacer_puts_each_seconds_clicks_together() -> None:
+    pace = second_pacer(200.0)
+    due = [pace(i, {}) for i in (0, 1, 199, 200, 399, 400, 1234)]
+    assert due == [0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 6.0]
+    assert [second_pacer(0.5)(i, {}) for i in range(3)] == [0.0, 2.0, 4.0]
