@@ -28,7 +28,7 @@ from kestrel.adapters.redis_propensity import propensity_key
 
 # Clicks per second streamed beside the transactions by default: measured on 2 cores with
 # the default 2,000 transactions/s (README, make demo).
-DEFAULT_CLICK_RATE = 200.0
+DEFAULT_CLICK_RATE = 100.0
 DEFAULT_CLICK_API_RATE = 10.0  # POST /v1/propensity per second
 BEHIND_MS = 2000.0  # as for transactions: the stream lags the producer by over 2 s
 CHUNK = 5_000
