@@ -95,11 +95,12 @@ serve: deploy-local ## Serve the scoring API (chalice local) on 127.0.0.1:8000 a
 	$(PY) -m kestrel_local serve --template $(TEMPLATE) --stack-name $(STACK_NAME) \
 		$(if $(PARAMS),--parameter-overrides "$(PARAMS)") --port $(or $(PORT),8000)
 
-demo: deploy-local ## Backfill 30 simulated days, stream the simulator through the whole stack, print a summary, serve the API + dashboard (RATE=2000 DURATION=120 TRAIN=1)
+demo: deploy-local ## Backfill 30 simulated days, stream transactions and clicks through the whole stack, print a summary, serve the API + dashboard (RATE=2000 CLICK_RATE=100 DURATION=120 TRAIN=1 PORT=8000)
 	@if [ -n "$(TRAIN)" ]; then $(MAKE) --no-print-directory train && \
 		$(PY) -m kestrel_training.registry export --dest layers/model --alias challenger; fi
 	$(PY) -m kestrel_local.demo --template $(TEMPLATE) --stack-name $(STACK_NAME) \
-		--rate $(or $(RATE),2000) --duration $(or $(DURATION),120) $(ARGS)
+		--rate $(or $(RATE),2000) --duration $(or $(DURATION),120) \
+		$(if $(CLICK_RATE),--click-rate $(CLICK_RATE)) $(if $(PORT),--port $(PORT)) $(ARGS)
 
 # Runs pytest on the tiers that exist. pytest exits 5 when it collects no test: say so plainly.
 define run_pytest

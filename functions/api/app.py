@@ -12,6 +12,7 @@ from chalicelib.openapi import SPEC
 from chalicelib.telemetry import ApiMetrics
 
 from kestrel import clients
+from kestrel.click_telemetry import click_section
 from kestrel.propensity_serving import PropensityService
 from kestrel.serving import ScoringService
 from kestrel.settings import Settings
@@ -35,8 +36,11 @@ def service() -> ScoringService:
 
 @cache
 def propensities() -> PropensityService:
-    """The container's propensity service (clickstream features and model)."""
-    return clients.propensity_service()
+    """The container's propensity service (clickstream features and model), its breaker
+    tracked by the metrics."""
+    scoring = clients.propensity_service()
+    metrics.track_propensity(lambda: scoring.breaker_state)
+    return scoring
 
 
 @cache
@@ -129,7 +133,9 @@ def propensity() -> Response:
     except web.HttpError as exc:
         return exc.response()
     logger.set_correlation_id(event.event_id)
-    return web.json_response(propensity_web.propensity_body(propensities().score(event)))
+    result = propensities().score(event)
+    metrics.propensity(bool(result.degraded))
+    return web.json_response(propensity_web.propensity_body(result))
 
 
 @app.route("/v1/users/{user_id}/features", methods=["GET"], api_key_required=True)
@@ -142,8 +148,12 @@ def user_features(user_id: str) -> Response:
 
 @app.route("/v1/telemetry", methods=["GET"], api_key_required=True)
 def stream_telemetry() -> Response:
-    """The stream's live figures over the last `window` seconds (default 60)."""
-    return web.telemetry(lambda window: telemetry().snapshot(window), web.current(app))
+    """The streams' live figures over the last `window` seconds (default 60), clicks apart."""
+    return web.telemetry(
+        lambda window: telemetry().snapshot(window),
+        web.current(app),
+        lambda window: click_section(clients.click_telemetry_service().snapshot(window)),
+    )
 
 
 @app.route("/health", methods=["GET"])
@@ -158,6 +168,7 @@ def health() -> Response:
 def prometheus() -> Response:
     """Prometheus text of this process, and the stream's figures."""
     service()
+    propensities()
     telemetry()
     return Response(body=metrics.render().decode(), headers={"Content-Type": metrics.content_type})
 

@@ -12,10 +12,12 @@ On a stack that `make up` and `make deploy-local` prepared, the demo:
    `serve`, as child processes logging to `<run dir>/demo-*.log`);
 4. streams the transactions at `rate` events/s, feeds each chargeback label back once the
    stream's clock passes its date, scores live transactions through the API at `--api-rate`,
-   and injects `--poison` broken records half-way;
+   and injects `--poison` broken records half-way; at the same time streams the clickstream
+   simulator's clicks at `--click-rate` onto ClickstreamStream (0: none) and asks
+   `/v1/propensity` at `--click-api-rate` (`kestrel_local.demo_clicks`);
 5. prints a progress line from the API's `/v1/telemetry` every 2 s, waits until every
-   transaction has its decision, redrives both dead-letter queues, and prints the summary
-   (also written to `<run dir>/demo-summary.json`);
+   transaction has its decision and every click is processed, redrives both dead-letter
+   queues, and prints the summary (also written to `<run dir>/demo-summary.json`);
 6. keeps serving the API and the dashboard until Ctrl-C (`--exit` stops at once).
 
 Ctrl-C stops everything it started at any point; `make down` stops the emulator and Redis.
@@ -24,12 +26,10 @@ Ctrl-C stops everything it started at any point; `make down` stops the emulator 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -47,13 +47,25 @@ from kestrel.events import iso_ms
 from kestrel.settings import LocalSettings, default_model_dir, redact_url
 from kestrel_local.api_server import ServeError, api_key
 from kestrel_local.aws import AwsClients, apply_local_endpoint_defaults
+from kestrel_local.demo_children import Children, wait_http, wait_line
+from kestrel_local.demo_clicks import (
+    DEFAULT_CLICK_API_RATE,
+    DEFAULT_CLICK_RATE,
+    ClickSummary,
+    Lag,
+    api_bodies,
+    click_records,
+    fill,
+    second_pacer,
+    wait_processed,
+)
 from kestrel_local.demo_input import (
     label_records,
     poison_entries,
     simulated_input,
     transaction_records,
 )
-from kestrel_local.demo_report import DemoSummary, summary_table
+from kestrel_local.demo_report import DemoSummary, percentile, summary_table
 from kestrel_local.demo_runner import (
     ApiLoad,
     DemoError,
@@ -63,9 +75,9 @@ from kestrel_local.demo_runner import (
     drift_check,
     redrive_all,
     reset_stack,
+    telemetry,
     wait_decided,
 )
-from kestrel_local.processes import stop_child
 from kestrel_local.provision import bind
 from kestrel_local.runtime import RUNTIME_READY
 from kestrel_local.services import status
@@ -89,6 +101,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--api-rate", type=float, default=50.0, help="API scores per second")
     parser.add_argument("--poison", type=int, default=6, help="broken records to inject")
     parser.add_argument(
+        "--click-rate", type=float, default=DEFAULT_CLICK_RATE, help="clicks per second (0: none)"
+    )
+    parser.add_argument(
+        "--click-api-rate", type=float, default=DEFAULT_CLICK_API_RATE,
+        help="API propensities per second",
+    )  # fmt: skip
+    parser.add_argument(
         "--backfill-days",
         type=int,
         default=30,
@@ -99,81 +118,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reset-redis", action="store_true", help="flush an external REDIS_URL")
     parser.add_argument("--exit", action="store_true", help="stop after the summary")
     args = parser.parse_args(argv)
-    if args.rate <= 0 or args.duration <= 0 or args.api_rate < 0 or args.poison < 0:
+    if args.rate <= 0 or args.duration <= 0 or min(args.api_rate, args.poison) < 0:
         parser.error("--rate and --duration must be positive, --api-rate and --poison >= 0")
+    if args.click_rate < 0 or args.click_api_rate < 0:
+        parser.error("--click-rate and --click-api-rate must be >= 0")
     if args.backfill_days < 0:
         parser.error("--backfill-days must be >= 0")
     return args
-
-
-class Children:
-    """The runtime and API processes the demo started, stopped together."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, args: Sequence[str]) -> Path:
-        """Start `python -m kestrel_local <args>` in its own process group; its log file."""
-        log = self.log_dir / f"demo-{name}.log"
-        with log.open("wb") as out:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "kestrel_local", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return log
-
-    def check(self) -> None:
-        """DemoError when a child has exited."""
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise DemoError(
-                    f"the {name} process exited ({process.returncode}): see "
-                    f"{self.log_dir / f'demo-{name}.log'}"
-                )
-
-    def stop(self) -> None:
-        """SIGTERM each child (SIGKILL after 20 s) and reap it."""
-        for process in self.processes.values():
-            stop_child(process, 20.0)
-
-
-def wait_http(
-    port: int, path: str, timeout_s: float, children: Children, key: str
-) -> dict[str, Any]:
-    """GET `path` with the API key until it answers 200; its JSON body."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        children.check()
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", path, headers={"x-api-key": key})
-            response = conn.getresponse()
-            body = response.read()
-            conn.close()
-            if response.status == 200:
-                loaded: dict[str, Any] = json.loads(body)
-                return loaded
-        except (OSError, http.client.HTTPException, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            raise DemoError(f"127.0.0.1:{port}{path} did not answer in {timeout_s:.0f} s")
-        time.sleep(0.5)
-
-
-def wait_line(log: Path, marker: str, timeout_s: float, children: Children) -> str:
-    """Wait until a child's log has a line with `marker`; that line, stripped."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        children.check()
-        for line in log.read_text(errors="replace").splitlines():
-            if marker in line:
-                return line.strip()
-        if time.monotonic() > deadline:
-            raise DemoError(f"{log} had no '{marker}' line after {timeout_s:.0f} s")
-        time.sleep(0.2)
 
 
 def test_set_metrics() -> tuple[float, float]:
@@ -227,10 +178,16 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
     tx = transaction_records(data.transactions)
     labels = label_records(data.labels)
     say(f"{len(tx):,} transactions over {data.days:.1f} simulated days, {len(labels):,} labels")
+    clicks = click_records(int(args.click_rate * args.duration), args.seed)
+    if clicks:
+        say(f"{len(clicks):,} clicks of the clickstream simulator (seed {args.seed}) at "
+            f"{args.click_rate:,.0f} clicks/s beside them")  # fmt: skip
 
     run_dir = Path(settings.run_dir)
     summary = DemoSummary(events_sent=len(tx), poison_injected=args.poison, rate=args.rate)
     summary.test_set_ap, summary.test_set_cp100 = test_set_metrics()
+    if clicks:
+        summary.clicks = ClickSummary(rate=args.click_rate, sent=len(clicks))
     if args.backfill_days:
         first, begins = iso_ms(data.start_ms)[:10], iso_ms(data.stream_start_ms)[:10]
         say(
@@ -250,8 +207,9 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
         stack_args += ["--parameter-overrides", f"RedisUrl={settings.redis}"]
         # The stream's workers yield the CPU to the API when both want it: on a laptop they
         # share two cores, on AWS they never share a machine.
-        # Only what the demo streams: ClickstreamFunction would warm environments that wait.
+        # Only what the demo streams: an idle function would warm environments that wait.
         streamed = ["-f", "TransactionsFunction", "-f", "LabelsFunction"]
+        streamed += ["-f", "ClickstreamFunction"] if clicks else []
         runtime_log = children.start("runtime", ["run", *stack_args, *streamed])
         say(f"local Lambda runtime starting (log: {runtime_log})")
         key = demo_key(run_dir)  # made before the server starts, which then reads it
@@ -298,12 +256,24 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
                 daemon=True,
             ),
         ]
+        if clicks:
+            threads.append(threading.Thread(
+                target=stream, args=(clicks, str(physical["ClickstreamStream"].ref)),
+                kwargs={"encoder": encoders["clicks"], "partition_key": "user_id",
+                        "pacer": second_pacer(args.click_rate),
+                        "max_records_per_batch": max(1, min(500, int(args.click_rate)))},
+                daemon=True,
+            ))  # fmt: skip
         api = ApiLoad(args.port, key, tx, args.api_rate)
-        progress = Progress(args.port, key, args.duration, len(tx), args.rate)
+        rate = args.click_api_rate if clicks else 0.0
+        click_api = ApiLoad(args.port, key, api_bodies(clicks), rate, "/v1/propensity")
+        lag = Lag(args.click_rate) if clicks else None
+        progress = Progress(args.port, key, args.duration, len(tx), args.rate, lag)
         started = time.monotonic()
         for thread in threads:
             thread.start()
         api.start()
+        click_api.start()
         progress.start()
         poisoned = False
         while any(t.is_alive() for t in threads):
@@ -326,11 +296,26 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
         summary.labels_sent = len(labels)
         say("all records sent; waiting for every transaction's decision")
         wait_decided(store, [r["transaction_id"] for r in tx], children.check, 600.0)
+        if summary.clicks is not None:
+            say("every transaction decided; waiting for every click to be processed")
+            summary.clicks.processed = wait_processed(
+                store, clicks, children.check, 600.0, DemoError
+            )
         summary.seconds = time.monotonic() - started
         api.stop()
+        click_api.stop()
         progress.stop()
         summary.fell_behind = progress.fell_behind
         collect_results(summary, data, store, api, args.port, key)
+        if summary.clicks is not None and lag is not None:
+            c = summary.clicks
+            c.fell_behind, c.api_errors = lag.fell_behind, click_api.errors
+            c.api_requests = len(click_api.latencies_ms) + click_api.errors
+            c.api_p50_ms = percentile(click_api.latencies_ms, 50)
+            c.api_p99_ms = percentile(click_api.latencies_ms, 99)
+            # Every click's second, from the first put until now (the drains took a while).
+            snap = telemetry(args.port, key, time.monotonic() - started + 5)
+            fill(c, store, clicks, snap.get("clickstream") or {})
         summary.redrive, summary.poison_parked = redrive_all(
             clients, physical, args.stack_name, stack_streams(app)
         )

@@ -1,4 +1,5 @@
-"""`make demo`'s figures: fraud caught against the simulator's labels, and the summary table."""
+"""`make demo`'s figures: fraud caught against the simulator's labels, and the summary table
+(the clickstream's rows from `kestrel_local.demo_clicks`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from kestrel_training.protocol import evaluate
+
+from kestrel_local.demo_clicks import ClickSummary, summary_rows
 
 DAY_MS = 86_400_000
 
@@ -47,6 +50,7 @@ class DemoSummary:
     drift: str = "not checked"
     rate: float = 0.0
     fell_behind: bool = False
+    clicks: ClickSummary | None = None  # None: the demo streamed no clicks
 
     @property
     def events_per_s(self) -> float:
@@ -154,6 +158,7 @@ def summary_table(s: DemoSummary) -> str:
         ("Drift (last 24 h of event time)", s.drift),
         ("Poison injected / parked", f"{s.poison_injected} / {s.poison_parked}"),
         ("Redrive", redrive or "nothing to redrive"),
+        *(summary_rows(s.clicks) if s.clicks is not None else []),
     ]
     width = max(len(name) for name, _ in rows)
     line = "-" * (width + 3 + max(len(value) for _, value in rows))

@@ -20,6 +20,7 @@ import redis
 from kestrel.adapters.glue_registry import GlueSchemaRegistry
 from kestrel.adapters.redis_scripts import decision_key
 from kestrel_local.aws import AwsClients
+from kestrel_local.demo_clicks import Lag, progress_part
 from kestrel_local.demo_input import DemoInput
 from kestrel_local.demo_report import (
     DemoSummary,
@@ -65,8 +66,9 @@ def telemetry(port: int, key: str, window_s: float) -> dict[str, Any]:
 
 
 def _score_loop(
-    port: int, key: str, bodies: Sequence[bytes], rate: float, stop: Any, results: Any
-) -> None:
+    port: int, key: str, bodies: Sequence[bytes], rate: float, stop: Any, results: Any,
+    path: str = "/v1/score",
+) -> None:  # fmt: skip
     """In its own process: POST one body every 1/rate s until `stop`; send back the timings."""
     latencies, errors = [], 0
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -76,7 +78,7 @@ def _score_loop(
             break
         sent = time.perf_counter()
         try:
-            code, _ = _request(conn, "POST", "/v1/score", key, bodies[i % len(bodies)])
+            code, _ = _request(conn, "POST", path, key, bodies[i % len(bodies)])
         except (OSError, http.client.HTTPException):
             errors += 1
             conn.close()
@@ -89,31 +91,43 @@ def _score_loop(
 
 
 class ApiLoad:
-    """Scores streamed transactions through `POST /v1/score` at a steady rate, keep-alive.
+    """Scores streamed records through `path` (`POST /v1/score` by default) at a steady rate,
+    keep-alive.
 
     The requests come from a process of their own: from the demo's process, busy producing,
     each reply would wait for the interpreter lock and the client's delay would be counted
     as the API's.
     """
 
-    def __init__(self, port: int, key: str, records: Sequence[dict[str, Any]], rate: float):
+    def __init__(
+        self,
+        port: int,
+        key: str,
+        records: Sequence[dict[str, Any]],
+        rate: float,
+        path: str = "/v1/score",
+    ) -> None:
         self.rate = rate
         self.latencies_ms: list[float] = []
         self.errors = 0
         context = multiprocessing.get_context("spawn")
         self._stop_event = context.Event()
         self._results, sender = context.Pipe(duplex=False)
-        bodies = [json.dumps(records[(i * 7919) % len(records)]).encode() for i in range(4096)]
+        bodies = [
+            json.dumps(records[(i * 7919) % len(records)]).encode()
+            for i in range(4096 if records else 0)
+        ]
+        self._sending = bool(bodies)
         self._process = context.Process(
             target=_score_loop,
-            args=(port, key, bodies, rate, self._stop_event, sender),
-            name="demo-api-load",
+            args=(port, key, bodies, rate, self._stop_event, sender, path),
+            name=f"demo-api-load{path.replace('/', '-')}",
             daemon=True,
         )
 
     def start(self) -> None:
-        """Start sending (nothing at a rate of 0)."""
-        if self.rate > 0:
+        """Start sending (nothing at a rate of 0 or without records)."""
+        if self.rate > 0 and self._sending:
             self._process.start()
 
     def stop(self) -> None:
@@ -128,16 +142,23 @@ class ApiLoad:
 
 class Progress(threading.Thread):
     """Prints one live line every 2 s from the API's telemetry, and says when the stream
-    falls behind the producer (decisions lag by over `BEHIND_MS` twice in a row)."""
+    falls behind the producer (decisions lag by over `BEHIND_MS` twice in a row); with
+    `clicks`, the clickstream's figures too, and when it falls behind."""
 
     BEHIND_MS = 2000.0
 
     def __init__(
-        self, port: int, key: str, duration_s: float, total: int, rate: float = 0.0
+        self,
+        port: int,
+        key: str,
+        duration_s: float,
+        total: int,
+        rate: float = 0.0,
+        clicks: Lag | None = None,
     ) -> None:
         super().__init__(daemon=True, name="demo-progress")
         self.port, self.key, self.duration_s, self.total = port, key, duration_s, total
-        self.rate = rate
+        self.rate, self.clicks = rate, clicks
         self._stop_event = threading.Event()
         self.tty = sys.stdout.isatty()
         self._late_lines = 0
@@ -150,12 +171,15 @@ class Progress(threading.Thread):
             try:
                 snap = telemetry(self.port, self.key, 10)
                 line = self.line(snap, time.monotonic() - start)
-                warning = self.behind(snap)
+                warnings = [self.behind(snap)]
+                if self.clicks is not None:
+                    line += progress_part(snap)
+                    warnings.append(self.clicks.check(snap))
             except (OSError, http.client.HTTPException, DemoError, ValueError) as exc:
-                line, warning = f"(telemetry unavailable: {exc})", None
+                line, warnings = f"(telemetry unavailable: {exc})", []
             end = "\r" if self.tty else "\n"
             print(f"{line:<140}", end=end, flush=True)
-            if warning:
+            for warning in filter(None, warnings):
                 print(("\n" if self.tty else "") + warning, flush=True)
         if self.tty:
             print()
@@ -303,7 +327,12 @@ def reset_stack(
 ) -> None:
     """Empty the stack for a fresh run: streams deleted (then re-created), queues purged."""
     kinesis, sqs = clients.client("kinesis"), clients.client("sqs")
-    for logical_id in ("TransactionsStream", "LabelsStream", "DecisionsStream"):
+    for logical_id in (
+        "TransactionsStream",
+        "LabelsStream",
+        "DecisionsStream",
+        "ClickstreamStream",
+    ):
         name = str(physical[logical_id].ref)
         try:
             kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)

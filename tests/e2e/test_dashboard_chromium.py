@@ -1,11 +1,13 @@
 """The dashboard in a real browser: headless Chromium on `GET /dashboard` of a live local stack.
 
-Transactions keep streaming through Kestrel's template on the emulator (the local Lambda
-runtime's TransactionsFunction and LabelsFunction, real Redis) while Chromium loads the page
-through a loopback proxy that records every exchange. The dumped DOM must show exactly the
-numbers of the `/v1/telemetry` answer the page rendered last (found by its `generated_at`):
-a live events/s above zero, freshness, decisions, fraud rate, DLQ depths, the model version
-and the drift status, with uPlot's canvases drawn. A screenshot is kept in
+Transactions and clicks keep streaming through Kestrel's template on the emulator (the local
+Lambda runtime's TransactionsFunction, LabelsFunction and ClickstreamFunction, real Redis)
+while Chromium loads the page through a loopback proxy that records every exchange. The
+dumped DOM must show exactly the numbers of the `/v1/telemetry` answer the page rendered
+last (found by its `generated_at`): a live events/s above zero, freshness, decisions, fraud
+rate, DLQ depths, the model version and the drift status, and for the clickstream live
+clicks/s, click freshness, the propensity model and the propensity distribution, with
+uPlot's canvases drawn. A screenshot is kept in
 ``test-artifacts/dashboard.png``. Chromium missing fails the test (never a skip).
 """
 
@@ -33,7 +35,7 @@ from kestrel_local.runtime import LocalRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-N_WARM, N_POISON, N_LABELS, N_FRAUDS = 200, 3, 12, 5
+N_WARM, N_POISON, N_LABELS, N_FRAUDS, N_CLICKS = 200, 3, 12, 5, 60
 FEED_BATCH, FEED_EVERY_S = 10, 0.2  # about 50 events/s while the browser looks
 WINDOW_S = 600
 DRIFT = {"status": "watch", "checked_at": "2026-11-29T10:00:00.000Z", "psi_max": 0.14,
@@ -41,6 +43,7 @@ DRIFT = {"status": "watch", "checked_at": "2026-11-29T10:00:00.000Z", "psi_max":
 PAGE_FILES = {"/dashboard", "/dashboard/app.js", "/dashboard/app.css",
               "/dashboard/uplot-1.6.32.js", "/dashboard/uplot-1.6.32.css"}  # fmt: skip
 CHROMIUM_WINDOW = "--window-size=1440,1000"
+SHOT_WINDOW = "--window-size=1440,1480"  # the screenshot shows the clickstream's charts too
 
 
 @dataclass
@@ -54,14 +57,35 @@ class LiveStack:
 
 
 class Feeder(threading.Thread):
-    """Puts FEED_BATCH new transactions on the stream every FEED_EVERY_S until stopped."""
+    """Puts FEED_BATCH new transactions and as many clicks on their streams every FEED_EVERY_S
+    until stopped."""
 
-    def __init__(self, clients: AwsClients, stream: str) -> None:
+    def __init__(self, clients: AwsClients, stream: str, clickstream: str) -> None:
         super().__init__(name="feeder", daemon=True)
-        self.clients, self.stream = clients, stream
+        self.clients, self.stream, self.clickstream = clients, stream, clickstream
         self.stop_event = threading.Event()
         self.count = [0]
+        self.clicks = 0
         self.error: BaseException | None = None
+
+    def put_clicks(self, n: int) -> None:
+        """Put `n` new clicks now: sessions of page views, product views and cart adds."""
+        now_ms, first = int(time.time() * 1000), self.clicks
+        kinds = ("page_view", "product_view", "product_view", "add_to_cart")
+        docs = []
+        for i in range(first, first + n):
+            kind = kinds[i % len(kinds)]
+            doc: dict[str, Any] = {
+                "event_id": f"DBC-{i:06d}", "user_id": f"U-DB{i % 25}",
+                "session_id": f"U-DB{i % 25}-S{i // 100}", "event_type": kind,
+                "event_time": now_ms,
+            }  # fmt: skip
+            if kind != "page_view":
+                doc |= {"product_id": f"P-{i % 30}", "category": f"cat{i % 4}",
+                        "price": float(10 + (i * 13) % 190)}  # fmt: skip
+            docs.append(doc)
+        put_transactions(self.clients, self.clickstream, docs, partition_key="clicks")
+        self.clicks += n
 
     def put(self, n: int) -> list[dict[str, Any]]:
         """Put `n` new transactions now (amounts spread so every decision type occurs)."""
@@ -79,6 +103,7 @@ class Feeder(threading.Thread):
         try:
             while not self.stop_event.wait(FEED_EVERY_S):
                 self.put(FEED_BATCH)
+                self.put_clicks(FEED_BATCH)
         except Exception as exc:
             self.error = exc  # the module's teardown reports it
             raise
@@ -108,15 +133,18 @@ def live(
          "KESTREL_POLL_INTERVAL_S": "0.02"}
     )  # fmt: skip
     runtime = LocalRuntime(
-        app, clients, settings, only=["TransactionsFunction", "LabelsFunction"],
+        app, clients, settings,
+        only=["TransactionsFunction", "LabelsFunction", "ClickstreamFunction"],
         log_dir=work / "logs",
     )  # fmt: skip
     runtime.start()
     stream = app.stack.physical["TransactionsStream"].ref
-    feeder = Feeder(AwsClients(emulator_endpoint), stream)
+    clickstream = app.stack.physical["ClickstreamStream"].ref
+    feeder = Feeder(AwsClients(emulator_endpoint), stream, clickstream)
     proxy: RecordingProxy | None = None
     try:
         txs = feeder.put(N_WARM)
+        feeder.put_clicks(N_CLICKS)
         kinesis = clients.client("kinesis")
         poison = [{"Data": b"\xff not json", "PartitionKey": f"P{i}"} for i in range(N_POISON)]
         assert kinesis.put_records(StreamName=stream, Records=poison)["FailedRecordCount"] == 0
@@ -133,7 +161,8 @@ def live(
         assert reply["FailedRecordCount"] == 0
         by_function = {m.spec.logical_id: m for m in runtime.kinesis}
         for name, count in {"TransactionsFunction": N_WARM + N_POISON,
-                            "LabelsFunction": N_LABELS}.items():  # fmt: skip
+                            "LabelsFunction": N_LABELS,
+                            "ClickstreamFunction": N_CLICKS}.items():  # fmt: skip
             mapping = by_function[name]
             wait_until(
                 lambda m=mapping, c=count: m.stats.succeeded >= c,  # type: ignore[misc]
@@ -220,14 +249,35 @@ def test_dashboard_in_chromium_shows_the_live_telemetry_it_polled(
     assert t["drift"]["status"] == "watch" and dom["drift-status"].text == "watch"
     assert "watch" in dom["drift-status"].attrs["class"].split()
 
+    # The clickstream's figures are that answer's clickstream part: live clicks, freshness up
+    # to the propensity stored, and every click's propensity in the distribution.
+    c = t["clickstream"]
+    assert c["events_per_s"]["current"] > 0, "no live clicks while the page polled"
+    assert _value(dom, "clicks-per-s") == c["events_per_s"]["current"]
+    assert dom["clicks-per-s"].text == f"{c['events_per_s']['current']:,.1f}"
+    assert _value(dom, "clicks-mean") == c["events_per_s"]["mean"]
+    assert _value(dom, "click-freshness-p50") == c["freshness_ms"]["p50"] > 0
+    assert _value(dom, "click-freshness-p99") == c["freshness_ms"]["p99"]
+    assert c["freshness_ms"]["p99"] >= c["freshness_ms"]["p50"]
+    assert _value(dom, "click-freshness-count") == c["freshness_ms"]["count"] >= N_CLICKS
+    scored = sum(c["propensity_histogram"]["counts"])
+    assert scored >= N_CLICKS and _value(dom, "propensity-count") == scored
+    edges, counts = c["propensity_histogram"]["edges"], c["propensity_histogram"]["counts"]
+    mean = sum((edges[i] + edges[i + 1]) / 2 * n for i, n in enumerate(counts)) / scored
+    assert _value(dom, "propensity-mean") == pytest.approx(mean, abs=1e-9)
+    assert dom["propensity-mean"].text == f"{mean:.3f}"
+    assert c["model_version"] and dom["propensity-model"].text == c["model_version"]
+    assert int(dom["chart-propensity"].attrs["data-points"]) == len(counts) == 20
+    assert int(dom["chart-clicks"].attrs["data-points"]) == WINDOW_S - 1
+
     # The charts are drawn: uPlot's canvases, with the window's points.
-    assert dom.tags.get("canvas", 0) >= 3
+    assert dom.tags.get("canvas", 0) >= 5
     assert int(dom["chart-events"].attrs["data-points"]) == WINDOW_S - 1
     assert int(dom["chart-scores"].attrs["data-points"]) == len(t["score_histogram"]["counts"])
     assert int(dom["chart-freshness"].attrs["data-points"]) >= 1
     # Both time axes read like a clock: HH:MM:SS, a different time on every tick (the freshness
     # chart once labelled all its ticks with the same second). app.js keeps the drawn labels.
-    for chart in ("chart-events", "chart-freshness"):
+    for chart in ("chart-events", "chart-freshness", "chart-clicks"):
         ticks = json.loads(dom[chart].attrs["data-x-ticks"])
         assert len(ticks) >= 3, f"{chart}: {ticks}"
         assert all(re.fullmatch(r"\d\d:\d\d:\d\d", tick) for tick in ticks), f"{chart}: {ticks}"
@@ -236,7 +286,7 @@ def test_dashboard_in_chromium_shows_the_live_telemetry_it_polled(
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)
     run_chromium(
-        chromium, tmp_path / "profile-shot", page, CHROMIUM_WINDOW,
+        chromium, tmp_path / "profile-shot", page, SHOT_WINDOW,
         "--virtual-time-budget=7000", f"--screenshot={shot}",
     )  # fmt: skip
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

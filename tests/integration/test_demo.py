@@ -49,6 +49,7 @@ def test_demo_streams_decides_parks_poison_and_summarises(tmp_path: Path) -> Non
             env,
             "kestrel_local.demo",
             *("--rate", "400", "--duration", "10", "--poison", "6", "--api-rate", "20"),
+            *("--click-rate", "100", "--click-api-rate", "10"),
             *("--backfill-days", "2"),
             *("--port", str(port), "--exit"),
         )
@@ -79,3 +80,16 @@ def test_demo_streams_decides_parks_poison_and_summarises(tmp_path: Path) -> Non
         "errors": 0,
     }
     assert summary["redrive"]["on-failure"]["errors"] == 0
+    # The clicks streamed beside the transactions: every one processed once (its event id in
+    # its session hash), each user's propensity stored, and the figures of both families.
+    clicks = summary["clicks"]
+    assert clicks["sent"] == clicks["processed"] == 1000
+    assert 0 < clicks["users_scored"] == clicks["users"]
+    assert sum(clicks["histogram"]) >= 1000  # per attempt: a retried batch counts again
+    assert len(clicks["deciles"]) == 9 and clicks["deciles"] == sorted(clicks["deciles"])
+    assert all(0.0 <= q <= 1.0 for q in clicks["deciles"])
+    assert 0 < clicks["freshness_p50_ms"] <= clicks["freshness_p99_ms"]
+    assert clicks["api_requests"] > 0 and clicks["api_errors"] == 0
+    assert clicks["model_version"]
+    assert "Clicks streamed / processed" in out and "/v1/propensity" in out
+    assert "| clicks " in out  # the progress line shows the clickstream

@@ -26,6 +26,7 @@ from api_harness import (
 )
 from esm_harness import wait_until
 
+from kestrel.adapters.redis_telemetry import CLICK_TELEMETRY_PREFIX
 from kestrel.settings import LocalSettings
 from kestrel_local.aws import AwsClients
 from kestrel_local.provision import LocalApp
@@ -45,9 +46,11 @@ class ClickStack:
     api: ApiServer
     store: redis.Redis
     now_ms: int
+    streamed: int = 0
 
     def stream(self, clicks: Sequence[dict[str, Any]], timeout_s: float = 60) -> None:
-        """Put `clicks` on the clickstream; wait until the last one's propensity is stored."""
+        """Put `clicks` on the clickstream; wait until the last one's propensity is stored and
+        its batch's telemetry written (the stream's last Redis write for the batch)."""
         kinesis = self.clients.client("kinesis")
         name = self.app.stack.physical["ClickstreamStream"].ref
         records = [{"Data": json.dumps(c).encode(), "PartitionKey": c["user_id"]} for c in clicks]
@@ -59,6 +62,14 @@ class ClickStack:
             return isinstance(raw, bytes) and raw.decode() == last["event_id"]
 
         wait_until(stored, timeout_s=timeout_s, what=f"propensity of {last['event_id']}")
+        self.streamed += len(clicks)
+
+        def counted() -> bool:
+            totals = self.store.hgetall(CLICK_TELEMETRY_PREFIX + "totals")
+            seen = sum(int(totals.get(k, 0)) for k in (b"applied", b"duplicates"))
+            return seen >= self.streamed
+
+        wait_until(counted, timeout_s=timeout_s, what=f"{self.streamed} clicks in the telemetry")
 
 
 def click(event_id: str, user: str, kind: str, at_ms: int, product: str = "P-1") -> dict[str, Any]:

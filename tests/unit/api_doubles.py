@@ -151,6 +151,7 @@ class Api:
     clock: Clock
     clicks: MemoryClicks
     propensity: PropensityService
+    click_stream: MemoryTelemetry  # the clickstream's telemetry (ClickstreamFunction's)
 
     def post(self, path: str, body: Any, headers: Mapping[str, str] = JSON_AUTH) -> HTTPResponse:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -176,17 +177,20 @@ def serve_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     settings = Settings.from_env({"KESTREL_API_KEY": KEY})
     stream, depths, drift = MemoryTelemetry(), FixedDepths({"poison": 0}), MemoryDrift()
     telemetry = TelemetryService(stream, depths, drift)
+    click_stream = MemoryTelemetry()
+    click_telemetry = TelemetryService(click_stream)
     clicks = MemoryClicks(reader)  # the same Redis: down when the reader is down
     propensity = propensity_service(clicks)
     monkeypatch.setattr(clients, "settings", lambda: settings)
     monkeypatch.setattr(clients, "scoring_service", lambda: service)
     monkeypatch.setattr(clients, "propensity_service", lambda: propensity)
     monkeypatch.setattr(clients, "telemetry_service", lambda: telemetry)
+    monkeypatch.setattr(clients, "click_telemetry_service", lambda: click_telemetry)
     module = load_app()
     with Client(module.app, project_dir=str(API_DIR)) as client:
         yield Api(
             module, client, reader, decisions, service, stream, depths, drift, registry, clock,
-            clicks, propensity,
+            clicks, propensity, click_stream,
         )  # fmt: skip
 
 

@@ -235,9 +235,28 @@ def test_dashboard_time_axes_tick_in_whole_seconds_and_keep_their_labels() -> No
     incrs = json.loads(found.group(1))
     assert incrs == sorted(set(incrs)) and all(isinstance(i, int) and i >= 1 for i in incrs)
     assert 'uPlot.fmtDate("{HH}:{mm}:{ss}")' in script and "incrs: TIME_INCRS" in script
-    assert script.count("axes: [timeAxis,") == 2  # the events and the freshness charts
+    assert script.count("axes: [timeAxis,") == 3  # the events, freshness and clicks charts
     assert "dataset.xTicks = JSON.stringify(labels)" in script
     assert re.search(r"FRESHNESS_SPAN_S = (\d+);", script)  # a minute at least, not one poll
+
+
+CLICK_ELEMENTS = {
+    "clicks-per-s", "clicks-mean", "click-freshness-p50", "click-freshness-p99",
+    "click-freshness-count", "propensity-mean", "propensity-count", "propensity-model",
+    "chart-clicks", "chart-propensity",
+}  # fmt: skip
+
+
+def test_dashboard_page_has_the_clickstream_figures_the_script_fills() -> None:
+    page = (ASSET_DIR / "index.html").read_text(encoding="utf-8")
+    script = (ASSET_DIR / "app.js").read_text(encoding="utf-8")
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    assert ids >= CLICK_ELEMENTS
+    filled = set(re.findall(r'(?:show|setData|chart)\("([a-z0-9-]+)"', script))
+    assert filled >= CLICK_ELEMENTS, CLICK_ELEMENTS - filled
+    # Drawn from the clickstream part of the telemetry answer, only when it has one.
+    assert "if (t.clickstream) renderClicks(t.clickstream);" in script
+    assert "c.propensity_histogram" in script and "c.events_per_s" in script
 
 
 @pytest.mark.parametrize(("file", "sha256"), sorted(VENDORED.items()))

@@ -7,6 +7,7 @@ from typing import Any
 
 from kestrel.click_events import CLICK_TYPES, MAX_PRICE
 from kestrel.click_features import CLICK_FEATURE_NAMES
+from kestrel.click_telemetry import CLICK_COUNTERS
 from kestrel.propensity_serving import USER_FEATURES
 
 _REF = "#/components/schemas/"
@@ -179,9 +180,44 @@ def paths(
     }
 
 
+def click_telemetry(telemetry: dict[str, Any]) -> dict[str, Any]:
+    """The ``clickstream`` part of the Telemetry schema, from the fraud stream's parts."""
+    fraud = telemetry["properties"]
+    counter = fraud["labels"]
+    counts = {
+        "type": "object",
+        "required": ["events", *CLICK_COUNTERS],
+        "properties": dict.fromkeys(("events", *CLICK_COUNTERS), counter),
+    }
+    rate = copy.deepcopy(fraud["events_per_s"])
+    rate["description"] = "series[i]: clicks processed in second start_s + i (the last one "
+    "still running); current: mean of the last 5 complete seconds."
+    return {
+        "type": "object",
+        "description": "The clickstream (ClickstreamFunction) over the same window: clicks "
+        "processed per second, freshness from Kinesis arrival to the propensity stored, and "
+        "the clicks' propensities in 20 equal bins.",
+        "required": ["events_per_s", "freshness_ms", "propensity_histogram", "counts",
+                     "totals", "model_version", "last_batch_at"],
+        "properties": {
+            "events_per_s": rate,
+            "freshness_ms": fraud["freshness_ms"],
+            "propensity_histogram": fraud["score_histogram"],
+            "counts": counts,
+            "totals": counts,
+            "model_version": fraud["model_version"],
+            "last_batch_at": fraud["last_batch_at"],
+        },
+    }  # fmt: skip
+
+
 def merged(spec: dict[str, Any], id_schema: dict[str, Any]) -> dict[str, Any]:
-    """`spec` with the propensity routes and their schemas added."""
+    """`spec` with the propensity routes and their schemas added, and the clickstream's
+    telemetry in the Telemetry schema."""
     components = spec["components"]["schemas"]
+    telemetry = components["Telemetry"]
+    telemetry["properties"]["clickstream"] = click_telemetry(telemetry)
+    telemetry["required"] = [*telemetry["required"], "clickstream"]
     event_time = components["Transaction"]["properties"]["event_time"]
     components.update(schemas(id_schema, event_time))
     operations = spec["paths"]

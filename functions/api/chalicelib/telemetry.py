@@ -56,6 +56,18 @@ class ApiMetrics:
         self._model = Gauge(
             "kestrel_api_model_loaded", "1 while a model is served.", registry=self.registry
         )
+        self._propensity_breaker_open = Gauge(
+            "kestrel_api_propensity_breaker_open",
+            "1 while the click store's circuit breaker (/v1/propensity) is open or half-open.",
+            registry=self.registry,
+        )
+        self._propensities = Counter(
+            "kestrel_api_propensity_answers", "Propensities answered, by whether degraded.",
+            ["degraded"], registry=self.registry,
+        )  # fmt: skip
+        self._propensity_children = {
+            flag: self._propensities.labels(str(flag).lower()) for flag in (False, True)
+        }
         # Label children by their labels, looked up once: `labels()` validates and locks.
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._decision_children: dict[tuple[Any, bool], Counter] = {}
@@ -82,6 +94,16 @@ class ApiMetrics:
                 child = self._decisions.labels(key[0].value, str(key[1]).lower())
                 self._decision_children[key] = child
             child.inc()
+
+    def propensity(self, degraded: bool) -> None:
+        """Count one propensity answer, degraded (the prior) or not."""
+        self._propensity_children[bool(degraded)].inc()
+
+    def track_propensity(self, breaker_state: Callable[[], str]) -> None:
+        """Read the propensity service's breaker at each scrape."""
+        self._propensity_breaker_open.set_function(
+            lambda: 0.0 if breaker_state() == "closed" else 1.0
+        )
 
     def track(self, breaker_state: Callable[[], str], model_loaded: Callable[[], bool]) -> None:
         """Read the breaker and the model state at each scrape."""

@@ -197,16 +197,24 @@ def window(request: Request, default: int = 60) -> int:
     return int(raw)
 
 
-def telemetry(fetch: Callable[[int], TelemetrySnapshot], request: Request) -> Response:
-    """200 with the stream telemetry, 400 for a bad window, 503 when it cannot be read."""
+def telemetry(
+    fetch: Callable[[int], TelemetrySnapshot],
+    request: Request,
+    clickstream: Callable[[int], dict[str, Any]] | None = None,
+) -> Response:
+    """200 with the stream telemetry (and the clickstream's, when given), 400 for a bad
+    window, 503 when it cannot be read."""
     try:
-        snapshot = fetch(window(request))
+        seconds = window(request)
+        body = fetch(seconds).to_dict()
+        if clickstream is not None:
+            body["clickstream"] = clickstream(seconds)
     except HttpError as exc:
         return exc.response()
     except TelemetryUnavailable as exc:
-        body = {"error": "telemetry_unavailable", "field": "", "problem": str(exc)}
-        return json_response(body, 503, {"Retry-After": "1"})
-    return json_response(snapshot.to_dict())
+        error = {"error": "telemetry_unavailable", "field": "", "problem": str(exc)}
+        return json_response(error, 503, {"Retry-After": "1"})
+    return json_response(body)
 
 
 def key_is_valid(headers: Mapping[str, str], expected: str) -> bool:

@@ -1,4 +1,5 @@
-// Kestrel live dashboard: polls v1/telemetry every 2 s and draws it (uPlot, vendored).
+// Kestrel live dashboard: polls v1/telemetry every 2 s and draws it (uPlot, vendored): the
+// transactions' figures, then the clickstream's (events/s, freshness, propensity distribution).
 // The API key comes from the URL fragment (#key=...) or the form, lives in sessionStorage
 // only, and is sent as x-api-key. Nothing here names a host: every URL is relative.
 "use strict";
@@ -118,6 +119,19 @@
         y: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.1)] },
       },
     }, freshness);
+    chart("chart-clicks", {
+      series: [timeSeries, { label: "clicks/s", stroke: "#0891b2", fill: "rgba(8,145,178,0.12)", width: 1.5 }],
+      axes: [timeAxis, Object.assign({ size: 56 }, axis)],
+      scales: { y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
+    }, [[], []]);
+    chart("chart-propensity", {
+      scales: { x: { time: false, range: [0, 1] }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
+      series: [{ label: "propensity", value: (u, v) => (v == null ? dash : v.toFixed(3)) },
+        { label: "clicks", stroke: "#ea580c", fill: "rgba(234,88,12,0.35)",
+          paths: uPlot.paths.bars({ size: [0.9, Infinity] }), points: { show: false } }],
+      axes: [Object.assign({ values: (u, ticks) => ticks.map((t) => t.toFixed(1)) }, axis),
+        Object.assign({ size: 56 }, axis)],
+    }, [[], []]);
     chart("chart-scores", {
       scales: { x: { time: false, range: [0, 1] }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
       series: [{ label: "score", value: (u, v) => (v == null ? dash : v.toFixed(3)) },
@@ -191,7 +205,30 @@
     const edges = t.score_histogram.edges;
     const centers = t.score_histogram.counts.map((_, i) => (edges[i] + edges[i + 1]) / 2);
     setData("chart-scores", [centers, t.score_histogram.counts]);
+    if (t.clickstream) renderClicks(t.clickstream);
     return t.last_batch_at ? Math.max(0, Math.round((Date.now() - Date.parse(t.last_batch_at)) / 1000)) : null;
+  }
+
+  // The clickstream's part of the snapshot: rates, freshness, the propensity histogram.
+  function renderClicks(c) {
+    const rate = c.events_per_s;
+    show("clicks-per-s", rate.current, fmtRate(rate.current));
+    show("clicks-mean", rate.mean, fmtRate(rate.mean));
+    const f = c.freshness_ms;
+    show("click-freshness-p50", f.p50, fmtMs(f.p50));
+    show("click-freshness-p99", f.p99, fmtMs(f.p99));
+    show("click-freshness-count", f.count, fmtCount(f.count));
+    const h = c.propensity_histogram;
+    const centers = h.counts.map((_, i) => (h.edges[i] + h.edges[i + 1]) / 2);
+    const scored = h.counts.reduce((sum, n) => sum + n, 0);
+    // The mean from the bins' centres: the histogram is all the telemetry keeps.
+    const mean = scored ? centers.reduce((sum, x, i) => sum + x * h.counts[i], 0) / scored : null;
+    show("propensity-mean", mean, mean == null ? dash : mean.toFixed(3));
+    show("propensity-count", scored, fmtCount(scored));
+    show("propensity-model", c.model_version, c.model_version || "none yet");
+    const series = rate.series.slice(0, -1);
+    setData("chart-clicks", [series.map((_, i) => rate.start_s + i), series]);
+    setData("chart-propensity", [centers, h.counts]);
   }
 
   // --- status line, key form, polling ------------------------------------------------

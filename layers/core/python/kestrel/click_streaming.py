@@ -15,6 +15,11 @@ warning says so (again only after a model has been served in between). The prope
 an enrichment, so its absence must not hold the clickstream's features back (the fraud
 path differs: a transaction needs its decision, so there no model means a retried batch).
 A propensity store failure raises, so the batch is retried (the store is idempotent).
+
+With a `TelemetrySink` (the clickstream's own, ``kestrel:{tmc}:``), each attempt adds its
+figures (`kestrel.click_telemetry.click_figures`) best effort, as the fraud path does.
+Freshness is measured once the propensities are stored: Kinesis arrival to propensity
+visible.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from typing import Any, Protocol
 
 from kestrel.click_events import ClickEvent, check_click_not_ahead_of_arrival
 from kestrel.click_features import CLICK_FEATURE_SET_HASH, AppliedClick, click_feature_vector
+from kestrel.click_telemetry import click_figures
 from kestrel.events import DEFAULT_MAX_FUTURE_S, PoisonRecord, decode_base64
+from kestrel.monitoring_ports import TelemetrySink
 from kestrel.ports import DeadLetter, DeadLetterSink, EventLog, SchemaRegistryUnavailable
 from kestrel.propensity import Propensity, PropensitySink, latest_per_user
 from kestrel.scoring import NoModelError, Scorer
-from kestrel.streaming import BatchOutcome, _registry_unavailable, batch_id
+from kestrel.streaming import BatchOutcome, _observed, _registry_unavailable, batch_id
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +67,27 @@ class ClickPath:
         max_future_s: float = DEFAULT_MAX_FUTURE_S,
         scorer: Scorer | None = None,
         propensities: PropensitySink | None = None,
+        telemetry: TelemetrySink | None = None,
     ) -> None:
         self._decode, self._store, self._dead_letters = decode, store, dead_letters
         self._event_log, self._clock, self._max_future_s = event_log, clock, max_future_s
         self._scorer, self._propensities = scorer, propensities
+        self._telemetry = telemetry
         self._warned = False  # the no-model warning was given (and no model served since)
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """Process one Kinesis batch (the event's Records list)."""
+        return _observed(self._run, records, self._telemetry, self._clock, click_figures)
+
+    def _run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
+        """`run` without the telemetry."""
         outcome = BatchOutcome()
         if not records:
             return outcome
         decoded = self._decode_all(records, outcome)
         results = self._store.apply_clicks([event for _, event in decoded])
         now_ms = self._clock() * 1000
-        logged, kept, vectors = [], [], []
+        logged, kept, vectors, arrivals_ms = [], [], [], []
         for (record, event), result in zip(decoded, results, strict=True):
             kinesis = record["kinesis"]
             if isinstance(result, Exception):
@@ -90,7 +103,7 @@ class ClickPath:
                 outcome.applied += 1
             else:
                 outcome.duplicates += 1
-            outcome.arrival_lag_ms.append(now_ms - kinesis["approximateArrivalTimestamp"] * 1000)
+            arrivals_ms.append(kinesis["approximateArrivalTimestamp"] * 1000)
             outcome.event_lag_ms.append(now_ms - event.event_time_ms)
             logged.append(
                 {
@@ -122,6 +135,8 @@ class ClickPath:
         else:
             for entry in logged:
                 entry["propensity"], entry["model_version"] = None, None
+        visible_ms = self._clock() * 1000  # features and propensities are stored
+        outcome.arrival_lag_ms.extend(visible_ms - arrival for arrival in arrivals_ms)
         if logged:
             # A failure here fails the whole batch: it is retried, and the store is idempotent.
             self._event_log.write_batch("clicks", batch_id(records), logged, "event_time")

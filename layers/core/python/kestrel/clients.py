@@ -24,7 +24,11 @@ from kestrel.adapters.redis_clicks import RedisClickStore
 from kestrel.adapters.redis_decisions import RedisDecisions
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.adapters.redis_propensity import RedisPropensities
-from kestrel.adapters.redis_telemetry import RedisDriftStatus, RedisTelemetry
+from kestrel.adapters.redis_telemetry import (
+    CLICK_TELEMETRY_PREFIX,
+    RedisDriftStatus,
+    RedisTelemetry,
+)
 from kestrel.adapters.s3_dead_letter_payloads import S3DeadLetterPayloads
 from kestrel.adapters.s3_event_log import S3EventLog
 from kestrel.adapters.sqs_dead_letters import SqsDeadLetterSink
@@ -205,7 +209,20 @@ def click_path() -> ClickPath:
         max_future_s=settings().max_future_s,
         scorer=propensity_scorer(),
         propensities=propensity_store(),
+        telemetry=click_telemetry(),
     )
+
+
+@cache
+def click_telemetry() -> RedisTelemetry:
+    """The clickstream's `TelemetrySink` (and source): its own keys on the container's Redis."""
+    return RedisTelemetry(redis_client(), prefix=CLICK_TELEMETRY_PREFIX)
+
+
+@cache
+def click_telemetry_service() -> TelemetryService:
+    """Snapshots of the clickstream's telemetry for the API (no queues, no drift)."""
+    return TelemetryService(cast("TelemetrySource", Deferred(click_telemetry)))
 
 
 @cache
@@ -285,6 +302,8 @@ def reset() -> None:
         label_path,
         click_store,
         click_path,
+        click_telemetry,
+        click_telemetry_service,
         propensity_scorer,
         propensity_store,
         scorer,

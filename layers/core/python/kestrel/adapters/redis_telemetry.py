@@ -1,7 +1,8 @@
 """Stream telemetry and the drift status in Redis: per-second buckets, rollups, totals, status.
 
 Key layout (``{tm}`` is a Redis Cluster hash tag: every telemetry key is in one slot, so a
-window is read with one pipeline to one node)::
+window is read with one pipeline to one node; the clickstream's telemetry has the same
+layout under ``kestrel:{tmc}:``, where ``score:<bin>`` holds the propensities)::
 
     kestrel:{tm}:s:<epoch_s>      hash    one second's figures
     kestrel:{tm}:s10:<epoch_s>    hash    the 10 seconds from <epoch_s> (a multiple of 10)
@@ -54,10 +55,12 @@ if TYPE_CHECKING:
     from redis.cluster import RedisCluster
 
 TELEMETRY_PREFIX = "kestrel:{tm}:"
+# The clickstream's telemetry: the same layout under its own hash tag (ClickstreamFunction).
+CLICK_TELEMETRY_PREFIX = "kestrel:{tmc}:"
 TOTALS_KEY = TELEMETRY_PREFIX + "totals"
 DRIFT_KEY = "kestrel:{drift}:latest"
 # Key prefixes whose values are not exactly-once state (left out of state comparisons).
-NON_STATE_PREFIXES = (TELEMETRY_PREFIX, "kestrel:{drift}:")
+NON_STATE_PREFIXES = (TELEMETRY_PREFIX, CLICK_TELEMETRY_PREFIX, "kestrel:{drift}:")
 # Seconds per bucket, coarsest first; each size divides the one before it.
 BUCKET_SIZES = (60, 10, 1)
 EVENTS_FIELD = "e:"  # a rollup's ``e:<epoch_s>``: that second's events
@@ -105,9 +108,9 @@ return 1
 """
 
 
-def bucket_key(start_s: int, size: int = 1) -> str:
+def bucket_key(start_s: int, size: int = 1, prefix: str = TELEMETRY_PREFIX) -> str:
     """The hash of the `size` seconds from epoch second `start_s` (a multiple of `size`)."""
-    return f"{TELEMETRY_PREFIX}s:{start_s}" if size == 1 else f"{TELEMETRY_PREFIX}s{size}:{start_s}"
+    return f"{prefix}s:{start_s}" if size == 1 else f"{prefix}s{size}:{start_s}"
 
 
 def cover(
@@ -142,13 +145,21 @@ class RedisTelemetry:
     Args:
         client: The container's Redis client (the stream's, or one for reading).
         ttl_s: How long a bucket is kept after its last write (seconds).
+        prefix: The keys' prefix: `TELEMETRY_PREFIX` (transactions and labels) or
+            `CLICK_TELEMETRY_PREFIX` (the clickstream); the layout under it is the same.
 
     ``last_batch_ms`` in the totals is the start of the last batch's second (ms).
     """
 
-    def __init__(self, client: Redis | RedisCluster, ttl_s: int = BUCKET_TTL_S) -> None:
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        ttl_s: int = BUCKET_TTL_S,
+        prefix: str = TELEMETRY_PREFIX,
+    ) -> None:
         self._client = client
         self._ttl_s = ttl_s
+        self._prefix, self._totals = prefix, prefix + "totals"
         self._script = client.register_script(RECORD_LUA)
 
     def record(self, figures: BatchFigures) -> None:
@@ -165,8 +176,10 @@ class RedisTelemetry:
             "t": second * 1000,
         }
         payload = json.dumps(body, separators=(",", ":"), allow_nan=False)
-        buckets = [bucket_key(second // size * size, size) for size in reversed(BUCKET_SIZES)]
-        self._script(keys=[TOTALS_KEY, *buckets], args=[self._ttl_s, payload])
+        buckets = [
+            bucket_key(second // size * size, size, self._prefix) for size in reversed(BUCKET_SIZES)
+        ]
+        self._script(keys=[self._totals, *buckets], args=[self._ttl_s, payload])
 
     def read(self, first_s: int, last_s: int) -> tuple[TelemetryWindow, dict[str, str]]:
         """The window `first_s`..`last_s` from the buckets of `cover`, and the totals.
@@ -176,8 +189,8 @@ class RedisTelemetry:
         blocks = cover(first_s, last_s)
         pipe = self._client.pipeline(transaction=False)
         for size, start in blocks:
-            pipe.hgetall(bucket_key(start, size))
-        pipe.hgetall(TOTALS_KEY)
+            pipe.hgetall(bucket_key(start, size, self._prefix))
+        pipe.hgetall(self._totals)
         *hashes, totals = pipe.execute()
         events = [0] * (last_s - first_s + 1)
         parts: list[dict[str, float]] = []
