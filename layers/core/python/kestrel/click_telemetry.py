@@ -49,25 +49,11 @@ def _counts(values: Mapping[str, int]) -> dict[str, int]:
     return shown | {name: values.get(name, 0) for name in CLICK_COUNTERS}
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
 def click_section(snap: TelemetrySnapshot) -> dict[str, Any]:
     """The ``clickstream`` object of ``GET /v1/telemetry`` from a snapshot of its keys."""
     return {
-        "events_per_s": {
-            "current": round(snap.events_per_s, 3),
-            "mean": round(snap.mean_events_per_s, 3),
-            "start_s": snap.start_s,
-            "series": list(snap.events),
-        },
-        "freshness_ms": {
-            "p50": _round(snap.freshness_ms(0.5)),
-            "p99": _round(snap.freshness_ms(0.99)),
-            "max": _round(snap.freshness_max_ms),
-            "count": sum(snap.freshness),
-        },
+        "events_per_s": snap.events_per_s_dict(),
+        "freshness_ms": snap.freshness_dict(),
         "propensity_histogram": {"edges": score_edges(), "counts": list(snap.scores)},
         "counts": _counts(snap.counts),
         "totals": _counts(snap.totals),

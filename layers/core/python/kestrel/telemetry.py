@@ -261,23 +261,23 @@ class TelemetrySnapshot:
         labels = self.counts.get("labels", 0)
         return self.counts.get("frauds", 0) / labels if labels else None
 
+    def events_per_s_dict(self) -> dict[str, Any]:
+        """The ``events_per_s`` object of ``GET /v1/telemetry``: current, mean, series."""
+        return {"current": round(self.events_per_s, 3), "mean": round(self.mean_events_per_s, 3),
+                "start_s": self.start_s, "series": list(self.events)}  # fmt: skip
+
+    def freshness_dict(self) -> dict[str, Any]:
+        """The ``freshness_ms`` object of ``GET /v1/telemetry``: p50, p99, max, count."""
+        return {"p50": _round(self.freshness_ms(0.5)), "p99": _round(self.freshness_ms(0.99)),
+                "max": _round(self.freshness_max_ms), "count": sum(self.freshness)}  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON body of ``GET /v1/telemetry`` (see the OpenAPI document)."""
         return {
             "window_s": self.window_s,
             "generated_at": iso_ms(self.generated_at_ms),
-            "events_per_s": {
-                "current": round(self.events_per_s, 3),
-                "mean": round(self.mean_events_per_s, 3),
-                "start_s": self.start_s,
-                "series": list(self.events),
-            },
-            "freshness_ms": {
-                "p50": _round(self.freshness_ms(0.5)),
-                "p99": _round(self.freshness_ms(0.99)),
-                "max": _round(self.freshness_max_ms),
-                "count": sum(self.freshness),
-            },
+            "events_per_s": self.events_per_s_dict(),
+            "freshness_ms": self.freshness_dict(),
             "decisions": self.decisions,
             "fraud_rate": _round(self.fraud_rate, 6),
             "labels": self.counts.get("labels", 0),
