@@ -12,21 +12,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kestrel import streaming
+from kestrel.adapters import redis_features
 from kestrel.adapters.kinesis_decisions import KinesisDecisionStream
 from kestrel.adapters.redis_decisions import RedisDecisions
+from kestrel.adapters.redis_wire import InFlight
 
 if TYPE_CHECKING:
     from bench.engine import Bench
+
+
+class StoreWire(InFlight):
+    """The store's `InFlight`, its own class so that its calls are timed apart from the
+    decisions' (which use `InFlight` through `send_batch`)."""
 
 
 @contextlib.contextmanager
 def phase_timers(bench: Bench, totals: dict[str, float]) -> Iterator[None]:
     """Wrap the handler's parts with wall-clock timers (summed into `totals`), then restore."""
     targets: list[tuple[Any, str]] = [
-        (bench.app, "lambda_handler"), (bench.path, "run"), (streaming, "_decode_all"),
-        (bench.store, "apply_transactions"), (bench.store, "_run"),
-        (bench.store, "_send"),
-        (bench.store, "_applied"), (streaming, "feature_vector"),
+        (bench.app, "lambda_handler"), (bench.path, "run"), (streaming, "decode_base64"),
+        (bench.path, "_decode"), (streaming, "check_not_ahead_of_arrival"),
+        (bench.store, "_calls"), (bench.store, "_commands"), (bench.store, "_resend_missing"),
+        (bench.store, "_applied"), (StoreWire, "send"), (StoreWire, "read"),
+        (streaming, "feature_vector"),
         (streaming, "decide_with_model"), (streaming, "shadow_score"), (RedisDecisions, "publish"),
         (KinesisDecisionStream, "publish"),
         (bench.path._event_log, "write_batch"), (bench.app, "respond"),
@@ -44,9 +52,11 @@ def phase_timers(bench: Bench, totals: dict[str, float]) -> Iterator[None]:
                 totals[_n] = totals.get(_n, 0.0) + time.perf_counter() - t0
 
         setattr(owner, attr, timed)
+    setattr(redis_features, "InFlight", StoreWire)  # noqa: B010 - not re-exported there
     try:
         yield
     finally:
+        setattr(redis_features, "InFlight", InFlight)  # noqa: B010
         for owner, attr, original, own in reversed(saved):
             setattr(owner, attr, original) if own else delattr(owner, attr)
 
@@ -55,9 +65,14 @@ def phase_timers(bench: Bench, totals: dict[str, float]) -> Iterator[None]:
 STAGES = {
     "decode: base64 + Avro + validation": "decode",
     "store: build script calls": "store_calls",
-    "store: scripts loaded check, NOSCRIPT handling": "store_script_check",
-    "store: Redis executing the scripts": "store_redis",
-    "store: queue, RESP pack, send, wait, read": "store_wire",
+    "store: NOSCRIPT check": "store_script_check",
+    "store: Redis executing the scripts (overlaps the client's work; not in the total)": (
+        "store_redis"
+    ),
+    "store: RESP pack and send a part": "store_wire",
+    "store: waiting for a part's replies (Redis not hidden by client work), reading them": (
+        "store_wait"
+    ),
     "store: replies -> aggregates": "store_replies",
     "feature_vector": "feature_vector",
     "score: model, thresholds, reasons": "score",
@@ -73,19 +88,26 @@ STAGES = {
 
 def breakdown(t: dict[str, float], events: int, server_us: float) -> dict[str, float]:
     """Non-overlapping µs per event of the handler, from the nested phase totals."""
+    decode = t["decode_base64"] + t["_decode"] + t["check_not_ahead_of_arrival"]
     parts = {
-        "decode: base64 + Avro + validation": t["_decode_all"],
-        "store: build script calls": t["apply_transactions"] - t["_run"] - t["_applied"],
-        "store: scripts loaded check, NOSCRIPT handling": t["_run"] - t["_send"],
-        "store: Redis executing the scripts": server_us * events / 1e6,
-        "store: queue, RESP pack, send, wait, read": t["_send"] - server_us * events / 1e6,
+        "decode: base64 + Avro + validation": decode,
+        "store: build script calls": t["_calls"] + t["_commands"],
+        "store: NOSCRIPT check": t["_resend_missing"],
+        "store: Redis executing the scripts (overlaps the client's work; not in the total)": (
+            server_us * events / 1e6
+        ),
+        "store: RESP pack and send a part": t["send"],
+        "store: waiting for a part's replies (Redis not hidden by client work), reading them": (
+            t["read"]
+        ),
         "store: replies -> aggregates": t["_applied"],
         "feature_vector": t["feature_vector"],
         "score: model, thresholds, reasons": t["decide_with_model"],
         "decisions: Redis SET NX + stream records": t["publish"],
         "shadow: the hook alone (no challenger set)": t.get("shadow_score", 0.0),
-        "path: outcome and log rows": t["run"] - t["_decode_all"] - t["apply_transactions"]
-        - t["feature_vector"] - t["decide_with_model"] - t["publish"] - t["write_batch"]
+        "path: outcome and log rows": t["run"] - decode - t["_calls"] - t["_commands"]
+        - t["send"] - t["read"] - t["_resend_missing"] - t["_applied"] - t["feature_vector"]
+        - t["decide_with_model"] - t["publish"] - t["write_batch"]
         - t.get("shadow_score", 0.0),
         "event log: JSON lines + gzip (level 1)": t["write_batch"],
         "Powertools: BatchProcessor response": t["respond"],

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from kestrel_training.offline_features import offline_features
+from redis.cluster import RedisCluster
 
 from kestrel.adapters.redis_features import RedisFeatureStore
 from kestrel.events import Label, Transaction
@@ -68,9 +69,16 @@ def synthetic(
 
 
 def replay_online(
-    store: RedisFeatureStore, tx: pd.DataFrame, labels: pd.DataFrame, duplicate_every: int = 0
+    store: RedisFeatureStore,
+    tx: pd.DataFrame,
+    labels: pd.DataFrame,
+    duplicate_every: int = 0,
+    in_parts: bool = False,
 ) -> dict[str, tuple[float, ...]]:
-    """Apply in time order, labels known before each day first; return first-pass vectors."""
+    """Apply in time order, labels known before each day first; return first-pass vectors.
+
+    Each day goes in chunks of 17 (`in_parts`: one `apply_transactions_in_parts` call per
+    day, its chunks as the parts, the stream's way)."""
     vectors: dict[str, tuple[float, ...]] = {}
     label_rows = labels.sort_values("label_time").itertuples(index=False)
     pending = next(label_rows, None)
@@ -95,11 +103,15 @@ def replay_online(
             )
             for r in day.itertuples(index=False)
         ]
-        for start in range(0, len(updates), 17):
-            chunk = updates[start : start + 17]
-            if duplicate_every:
-                chunk = chunk + chunk[::duplicate_every]
-            for update, applied in zip(chunk, store.apply_transactions(chunk), strict=True):
+        chunks = [updates[start : start + 17] for start in range(0, len(updates), 17)]
+        if duplicate_every:
+            chunks = [chunk + chunk[::duplicate_every] for chunk in chunks]
+        if in_parts:
+            results = list(store.apply_transactions_in_parts(chunks))
+        else:
+            results = [store.apply_transactions(chunk) for chunk in chunks]
+        for chunk, chunk_results in zip(chunks, results, strict=True):
+            for update, applied in zip(chunk, chunk_results, strict=True):
                 assert not isinstance(applied, Exception)
                 vector = feature_vector(
                     update.amount, update.event_time_ms, applied.customer, applied.terminal
@@ -123,10 +135,13 @@ def assert_same(online: dict[str, tuple[float, ...]], offline: pd.DataFrame) -> 
     assert mismatches == []
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_feature_store_online_equals_offline(store: RedisFeatureStore, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "in_parts"), [(1, False), (2, False), (3, True)])
+def test_feature_store_online_equals_offline(
+    store: RedisFeatureStore, seed: int, in_parts: bool
+) -> None:
     tx, labels = synthetic(seed)
-    online = replay_online(store, tx, labels)
+    online = replay_online(store, tx, labels, duplicate_every=5 if in_parts else 0,
+                           in_parts=in_parts)  # fmt: skip
     offline = offline_features(tx, labels)
     assert len(online) == len(tx)
     assert_same(online, offline)
@@ -169,3 +184,39 @@ def test_feature_store_records_fraud_labels_once_on_terminal_and_card(
     assert client.zrange("kestrel:{t:TERM7}:labels", 0, -1, withscores=True) == [
         (b"Y1", float(START_MS))
     ]
+
+
+def test_feature_store_in_parts_reloads_scripts_lost_while_parts_are_in_flight(
+    store: RedisFeatureStore,
+) -> None:
+    """SCRIPT FLUSH while the next parts are sent ahead: NOSCRIPT -> load -> resend, exact."""
+    tx, labels = synthetic(5, days=4)
+    labels = labels.iloc[0:0]
+    updates = [
+        Transaction(
+            r.transaction_id, r.customer_id, r.terminal_id, float(r.amount), int(r.event_time)
+        )
+        for r in tx.itertuples(index=False)
+    ]
+    parts = [updates[start : start + 40] for start in range(0, len(updates), 40)]
+    client = store._client
+    nodes = (
+        [client.get_redis_connection(n) for n in client.get_primaries()]  # type: ignore[no-untyped-call]
+        if isinstance(client, RedisCluster)
+        else [client]
+    )
+    online: dict[str, tuple[float, ...]] = {}
+    results = store.apply_transactions_in_parts(parts)
+    for k, (part, part_results) in enumerate(zip(parts, results, strict=True)):
+        if k == 1:  # part 2 is sent already (or queued, on a cluster); part 3 is not
+            for node in nodes:
+                node.script_flush()
+        for update, applied in zip(part, part_results, strict=True):
+            assert not isinstance(applied, Exception) and applied.applied
+            online[update.transaction_id] = feature_vector(
+                update.amount, update.event_time_ms, applied.customer, applied.terminal
+            )
+    assert len(parts) > 3 and len(online) == len(tx)
+    assert_same(online, offline_features(tx, labels))
+    for node in nodes:  # loaded again by the store
+        assert all(node.script_exists(store._customer.sha, store._terminal.sha))

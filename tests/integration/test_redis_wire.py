@@ -63,3 +63,29 @@ def test_redis_wire_returns_a_script_error_in_its_place(client: redis.Redis) -> 
     replies = send_batch(client, [("PING",), ("EVAL", "return redis.error_reply('no')", 0)])
     assert replies[0] == b"PONG" and isinstance(replies[1], redis.exceptions.ResponseError)
     assert send_batch(client, PINGS) == [b"PONG", b"x"]
+
+
+def test_redis_wire_in_flight_reads_batches_in_the_order_they_were_sent(
+    client: redis.Redis,
+) -> None:
+    client.set("not-a-number-key", "x")
+    with redis_wire.InFlight(client) as wire:
+        wire.send([("ECHO", "a"), ("ECHO", "b")])
+        wire.send([("ECHO", "c")])
+        wire.send([("INCR", "not-a-number-key"), ("ECHO", "d")])
+        assert wire.read() == [b"a", b"b"]
+        assert wire.read() == [b"c"]
+        third = wire.read()
+    assert isinstance(third[0], redis.exceptions.ResponseError) and third[1] == b"d"
+    client.delete("not-a-number-key")
+    assert send_batch(client, PINGS) == [b"PONG", b"x"]  # the connection went back, reused
+
+
+def test_redis_wire_in_flight_left_with_replies_unread_drops_its_connection(
+    client: redis.Redis,
+) -> None:
+    with redis_wire.InFlight(client) as wire:
+        wire.send([("ECHO", "stale")])
+        held = wire._connection
+    assert held._sock is None  # disconnected: nobody reads the stale reply
+    assert send_batch(client, [("ECHO", "fresh")]) == [b"fresh"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from stream_doubles import MemoryDecisions, shipped_scorer
+from stream_doubles import AppliesInParts, MemoryDecisions, shipped_scorer
 
 from kestrel.events import Label, Transaction, parse_label, parse_transaction
 from kestrel.features import (
@@ -62,7 +62,7 @@ TRANSACTIONS = _load_handler("transactions")
 LABELS = _load_handler("labels")
 
 
-class MemoryFeatureStore:
+class MemoryFeatureStore(AppliesInParts):
     """FeatureStore double: idempotent per transaction id, with simple running aggregates.
 
     Every customer window holds all of the customer's transactions so far, every terminal

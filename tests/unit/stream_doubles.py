@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 
 from kestrel.adapters.onnx_model import LayerModelSource
 from kestrel.decisions import DecisionRecord
+from kestrel.events import Transaction
+from kestrel.features import AppliedTransaction
 from kestrel.scoring import Scorer
 from kestrel.settings import default_model_dir
 
@@ -29,3 +31,19 @@ class MemoryDecisions:
     def decision(self, transaction_id: str) -> DecisionRecord | None:
         found = [d for d in self.published if d.transaction_id == transaction_id]
         return found[0] if found else None
+
+
+class AppliesInParts:
+    """`FeatureStore.apply_transactions_in_parts` for a double: its `apply_transactions`
+    on each part in turn."""
+
+    def apply_transactions(
+        self, transactions: Sequence[Transaction]
+    ) -> list[AppliedTransaction | Exception]:
+        raise NotImplementedError
+
+    def apply_transactions_in_parts(
+        self, parts: Iterable[Sequence[Transaction]]
+    ) -> Iterator[list[AppliedTransaction | Exception]]:
+        for part in parts:
+            yield self.apply_transactions(part)

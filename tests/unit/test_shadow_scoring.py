@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from stream_doubles import MemoryDecisions, shipped_scorer
+from stream_doubles import AppliesInParts, MemoryDecisions, shipped_scorer
 from telemetry_doubles import MemoryTelemetry
 
 from kestrel.events import Label, Transaction, parse_transaction
@@ -31,7 +31,7 @@ T0 = 1_795_857_302_123
 SHARD = "shardId-000000000001"
 
 
-class Store:
+class Store(AppliesInParts):
     """FeatureStore double: every transaction new, its customer with `n` earlier ones."""
 
     def apply_transactions(

@@ -9,7 +9,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from stream_doubles import MemoryDecisions, shipped_scorer
+from stream_doubles import AppliesInParts, MemoryDecisions, shipped_scorer
 
 from kestrel.codec import AvroEncoder, schema_definition, transaction_decoder
 from kestrel.events import Label, Transaction, parse_label, parse_transaction
@@ -62,7 +62,7 @@ class MemoryLookup:
             raise UnknownSchemaVersion(version_id) from None
 
 
-class RecordingStore:
+class RecordingStore(AppliesInParts):
     """FeatureStore double: records every call; each transaction is new with empty history."""
 
     def __init__(self) -> None:

@@ -6,7 +6,7 @@ Handlers depend on these `Protocol`s, never on redis or boto3 directly; the adap
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,6 +45,20 @@ class FeatureStore(Protocol):
 
         Args:
             transactions: The batch's valid transactions, in stream order.
+        """
+        ...
+
+    def apply_transactions_in_parts(
+        self, parts: Iterable[Sequence[Transaction]]
+    ) -> Iterator[list[AppliedTransaction | Exception]]:
+        """`apply_transactions` on each part in order, yielding each part's results.
+
+        The store may start on the next part while the caller works on this one's results
+        (the stream overlaps its Python with the store's work this way). Parts are applied
+        in order; a store failure raises from the iteration.
+
+        Args:
+            parts: The batch's valid transactions in stream order, cut into parts.
         """
         ...
 

@@ -2,8 +2,9 @@
 
 `TransactionPath.run` decodes every record (poison goes to the dead-letter sink with its
 reason; a record dated more than `max_future_s` after it reached the stream is poison too),
-applies the valid ones to the feature store in one batch, scores them in one
-batch and publishes a decision for each (Redis, the decisions stream), logs them with
+applies the valid ones to the feature store in parts of `STORE_PART` (the store runs the
+next part while this one is scored), and publishes a decision for each (Redis, the
+decisions stream) in one batch, logs them with
 their features and decisions to the event log, and returns which records must be retried.
 `LabelPath` does the same for fraud labels. Both only talk to ports; the handlers wire the
 adapters.
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kestrel.decisions import decide_with_model
+from kestrel.decisions import DecisionRecord, decide_with_model
 from kestrel.events import (
     DEFAULT_MAX_FUTURE_S,
     Label,
@@ -149,14 +151,16 @@ def _registry_unavailable(
     )
 
 
-def _decode_all(
+def _decode_parts(
     records: Sequence[Mapping[str, Any]],
     decode: Callable[[bytes], Any],
     dead_letters: DeadLetterSink,
     outcome: BatchOutcome,
     max_future_s: float,
-) -> list[tuple[Mapping[str, Any], Any]]:
-    """Decode and check each record; park poison in the sink (a sink failure: retry the record).
+    size: int,
+) -> Iterator[list[tuple[Mapping[str, Any], Any]]]:
+    """Decode and check each record, yielding the valid ones of every `size` records (never
+    an empty list); park poison in the sink (a sink failure: retry the record).
 
     An event dated more than `max_future_s` after its record reached the stream (its
     `approximateArrivalTimestamp`, not the wall clock, so replays stay valid) is poison.
@@ -181,7 +185,28 @@ def _decode_all(
                 outcome.poisoned += 1
             except Exception as exc:  # noqa: BLE001 - never drop it: retry the record instead
                 outcome.failures[kinesis["sequenceNumber"]] = f"dead-letter send failed: {exc}"
-    return decoded
+        if len(decoded) == size:
+            yield decoded
+            decoded = []
+    if decoded:
+        yield decoded
+
+
+def _decode_all(
+    records: Sequence[Mapping[str, Any]],
+    decode: Callable[[bytes], Any],
+    dead_letters: DeadLetterSink,
+    outcome: BatchOutcome,
+    max_future_s: float,
+) -> list[tuple[Mapping[str, Any], Any]]:
+    """`_decode_parts` of the whole batch at once."""
+    parts = _decode_parts(records, decode, dead_letters, outcome, max_future_s, len(records))
+    return [pair for part in parts for pair in part]
+
+
+# Transactions per part of a batch sent to the store: the store applies the next part while
+# this one is scored, so the stream's Python and Redis overlap on two cores.
+STORE_PART = 100
 
 
 class TransactionPath:
@@ -218,35 +243,54 @@ class TransactionPath:
     def _run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """`run` without the telemetry."""
         outcome = BatchOutcome()
-        decoded = _decode_all(
-            records, self._decode, self._dead_letters, outcome, self._max_future_s
-        )
-        results = self._store.apply_transactions([tx for _, tx in decoded])
-        now_ms = self._clock() * 1000
-        scored, vectors, cold = [], [], []
-        for (record, tx), result in zip(decoded, results, strict=True):
-            kinesis = record["kinesis"]
-            if isinstance(result, Exception):
-                outcome.failures[kinesis["sequenceNumber"]] = f"feature store: {result}"
-                continue
-            vector = feature_vector(tx.amount, tx.event_time_ms, result.customer, result.terminal)
-            outcome.vectors[kinesis["sequenceNumber"]] = vector
-            if result.applied:
-                outcome.applied += 1
-            else:
-                outcome.duplicates += 1
-            outcome.arrival_lag_ms.append(now_ms - kinesis["approximateArrivalTimestamp"] * 1000)
-            outcome.event_lag_ms.append(now_ms - tx.event_time_ms)
-            scored.append((record, tx))
-            vectors.append(vector)
-            cold.append(cold_start(result.customer_known, result.terminal_known))
-        # No model, or a decision not stored: raise, so the whole batch is retried.
-        started = time.perf_counter()
-        decisions = decide_with_model(
-            self._scorer, [tx for _, tx in scored], vectors, "stream", cold
-        )
+        # Parts are decoded as the store asks for them; each waits here until its results
+        # come back. While the store applies the next part, this one is scored.
+        waiting: deque[list[tuple[Mapping[str, Any], Transaction]]] = deque()
+
+        def transactions() -> Iterator[list[Transaction]]:
+            for part in _decode_parts(
+                records, self._decode, self._dead_letters, outcome, self._max_future_s, STORE_PART
+            ):
+                waiting.append(part)
+                yield [tx for _, tx in part]
+
+        scored: list[tuple[Mapping[str, Any], Transaction]] = []
+        vectors: list[tuple[float, ...]] = []
+        decisions: list[DecisionRecord] = []
+        scoring_s = 0.0
+        for part_results in self._store.apply_transactions_in_parts(transactions()):
+            part = waiting.popleft()
+            now_ms = self._clock() * 1000
+            first = len(scored)
+            cold = []
+            for (record, tx), result in zip(part, part_results, strict=True):
+                kinesis = record["kinesis"]
+                if isinstance(result, Exception):
+                    outcome.failures[kinesis["sequenceNumber"]] = f"feature store: {result}"
+                    continue
+                vector = feature_vector(
+                    tx.amount, tx.event_time_ms, result.customer, result.terminal
+                )
+                outcome.vectors[kinesis["sequenceNumber"]] = vector
+                if result.applied:
+                    outcome.applied += 1
+                else:
+                    outcome.duplicates += 1
+                outcome.arrival_lag_ms.append(
+                    now_ms - kinesis["approximateArrivalTimestamp"] * 1000
+                )
+                outcome.event_lag_ms.append(now_ms - tx.event_time_ms)
+                scored.append((record, tx))
+                vectors.append(vector)
+                cold.append(cold_start(result.customer_known, result.terminal_known))
+            # No model, or a decision not stored: raise, so the whole batch is retried.
+            started = time.perf_counter()
+            decisions += decide_with_model(
+                self._scorer, [tx for _, tx in scored[first:]], vectors[first:], "stream", cold
+            )
+            scoring_s += time.perf_counter() - started
         if decisions:
-            outcome.scoring_ms = (time.perf_counter() - started) * 1000.0
+            outcome.scoring_ms = scoring_s * 1000.0
             outcome.model_version = decisions[0].model_version
         for sink in self._decisions:
             sink.publish(decisions)

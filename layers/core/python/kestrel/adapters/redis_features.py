@@ -11,7 +11,8 @@ the first pass, unless an older event of the same entity arrived in between (the
 returns what a first pass would return now). `preview_transactions` runs the same script
 in ``preview`` mode: the aggregates ``apply`` would return, writing nothing (the scoring
 API). All scripts of a batch go in one pipeline: one round trip per batch (per node on a
-cluster).
+cluster). `apply_transactions_in_parts` (the stream) writes each part before the results
+of the one before it are read, so Redis runs a part while the caller scores the last.
 
 Scripts are loaded once (SCRIPT LOAD, on every primary of a cluster) and then only
 EVALSHA is sent: redis-py's own pipeline script support would add a SCRIPT EXISTS round
@@ -32,7 +33,8 @@ quiet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
@@ -49,7 +51,7 @@ from kestrel.adapters.redis_scripts import (
     customer_keys,
     terminal_keys,
 )
-from kestrel.adapters.redis_wire import send_batch
+from kestrel.adapters.redis_wire import InFlight, send_batch
 from kestrel.events import Label, Transaction
 from kestrel.features import (
     CUSTOMER_WINDOWS,
@@ -100,6 +102,43 @@ class RedisFeatureStore:
         """Apply each transaction once and return its aggregates, in input order."""
         replies = self._run(self._calls("apply", updates))
         return [self._applied(replies[2 * i], replies[2 * i + 1]) for i in range(len(updates))]
+
+    def apply_transactions_in_parts(
+        self, parts: Iterable[Sequence[Transaction]]
+    ) -> Iterator[list[AppliedTransaction | Exception]]:
+        """`apply_transactions` on each part in turn, the next part already sent to Redis
+        while the caller works on this one's results (on a cluster, one part at a time)."""
+        with InFlight(self._client) as wire:
+            sent: deque[list[_Call]] = deque()
+            for part in parts:
+                calls = self._calls("apply", part)
+                if not self._scripts_loaded:
+                    self._load_scripts()
+                wire.send(self._commands(calls))
+                sent.append(calls)
+                if len(sent) == 2:
+                    yield from self._parts_replies(wire, sent, 1)
+            yield from self._parts_replies(wire, sent, len(sent))
+
+    def _parts_replies(
+        self, wire: InFlight, sent: deque[list[_Call]], parts: int
+    ) -> Iterator[list[AppliedTransaction | Exception]]:
+        """The results of the `parts` oldest parts in flight. A part with a NOSCRIPT takes
+        every later part in flight with it: all their calls from the first NOSCRIPT on are
+        sent again in order (see `_resend_missing`)."""
+        for _ in range(parts):
+            calls, replies, sizes = sent.popleft(), wire.read(), []
+            if sent and any(isinstance(reply, NoScriptError) for reply in replies):
+                sizes = [len(calls)] + [len(later) for later in sent]
+                while sent:
+                    calls = calls + sent.popleft()
+                    replies += wire.read()
+            replies = self._resend_missing(calls, replies)
+            for size in sizes or [len(calls)]:
+                yield [self._applied(replies[i], replies[i + 1]) for i in range(0, size, 2)]
+                calls, replies = calls[size:], replies[size:]
+            if not sent:
+                return
 
     def preview_transactions(
         self, transactions: Sequence[Transaction]
@@ -244,22 +283,36 @@ class RedisFeatureStore:
             return []
         if not self._scripts_loaded:
             self._load_scripts()
-        replies = self._send(calls)
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
-            # NOSCRIPT means the script did not run (server restarted, failed over, flushed).
-            self._load_scripts()
-            resent = self._send([calls[i] for i in missing])
-            for i, reply in zip(missing, resent, strict=True):
-                replies[i] = reply
+        return self._resend_missing(calls, send_batch(self._client, self._commands(calls)))
+
+    def _resend_missing(self, calls: list[_Call], replies: list[Any]) -> list[Any]:
+        """`replies`, with every call from the first one Redis answered NOSCRIPT to sent
+        again once the scripts are loaded.
+
+        NOSCRIPT means the script did not run (server restarted, failed over, flushed). A
+        later call of the batch may still have run (another client loaded the scripts in
+        between): sent alone, the missing call would run after it, and that call's
+        aggregates would lack it. Sent again in order, such a call is a replay: it changes
+        nothing and returns the aggregates with every earlier transaction. It keeps its
+        first reply's ``added`` (this batch stored it); a label call keeps its first reply.
+        """
+        first = next((i for i, r in enumerate(replies) if isinstance(r, NoScriptError)), None)
+        if first is None:
+            return replies
+        self._load_scripts()
+        resent = send_batch(self._client, self._commands(calls[first:]))
+        for i, again in enumerate(resent, first):
+            before = replies[i]
+            if isinstance(before, NoScriptError):
+                replies[i] = again
+            elif isinstance(before, list) and isinstance(again, list):
+                replies[i] = [before[0], *again[1:]]
         return replies
 
-    def _send(self, calls: list[_Call]) -> list[Any]:
-        """One round trip of EVALSHAs (on a cluster, one sub-pipeline per node, sent together)."""
-        return send_batch(
-            self._client,
-            [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls],
-        )
+    @staticmethod
+    def _commands(calls: list[_Call]) -> list[tuple[Any, ...]]:
+        """EVALSHA commands (on a cluster, each goes to its slot's primary)."""
+        return [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
 
     def _load_scripts(self) -> None:
         """SCRIPT LOAD every script (on a cluster, on every primary)."""

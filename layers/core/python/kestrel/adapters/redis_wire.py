@@ -56,31 +56,82 @@ def send_batch(client: Any, commands: Sequence[Command]) -> list[Any]:
     """Send `commands` in one round trip; return each reply or its `ResponseError`, in order."""
     if not commands:
         return []
-    if not isinstance(client, Redis):  # a cluster: one sub-pipeline per node
-        pipe = client.pipeline(transaction=False)
-        slot_map = client.nodes_manager
-        for command in commands:
-            primary = slot_map.get_node_from_slot(client.determine_slot(*command))
-            pipe.execute_command(*command, target_nodes=primary)
-        return list(pipe.execute(raise_on_error=False))
-    pack: Any = hiredis.pack_command  # typed for one-element tuples only
-    payload = b"".join(pack(tuple(command)) for command in commands)
-    idle = _idle(client.connection_pool)
-    connection = _take(client.connection_pool, idle)
-    try:
-        connection.send_packed_command([payload])
-        replies: list[Any] = []
-        for _ in commands:
+    if not isinstance(client, Redis):
+        return _cluster_batch(client, commands)
+    with InFlight(client) as wire:
+        wire.send(commands)
+        return wire.read()
+
+
+class InFlight:
+    """One connection with batches written ahead of their replies, read back in order.
+
+    `send` writes a batch and returns at once, so the caller works while Redis runs it;
+    `read` returns the replies of the oldest batch not read yet (waiting for them). With
+    two batches in flight, Redis runs the next one while the caller handles the replies of
+    this one: the stream's client work and Redis's overlap on two cores. Leaving the block
+    with replies unread drops the connection (it reconnects on its next use), so nobody
+    reads another caller's replies. On a Redis Cluster nothing is sent ahead: `read` sends
+    the oldest batch (one sub-pipeline per node) and waits for it.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._counts: list[int] = []  # commands per batch in flight, oldest first
+        self._queued: list[Sequence[Command]] = []  # a cluster's batches, not sent yet
+        self._single = isinstance(client, Redis)
+        self._connection: Any = None
+
+    def __enter__(self) -> InFlight:
+        if self._single:
+            self._idle = _idle(self._client.connection_pool)
+            self._connection = _take(self._client.connection_pool, self._idle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._connection is None:
+            return
+        if self._counts or exc[0] is not None:
+            self._connection.disconnect()  # never reuse a half-read connection
+            self._idle.append((self._connection, 0.0))
+        else:
+            self._idle.append((self._connection, time.monotonic()))
+        self._connection = None
+
+    def send(self, commands: Sequence[Command]) -> None:
+        """Write one batch (a cluster: queue it for `read`)."""
+        if not self._single:
+            self._queued.append(commands)
+            return
+        pack: Any = hiredis.pack_command  # typed for one-element tuples only
+        self._connection.send_packed_command(
+            [b"".join(pack(tuple(command)) for command in commands)]
+        )
+        self._counts.append(len(commands))
+
+    def read(self) -> list[Any]:
+        """The replies of the oldest batch not read yet, each reply or its `ResponseError`."""
+        if not self._single:
+            commands = self._queued.pop(0)
+            return _cluster_batch(self._client, commands) if commands else []
+        connection, replies = self._connection, []
+        for _ in range(self._counts[0]):
             try:
                 replies.append(connection.read_response())
             except ResponseError as exc:
                 replies.append(exc)
-        idle.append((connection, time.monotonic()))
+        del self._counts[0]
         return replies
-    except BaseException:
-        connection.disconnect()  # never reuse a half-read connection; it reconnects on use
-        idle.append((connection, 0.0))
-        raise
+
+
+def _cluster_batch(client: Any, commands: Sequence[Command]) -> list[Any]:
+    """One sub-pipeline per node, each command routed to its slot's primary."""
+    pipe = client.pipeline(transaction=False)
+    slot_map = client.nodes_manager
+    for command in commands:
+        primary = slot_map.get_node_from_slot(client.determine_slot(*command))
+        pipe.execute_command(*command, target_nodes=primary)
+    return list(pipe.execute(raise_on_error=False))
 
 
 class _Idle(list[tuple[Any, float]]):
