@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kestrel import streaming
-from kestrel.adapters import redis_features
+from kestrel.adapters import redis_evalsha
 from kestrel.adapters.kinesis_decisions import KinesisDecisionStream
 from kestrel.adapters.redis_decisions import RedisDecisions
 from kestrel.adapters.redis_wire import InFlight
@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 
 class StoreWire(InFlight):
-    """The store's `InFlight`, its own class so that its calls are timed apart from the
-    decisions' (which use `InFlight` through `send_batch`)."""
+    """The store's `InFlight` (in `run_in_parts`), its own class so that its calls are timed
+    apart from the decisions' (which use `InFlight` through `send_batch`)."""
 
 
 @contextlib.contextmanager
@@ -32,7 +32,7 @@ def phase_timers(bench: Bench, totals: dict[str, float]) -> Iterator[None]:
     targets: list[tuple[Any, str]] = [
         (bench.app, "lambda_handler"), (bench.path, "run"), (streaming, "decode_base64"),
         (bench.path, "_decode"), (streaming, "check_not_ahead_of_arrival"),
-        (bench.store, "_calls"), (bench.store, "_commands"), (bench.store, "_resend_missing"),
+        (bench.store, "_calls"), (bench.store, "_commands"), (bench.store._batches, "_resend"),
         (bench.store, "_applied"), (StoreWire, "send"), (StoreWire, "read"),
         (streaming, "feature_vector"),
         (streaming, "decide_with_model"), (streaming, "shadow_score"), (RedisDecisions, "publish"),
@@ -52,11 +52,11 @@ def phase_timers(bench: Bench, totals: dict[str, float]) -> Iterator[None]:
                 totals[_n] = totals.get(_n, 0.0) + time.perf_counter() - t0
 
         setattr(owner, attr, timed)
-    setattr(redis_features, "InFlight", StoreWire)  # noqa: B010 - not re-exported there
+    setattr(redis_evalsha, "InFlight", StoreWire)  # noqa: B010 - not re-exported there
     try:
         yield
     finally:
-        setattr(redis_features, "InFlight", InFlight)  # noqa: B010
+        setattr(redis_evalsha, "InFlight", InFlight)  # noqa: B010
         for owner, attr, original, own in reversed(saved):
             setattr(owner, attr, original) if own else delattr(owner, attr)
 
@@ -92,7 +92,7 @@ def breakdown(t: dict[str, float], events: int, server_us: float) -> dict[str, f
     parts = {
         "decode: base64 + Avro + validation": decode,
         "store: build script calls": t["_calls"] + t["_commands"],
-        "store: NOSCRIPT check": t["_resend_missing"],
+        "store: NOSCRIPT check": t["_resend"],
         "store: Redis executing the scripts (overlaps the client's work; not in the total)": (
             server_us * events / 1e6
         ),
@@ -106,7 +106,7 @@ def breakdown(t: dict[str, float], events: int, server_us: float) -> dict[str, f
         "decisions: Redis SET NX + stream records": t["publish"],
         "shadow: the hook alone (no challenger set)": t.get("shadow_score", 0.0),
         "path: outcome and log rows": t["run"] - decode - t["_calls"] - t["_commands"]
-        - t["send"] - t["read"] - t["_resend_missing"] - t["_applied"] - t["feature_vector"]
+        - t["send"] - t["read"] - t["_resend"] - t["_applied"] - t["feature_vector"]
         - t["decide_with_model"] - t["publish"] - t["write_batch"]
         - t.get("shadow_score", 0.0),
         "event log: JSON lines + gzip (level 1)": t["write_batch"],

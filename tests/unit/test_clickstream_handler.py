@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,12 @@ class MemoryClickStore:
 
     seen: dict[str, ClickEvent] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)
+
+    def apply_clicks_in_parts(
+        self, parts: Iterable[Sequence[ClickEvent]]
+    ) -> Iterator[list[AppliedClick | Exception]]:
+        for part in parts:
+            yield self.apply_clicks(part)
 
     def apply_clicks(self, events: Sequence[ClickEvent]) -> list[AppliedClick | Exception]:
         results: list[AppliedClick | Exception] = []

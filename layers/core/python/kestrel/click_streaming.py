@@ -4,7 +4,8 @@
 (poison goes to the dead-letter sink with its reason; an event dated more than
 `max_future_s` after it reached the stream is poison too; when the schema registry cannot
 answer, that record and the rest are retried), applies the valid events to the click store
-in one batch, computes each event's feature vector (`kestrel.click_features`), scores the
+in parts of `STORE_PART` (the store applies the next part while this one is handled),
+computes each event's feature vector (`kestrel.click_features`), scores the
 vectors with the propensity model in one call (`kestrel.propensity`), stores each user's
 latest propensity (`PropensitySink`), logs the events with their vectors and propensities to
 the event log (``events/clicks/``), then says which records must be retried.
@@ -26,18 +27,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from kestrel.click_events import ClickEvent, check_click_not_ahead_of_arrival
 from kestrel.click_features import CLICK_FEATURE_SET_HASH, AppliedClick, click_feature_vector
 from kestrel.click_telemetry import click_figures
-from kestrel.events import DEFAULT_MAX_FUTURE_S, PoisonRecord, decode_base64
+from kestrel.events import DEFAULT_MAX_FUTURE_S
 from kestrel.monitoring_ports import TelemetrySink
-from kestrel.ports import DeadLetter, DeadLetterSink, EventLog, SchemaRegistryUnavailable
+from kestrel.ports import DeadLetterSink, EventLog
 from kestrel.propensity import Propensity, PropensitySink, latest_per_user
 from kestrel.scoring import NoModelError, Scorer
-from kestrel.streaming import BatchOutcome, _observed, _registry_unavailable, batch_id
+from kestrel.streaming import STORE_PART, BatchOutcome, _decode_parts, _observed, batch_id
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,11 @@ logger = logging.getLogger(__name__)
 class ClickStore(Protocol):
     """The clickstream's online store (`kestrel.adapters.redis_clicks.RedisClickStore`)."""
 
-    def apply_clicks(self, events: Sequence[ClickEvent]) -> list[AppliedClick | Exception]:
-        """Apply each event once and return its aggregates (or its error), in input order."""
+    def apply_clicks_in_parts(
+        self, parts: Iterable[Sequence[ClickEvent]]
+    ) -> Iterator[list[AppliedClick | Exception]]:
+        """Apply each event once, part by part in order, yielding each part's aggregates (or
+        errors) in input order; the next part may run while the caller works on this one."""
         ...
 
 
@@ -84,43 +89,54 @@ class ClickPath:
         outcome = BatchOutcome()
         if not records:
             return outcome
-        decoded = self._decode_all(records, outcome)
-        results = self._store.apply_clicks([event for _, event in decoded])
-        now_ms = self._clock() * 1000
+        # As in the fraud path: parts are decoded as the store asks for them, and each part
+        # is handled here while the store applies the next.
+        waiting: deque[list[tuple[Mapping[str, Any], ClickEvent]]] = deque()
+
+        def events() -> Iterator[list[ClickEvent]]:
+            for part in _decode_parts(
+                records, self._decode, self._dead_letters, outcome, self._max_future_s,
+                STORE_PART, check_click_not_ahead_of_arrival,
+            ):  # fmt: skip
+                waiting.append(part)
+                yield [event for _, event in part]
+
         logged, kept, vectors, arrivals_ms = [], [], [], []
-        for (record, event), result in zip(decoded, results, strict=True):
-            kinesis = record["kinesis"]
-            if isinstance(result, Exception):
-                outcome.failures[kinesis["sequenceNumber"]] = f"click store: {result}"
-                continue
-            vector = click_feature_vector(
-                event.event_type.value, event.price, event.event_time_ms, result.aggregates
-            )
-            outcome.vectors[kinesis["sequenceNumber"]] = vector
-            kept.append(event)
-            vectors.append(vector)
-            if result.applied:
-                outcome.applied += 1
-            else:
-                outcome.duplicates += 1
-            arrivals_ms.append(kinesis["approximateArrivalTimestamp"] * 1000)
-            outcome.event_lag_ms.append(now_ms - event.event_time_ms)
-            logged.append(
-                {
-                    "event_id": event.event_id,
-                    "user_id": event.user_id,
-                    "session_id": event.session_id,
-                    "event_type": event.event_type.value,
-                    "product_id": event.product_id,
-                    "category": event.category,
-                    "price": event.price,
-                    "event_time": event.event_time_ms,
-                    "features": vector,
-                    "feature_set_hash": CLICK_FEATURE_SET_HASH,
-                    "cold_start": not result.user_known,
-                    "record_id": record["eventID"],
-                }
-            )
+        for results in self._store.apply_clicks_in_parts(events()):
+            now_ms = self._clock() * 1000
+            for (record, event), result in zip(waiting.popleft(), results, strict=True):
+                kinesis = record["kinesis"]
+                if isinstance(result, Exception):
+                    outcome.failures[kinesis["sequenceNumber"]] = f"click store: {result}"
+                    continue
+                vector = click_feature_vector(
+                    event.event_type.value, event.price, event.event_time_ms, result.aggregates
+                )
+                outcome.vectors[kinesis["sequenceNumber"]] = vector
+                kept.append(event)
+                vectors.append(vector)
+                if result.applied:
+                    outcome.applied += 1
+                else:
+                    outcome.duplicates += 1
+                arrivals_ms.append(kinesis["approximateArrivalTimestamp"] * 1000)
+                outcome.event_lag_ms.append(now_ms - event.event_time_ms)
+                logged.append(
+                    {
+                        "event_id": event.event_id,
+                        "user_id": event.user_id,
+                        "session_id": event.session_id,
+                        "event_type": event.event_type.value,
+                        "product_id": event.product_id,
+                        "category": event.category,
+                        "price": event.price,
+                        "event_time": event.event_time_ms,
+                        "features": vector,
+                        "feature_set_hash": CLICK_FEATURE_SET_HASH,
+                        "cold_start": not result.user_known,
+                        "record_id": record["eventID"],
+                    }
+                )
         scores, version = self._score(vectors, outcome)
         if scores is not None and version is not None:
             for entry, score in zip(logged, scores, strict=True):
@@ -167,26 +183,3 @@ class ClickPath:
         values: list[float] = scores.tolist()
         outcome.scores.extend(values)
         return values, manifest.version
-
-    def _decode_all(
-        self, records: Sequence[Mapping[str, Any]], outcome: BatchOutcome
-    ) -> list[tuple[Mapping[str, Any], ClickEvent]]:
-        """Decode and check each record; park poison (a sink failure: retry the record)."""
-        decoded = []
-        for index, record in enumerate(records):
-            kinesis = record["kinesis"]
-            try:
-                event = self._decode(decode_base64(kinesis["data"]))
-                arrival_ms = float(kinesis["approximateArrivalTimestamp"]) * 1000.0
-                check_click_not_ahead_of_arrival(event, arrival_ms, self._max_future_s)
-                decoded.append((record, event))
-            except SchemaRegistryUnavailable as exc:
-                _registry_unavailable(records[index:], exc, outcome)
-                break
-            except PoisonRecord as poison:
-                try:
-                    self._dead_letters.send(DeadLetter.from_kinesis_record(record, poison))
-                    outcome.poisoned += 1
-                except Exception as exc:  # noqa: BLE001 - never drop it: retry the record
-                    outcome.failures[kinesis["sequenceNumber"]] = f"dead-letter send failed: {exc}"
-        return decoded

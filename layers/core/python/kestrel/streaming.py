@@ -158,15 +158,17 @@ def _decode_parts(
     outcome: BatchOutcome,
     max_future_s: float,
     size: int,
+    check: Callable[[Any, float, float], None] = check_not_ahead_of_arrival,
 ) -> Iterator[list[tuple[Mapping[str, Any], Any]]]:
     """Decode and check each record, yielding the valid ones of every `size` records (never
     an empty list); park poison in the sink (a sink failure: retry the record).
 
     An event dated more than `max_future_s` after its record reached the stream (its
-    `approximateArrivalTimestamp`, not the wall clock, so replays stay valid) is poison.
-    When the schema registry cannot answer (throttled, access denied, down), that record
-    and every later one are retried (the shard's checkpoint stops at the first failure
-    anyway) without asking the registry again, and the batch logs it once.
+    `approximateArrivalTimestamp`, not the wall clock, so replays stay valid) is poison
+    (`check` says so for the event's family). When the schema registry cannot answer
+    (throttled, access denied, down), that record and every later one are retried (the
+    shard's checkpoint stops at the first failure anyway) without asking the registry
+    again, and the batch logs it once.
     """
     decoded = []
     for index, record in enumerate(records):
@@ -174,7 +176,7 @@ def _decode_parts(
         try:
             event = decode(decode_base64(kinesis["data"]))
             arrival_ms = float(kinesis["approximateArrivalTimestamp"]) * 1000.0
-            check_not_ahead_of_arrival(event, arrival_ms, max_future_s)
+            check(event, arrival_ms, max_future_s)
             decoded.append((record, event))
         except SchemaRegistryUnavailable as exc:
             _registry_unavailable(records[index:], exc, outcome)

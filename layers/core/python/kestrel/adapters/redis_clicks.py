@@ -10,21 +10,20 @@ says whether the user has other events); `user_aggregates` reads a user's window
 moment without an event (the logs in ``peek`` mode). A batch is one
 pipeline: one round trip (per node on a cluster).
 
-As in `kestrel.adapters.redis_features`, the script is loaded once (SCRIPT LOAD, on every
-primary of a cluster) and sent with EVALSHA; a node that answers NOSCRIPT gets it again
-and only those calls are resent.
+As in `kestrel.adapters.redis_features`, the script is loaded once and sent with EVALSHA;
+a NOSCRIPT is answered by loading it again and resending in order
+(`kestrel.adapters.redis_evalsha`). `apply_clicks_in_parts` (the stream) sends the next
+part before the results of this one are read, so Redis runs it while the caller scores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError
-
 from kestrel.adapters.redis_click_lua import CLICK_LUA, user_keys
+from kestrel.adapters.redis_evalsha import EvalBatches
 from kestrel.adapters.redis_scripts import PEEK_ID
-from kestrel.adapters.redis_wire import send_batch
 from kestrel.click_events import ClickEvent, ClickType
 from kestrel.click_features import (
     CLICK_KINDS,
@@ -61,7 +60,7 @@ class RedisClickStore:
     def __init__(self, client: Redis | RedisCluster) -> None:
         self._client = client
         self._script = client.register_script(CLICK_LUA)
-        self._loaded = False
+        self._batches = EvalBatches(client, [self._script], rerun=_keep_applied)
 
     def apply_clicks(self, events: Sequence[ClickEvent]) -> list[AppliedClick | Exception]:
         """Apply each event once and return its aggregates, in input order."""
@@ -69,6 +68,15 @@ class RedisClickStore:
             reply if isinstance(reply, Exception) else _applied(reply)
             for reply in self._run("apply", events)
         ]
+
+    def apply_clicks_in_parts(
+        self, parts: Iterable[Sequence[ClickEvent]]
+    ) -> Iterator[list[AppliedClick | Exception]]:
+        """`apply_clicks` on each part in turn, the next part already sent to Redis while
+        the caller works on this one's results (on a cluster, one part at a time)."""
+        commands = ([self._command("apply", e, None) for e in part] for part in parts)
+        for replies in self._batches.run_in_parts(commands):
+            yield [r if isinstance(r, Exception) else _applied(r) for r in replies]
 
     def preview_clicks(self, events: Sequence[ClickEvent]) -> list[ClickAggregates | Exception]:
         """The aggregates `apply_clicks` would return now, writing nothing."""
@@ -100,20 +108,7 @@ class RedisClickStore:
 
     def _run(self, mode: str, events: Sequence[ClickEvent], kind: int | None = None) -> list[Any]:
         """One EVALSHA per event in one pipeline; each reply (or its exception) in order."""
-        if not events:
-            return []
-        if not self._loaded:
-            self._load()
-        commands = [self._command(mode, event, kind) for event in events]
-        replies = send_batch(self._client, commands)
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
-            # NOSCRIPT means the script did not run (server restarted, failed over, flushed).
-            self._load()
-            resent = send_batch(self._client, [commands[i] for i in missing])
-            for i, reply in zip(missing, resent, strict=True):
-                replies[i] = reply
-        return replies
+        return self._batches.run([self._command(mode, event, kind) for event in events])
 
     def _command(self, mode: str, e: ClickEvent, kind: int | None) -> tuple[str | int, ...]:
         keys = user_keys(e.user_id, e.session_id)
@@ -123,11 +118,6 @@ class RedisClickStore:
             "EVALSHA", self._script.sha, len(keys), *keys, mode, e.event_id, e.event_time_ms,
             code, price, e.product_id or "", e.category or "",
         )  # fmt: skip
-
-    def _load(self) -> None:
-        """SCRIPT LOAD the script (on a cluster, on every primary)."""
-        self._client.script_load(self._script.script)
-        self._loaded = True
 
 
 def _aggregates(reply: Any) -> ClickAggregates:
@@ -152,6 +142,12 @@ def _counts(reply: Any, windows: int) -> tuple[int, ...]:
     """Per window: this event's position minus the window pointer's (entity script reply)."""
     k = reply[1]
     return tuple(k - reply[5 + 2 * w] for w in range(windows))
+
+
+def _keep_applied(first: Any, again: Any) -> Any:
+    """A call that ran, resent after a NOSCRIPT: the replay's aggregates, with whether the
+    first call stored the event."""
+    return [[first[0][0], *again[0][1:]], *again[1:]]
 
 
 def _applied(reply: Any) -> AppliedClick:

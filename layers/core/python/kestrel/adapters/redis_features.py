@@ -14,12 +14,9 @@ API). All scripts of a batch go in one pipeline: one round trip per batch (per n
 cluster). `apply_transactions_in_parts` (the stream) writes each part before the results
 of the one before it are read, so Redis runs a part while the caller scores the last.
 
-Scripts are loaded once (SCRIPT LOAD, on every primary of a cluster) and then only
-EVALSHA is sent: redis-py's own pipeline script support would add a SCRIPT EXISTS round
-trip to every pipeline, and its cluster pipeline refuses scripts. When a node answers
-NOSCRIPT (restarted, failed over, flushed), the store loads the scripts again and resends
-only those calls: NOSCRIPT means the script did not run. On Redis Cluster every script
-touches one entity, so one slot.
+Scripts are loaded once and sent with EVALSHA; a NOSCRIPT is answered by loading them
+again and resending in order (`kestrel.adapters.redis_evalsha`). On Redis Cluster every
+script touches one entity, so one slot.
 
 `apply_labels` records fraud labels on the terminal (once per transaction) and links them
 to the transaction whichever of the two arrives first. `apply_in_order` sends a history of
@@ -33,12 +30,10 @@ quiet.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError
-
+from kestrel.adapters.redis_evalsha import EvalBatches
 from kestrel.adapters.redis_scripts import (
     CUSTOMER_LABEL_LUA,
     CUSTOMER_LUA,
@@ -51,7 +46,7 @@ from kestrel.adapters.redis_scripts import (
     customer_keys,
     terminal_keys,
 )
-from kestrel.adapters.redis_wire import InFlight, send_batch
+from kestrel.adapters.redis_wire import Command
 from kestrel.events import Label, Transaction
 from kestrel.features import (
     CUSTOMER_WINDOWS,
@@ -92,9 +87,13 @@ class RedisFeatureStore:
         self._terminal = client.register_script(TERMINAL_LUA)
         self._label = client.register_script(LABEL_LUA)
         self._customer_label = client.register_script(CUSTOMER_LABEL_LUA)
+        self._batches = EvalBatches(
+            client,
+            [self._customer, self._terminal, self._label, self._customer_label],
+            rerun=_keep_added,
+        )
         self._nc = len(CUSTOMER_WINDOWS)
         self._nt = len(TERMINAL_WINDOWS)
-        self._scripts_loaded = False
 
     def apply_transactions(
         self, updates: Sequence[Transaction]
@@ -108,37 +107,9 @@ class RedisFeatureStore:
     ) -> Iterator[list[AppliedTransaction | Exception]]:
         """`apply_transactions` on each part in turn, the next part already sent to Redis
         while the caller works on this one's results (on a cluster, one part at a time)."""
-        with InFlight(self._client) as wire:
-            sent: deque[list[_Call]] = deque()
-            for part in parts:
-                calls = self._calls("apply", part)
-                if not self._scripts_loaded:
-                    self._load_scripts()
-                wire.send(self._commands(calls))
-                sent.append(calls)
-                if len(sent) == 2:
-                    yield from self._parts_replies(wire, sent, 1)
-            yield from self._parts_replies(wire, sent, len(sent))
-
-    def _parts_replies(
-        self, wire: InFlight, sent: deque[list[_Call]], parts: int
-    ) -> Iterator[list[AppliedTransaction | Exception]]:
-        """The results of the `parts` oldest parts in flight. A part with a NOSCRIPT takes
-        every later part in flight with it: all their calls from the first NOSCRIPT on are
-        sent again in order (see `_resend_missing`)."""
-        for _ in range(parts):
-            calls, replies, sizes = sent.popleft(), wire.read(), []
-            if sent and any(isinstance(reply, NoScriptError) for reply in replies):
-                sizes = [len(calls)] + [len(later) for later in sent]
-                while sent:
-                    calls = calls + sent.popleft()
-                    replies += wire.read()
-            replies = self._resend_missing(calls, replies)
-            for size in sizes or [len(calls)]:
-                yield [self._applied(replies[i], replies[i + 1]) for i in range(0, size, 2)]
-                calls, replies = calls[size:], replies[size:]
-            if not sent:
-                return
+        commands = (self._commands(self._calls("apply", part)) for part in parts)
+        for replies in self._batches.run_in_parts(commands):
+            yield [self._applied(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
 
     def preview_transactions(
         self, transactions: Sequence[Transaction]
@@ -279,46 +250,12 @@ class RedisFeatureStore:
 
     def _run(self, calls: list[_Call]) -> list[Any]:
         """Send `calls` in one pipeline; return each reply (or its exception) in order."""
-        if not calls:
-            return []
-        if not self._scripts_loaded:
-            self._load_scripts()
-        return self._resend_missing(calls, send_batch(self._client, self._commands(calls)))
-
-    def _resend_missing(self, calls: list[_Call], replies: list[Any]) -> list[Any]:
-        """`replies`, with every call from the first one Redis answered NOSCRIPT to sent
-        again once the scripts are loaded.
-
-        NOSCRIPT means the script did not run (server restarted, failed over, flushed). A
-        later call of the batch may still have run (another client loaded the scripts in
-        between): sent alone, the missing call would run after it, and that call's
-        aggregates would lack it. Sent again in order, such a call is a replay: it changes
-        nothing and returns the aggregates with every earlier transaction. It keeps its
-        first reply's ``added`` (this batch stored it); a label call keeps its first reply.
-        """
-        first = next((i for i, r in enumerate(replies) if isinstance(r, NoScriptError)), None)
-        if first is None:
-            return replies
-        self._load_scripts()
-        resent = send_batch(self._client, self._commands(calls[first:]))
-        for i, again in enumerate(resent, first):
-            before = replies[i]
-            if isinstance(before, NoScriptError):
-                replies[i] = again
-            elif isinstance(before, list) and isinstance(again, list):
-                replies[i] = [before[0], *again[1:]]
-        return replies
+        return self._batches.run(self._commands(calls))
 
     @staticmethod
-    def _commands(calls: list[_Call]) -> list[tuple[Any, ...]]:
+    def _commands(calls: list[_Call]) -> list[Command]:
         """EVALSHA commands (on a cluster, each goes to its slot's primary)."""
         return [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
-
-    def _load_scripts(self) -> None:
-        """SCRIPT LOAD every script (on a cluster, on every primary)."""
-        for script in (self._customer, self._terminal, self._label, self._customer_label):
-            self._client.script_load(script.script)
-        self._scripts_loaded = True
 
     def _applied(self, customer: Any, terminal: Any) -> AppliedTransaction | Exception:
         if isinstance(customer, Exception):
@@ -363,6 +300,14 @@ class RedisFeatureStore:
             counts=tuple(upper - b for b in heads),
             frauds=tuple(reply[5 + 2 * (self._nt + 1) :]),
         )
+
+
+def _keep_added(first: Any, again: Any) -> Any:
+    """A call that ran, resent after a NOSCRIPT: the replay's aggregates, with whether the
+    first call stored the event (a label call: its first reply)."""
+    if isinstance(first, list) and isinstance(again, list):
+        return [first[0], *again[1:]]
+    return first
 
 
 def _added(reply: Any) -> bool:

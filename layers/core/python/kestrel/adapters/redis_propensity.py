@@ -12,9 +12,8 @@ late or replayed event never replaces a newer score and a retried batch changes 
 The key expires `PROPENSITY_TTL_MS` after its last write. Constant work per user: nothing
 grows with the user's history.
 
-As the click store, the script is loaded once (SCRIPT LOAD, on every primary of a
-cluster) and sent with EVALSHA in one pipeline; calls that answer NOSCRIPT are resent
-after loading it again.
+As the click store, the script is loaded once and sent with EVALSHA in one pipeline
+(`kestrel.adapters.redis_evalsha`).
 """
 
 from __future__ import annotations
@@ -22,9 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError
-
-from kestrel.adapters.redis_wire import send_batch
+from kestrel.adapters.redis_evalsha import EvalBatches
 from kestrel.features import DAY_MS
 from kestrel.propensity import Propensity
 
@@ -68,23 +65,13 @@ class RedisPropensities:
         self._client = client
         self._script = client.register_script(PROPENSITY_LUA)
         self._ttl_ms = ttl_ms
-        self._loaded = False
+        self._batches = EvalBatches(client, [self._script])
 
     def publish(self, propensities: Sequence[Propensity]) -> None:
         """Store each user's propensity unless a later (or the same) event's is stored."""
         if not propensities:
             return
-        if not self._loaded:
-            self._load()
-        commands = [self._command(p) for p in propensities]
-        replies = send_batch(self._client, commands)
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
-            self._load()
-            for i, reply in zip(
-                missing, send_batch(self._client, [commands[i] for i in missing]), strict=True
-            ):
-                replies[i] = reply
+        replies = self._batches.run([self._command(p) for p in propensities])
         failed = next((r for r in replies if isinstance(r, Exception)), None)
         if failed is not None:
             raise failed
@@ -108,11 +95,6 @@ class RedisPropensities:
             "EVALSHA", self._script.sha, 1, propensity_key(p.user_id), p.event_time_ms,
             p.event_id, p.session_id, repr(float(p.propensity)), p.model_version, self._ttl_ms,
         )  # fmt: skip
-
-    def _load(self) -> None:
-        """SCRIPT LOAD the script (on a cluster, on every primary)."""
-        self._client.script_load(self._script.script)
-        self._loaded = True
 
 
 def _text(value: Any) -> str:
