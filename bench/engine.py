@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         "--no-shadow", action="store_true", help="no runs with a challenger (shadow scoring)"
     )
     args = parser.parse_args(argv)
+    if args.heavy_transactions and args.heavy_events < 1:
+        parser.error("--heavy-events must be at least 1 (--heavy-transactions 0 skips that phase)")
     if args.quick:
         args.seconds, args.max_events, args.repeats, args.batches = 1.0, 3000, 1, "100,500"
         args.warmup_days, args.days, args.profile_events = 1, 3, 1000

@@ -74,10 +74,10 @@ from kestrel_local.demo_runner import (
     collect_results,
     drift_check,
     redrive_all,
-    reset_stack,
     telemetry,
     wait_decided,
 )
+from kestrel_local.demo_stack import reset_stack
 from kestrel_local.provision import bind
 from kestrel_local.runtime import RUNTIME_READY
 from kestrel_local.services import status

@@ -322,33 +322,6 @@ def backfill_history(data: DemoInput, redis_url: str, folder: Path) -> BackfillR
     return report
 
 
-def reset_stack(
-    clients: AwsClients, physical: Mapping[str, PhysicalResource], checkpoints: Path
-) -> None:
-    """Empty the stack for a fresh run: streams deleted (then re-created), queues purged."""
-    kinesis, sqs = clients.client("kinesis"), clients.client("sqs")
-    for logical_id in (
-        "TransactionsStream",
-        "LabelsStream",
-        "DecisionsStream",
-        "ClickstreamStream",
-    ):
-        name = str(physical[logical_id].ref)
-        try:
-            kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
-        except kinesis.exceptions.ResourceNotFoundException:
-            continue
-        kinesis.get_waiter("stream_not_exists").wait(
-            StreamName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 150}
-        )
-    for logical_id in ("OnFailureQueue", "PoisonDLQ"):
-        try:
-            sqs.purge_queue(QueueUrl=str(physical[logical_id].ref))
-        except sqs.exceptions.QueueDoesNotExist:
-            continue  # not provisioned yet: the demo creates it next
-    checkpoints.unlink(missing_ok=True)  # the runtime's positions in the deleted streams
-
-
 def drift_check(template: str, stack_name: str, redis_url: str, report: Path) -> dict[str, Any]:
     """`python -m kestrel_ops drift` over the last 24 h of the demo's event log; its report."""
     command = ["drift", "--template", template, "--stack-name", stack_name]
