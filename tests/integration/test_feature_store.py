@@ -220,3 +220,34 @@ def test_feature_store_in_parts_reloads_scripts_lost_while_parts_are_in_flight(
     assert_same(online, offline_features(tx, labels))
     for node in nodes:  # loaded again by the store
         assert all(node.script_exists(store._customer.sha, store._terminal.sha))
+
+
+def test_feature_store_counts_a_fraud_labelled_during_the_day_from_the_next_day_only(
+    store: RedisFeatureStore,
+) -> None:
+    """Labels applied at their own time, among the transactions (as the streams deliver
+    them): a fraud whose label comes during a transaction's day does not count for it yet."""
+    tx, labels = synthetic(6)
+    stream = sorted(
+        [(int(r.event_time), 1, r) for r in tx.itertuples(index=False)]
+        + [(int(r.label_time), 0, r) for r in labels.itertuples(index=False)],
+        key=lambda e: (e[0], e[1]),
+    )
+    online: dict[str, tuple[float, ...]] = {}
+    late = 0
+    for _, is_tx, r in stream:
+        if not is_tx:
+            label = Label(r.transaction_id, r.customer_id, r.terminal_id, True, int(r.label_time))
+            assert store.apply_labels([label]) == [True]
+            late += int(r.label_time) % DAY_MS > 0
+            continue
+        update = Transaction(
+            r.transaction_id, r.customer_id, r.terminal_id, float(r.amount), int(r.event_time)
+        )
+        (applied,) = store.apply_transactions([update])
+        assert not isinstance(applied, Exception)
+        online[update.transaction_id] = feature_vector(
+            update.amount, update.event_time_ms, applied.customer, applied.terminal
+        )
+    assert late > 50  # labels arrive during days, so later transactions of that day see them
+    assert_same(online, offline_features(tx, labels))
