@@ -89,3 +89,13 @@ def test_redis_wire_in_flight_left_with_replies_unread_drops_its_connection(
         held = wire._connection
     assert held._sock is None  # disconnected: nobody reads the stale reply
     assert send_batch(client, [("ECHO", "fresh")]) == [b"fresh"]
+
+
+def test_redis_wire_times_out_as_redis_py_does_then_recovers(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.2)
+    try:
+        with pytest.raises(redis.exceptions.TimeoutError):
+            send_batch(client, [("PING",), ("BLPOP", "wire-never-filled", 1)])
+        assert send_batch(client, PINGS) == [b"PONG", b"x"]  # the timed-out one reconnects
+    finally:
+        client.close()
