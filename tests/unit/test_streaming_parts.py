@@ -1,4 +1,6 @@
-"""`TransactionPath` on batches longer than one store part: order, alignment, retries."""
+"""`TransactionPath` on batches longer than one store part: order, alignment, retries.
+
+Parts ramp up: a quarter of `STORE_PART`, a half, then `STORE_PART` each."""
 
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def test_transaction_path_applies_a_long_batch_in_parts_in_order_and_keeps_rows_
     records = _records()
     outcome = path.run(records)
     valid = [n for n in range(COUNT) if n % 13 != 5]
-    sizes = [STORE_PART, STORE_PART, len(valid) - 2 * STORE_PART]
+    ramp = [STORE_PART // 4, STORE_PART // 2, STORE_PART]
+    sizes = [*ramp, len(valid) - sum(ramp)]
     assert [len(part) for part in store.transaction_calls] == sizes
     applied = [tx.transaction_id for part in store.transaction_calls for tx in part]
     assert applied == [f"T-{n}" for n in valid]
