@@ -30,8 +30,9 @@ PREFIX = "bench."  # every id the benchmark writes starts with it
 
 
 def log(message: str) -> None:
-    """Progress to stderr."""
-    print(f"[bench-api] {message}", file=sys.stderr, flush=True)
+    """Progress to stderr, tagged with the benchmark's make target (bench-api, bench-click-api)."""
+    tag = Path(sys.argv[0]).stem.replace("_", "-")
+    print(f"[bench-{tag}] {message}", file=sys.stderr, flush=True)
 
 
 def kestrel_local(*args: str) -> None:
