@@ -114,14 +114,15 @@ def parse_label(raw: bytes) -> Label:
 
 def transaction_from_mapping(doc: Mapping[str, Any]) -> Transaction:
     """Validate one decoded transaction (from JSON or Avro), or raise `PoisonRecord`."""
+    # Positional: keywords cost 0.5 µs more per call, and every stream event comes here.
     return Transaction(
-        transaction_id=_identifier(doc, "transaction_id"),
-        customer_id=_identifier(doc, "customer_id"),
-        terminal_id=_identifier(doc, "terminal_id"),
-        amount=_amount(doc, "amount"),
-        event_time_ms=_epoch_ms(doc, "event_time"),
-        channel=_optional_text(doc, "channel"),
-        device_id=_optional_text(doc, "device_id"),
+        _identifier(doc, "transaction_id"),
+        _identifier(doc, "customer_id"),
+        _identifier(doc, "terminal_id"),
+        _amount(doc, "amount"),
+        _epoch_ms(doc, "event_time"),
+        _optional_text(doc, "channel"),
+        _optional_text(doc, "device_id"),
     )
 
 
@@ -232,9 +233,10 @@ def _json_object(raw: bytes) -> Mapping[str, Any]:
 
 
 def _field(doc: Mapping[str, Any], name: str) -> Any:
-    if name not in doc or doc[name] is None:
+    value = doc.get(name)
+    if value is None:
         raise PoisonRecord(PoisonReason.MISSING_FIELD, f"{name}: required field is missing")
-    return doc[name]
+    return value
 
 
 def _shown(value: Any) -> str:
@@ -255,7 +257,7 @@ def _invalid(name: str, problem: str, value: Any) -> PoisonRecord:
 
 def _identifier(doc: Mapping[str, Any], name: str) -> str:
     value = _field(doc, name)
-    if not valid_identifier(value):
+    if not isinstance(value, str) or _ID.fullmatch(value) is None:  # valid_identifier, inline
         raise _invalid(name, f"must be a string of {_ID_RULE}", value)
     return str(value)
 
