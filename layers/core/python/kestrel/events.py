@@ -70,9 +70,13 @@ class PoisonRecord(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Transaction:
-    """A card transaction as the producer writes it to the transactions stream (UTC epoch ms)."""
+    """A card transaction as the producer writes it to the transactions stream (UTC epoch ms).
+
+    Not frozen: a frozen dataclass sets each field through ``object.__setattr__`` (~1 µs per
+    transaction, and every stream event builds one); treat it as immutable all the same.
+    """
 
     transaction_id: str
     customer_id: str

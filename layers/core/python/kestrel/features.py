@@ -102,7 +102,10 @@ def day_start_ms(time_ms: int) -> int:
     return time_ms - time_ms % DAY_MS
 
 
-@dataclass(frozen=True, slots=True)
+# The aggregates of every stream event: slots dataclasses, not frozen (a frozen one sets each
+# field through ``object.__setattr__``, ~1.5 µs per event for these three); treat them as
+# immutable all the same.
+@dataclass(slots=True)
 class CustomerAggregates:
     """Counts and cent sums per customer window (CUSTOMER_WINDOWS order), and the previous time."""
 
@@ -111,7 +114,7 @@ class CustomerAggregates:
     previous_time_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TerminalAggregates:
     """Transaction counts and known frauds per terminal window (TERMINAL_WINDOWS order)."""
 
@@ -119,7 +122,7 @@ class TerminalAggregates:
     frauds: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AppliedTransaction:
     """The aggregates as of one transaction, whether this call applied it (not a replay), and
     whether its customer and terminal held other transactions (else: cold start)."""
