@@ -155,11 +155,9 @@ class TransactionPreview:
 
 def cold_start(customer_known: bool, terminal_known: bool) -> tuple[str, ...]:
     """The names of the unknown entities, customer first."""
-    return tuple(
-        name
-        for name, known in (("customer", customer_known), ("terminal", terminal_known))
-        if not known
-    )
+    if customer_known:
+        return () if terminal_known else ("terminal",)
+    return ("customer",) if terminal_known else ("customer", "terminal")
 
 
 def feature_vector(
