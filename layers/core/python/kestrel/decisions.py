@@ -16,6 +16,7 @@ from enum import StrEnum
 from functools import partial
 from typing import Any
 
+import numpy as np
 import orjson
 
 from kestrel.events import Transaction
@@ -174,8 +175,11 @@ def decide_with_model(
     """Score feature vectors (FEATURE_NAMES order) in one batch; raise NoModelError if none."""
     if not transactions:
         return []
-    scores, manifest = scorer.score_batch(vectors)
-    explained = scorer.explain_as(_feature_reason, vectors, manifest=manifest)
+    # One conversion of the vectors for both: the model's float32 rows are this matrix cast
+    # (Python floats are float64 already), and the reasons work on it as it is.
+    matrix = np.asarray(vectors, dtype=np.float64)
+    scores, manifest = scorer.score_batch(matrix)
+    explained = scorer.explain_as(_feature_reason, matrix, manifest=manifest)
     decide, version = manifest.thresholds.decide, manifest.version
     at = now_ms() if decided_at_ms is None else decided_at_ms
     cold = cold_start or [()] * len(transactions)
