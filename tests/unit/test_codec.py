@@ -34,6 +34,7 @@ V2 = UUID("22222222-2222-4222-8222-222222222222")
 LABEL_V1 = UUID("33333333-3333-4333-8333-333333333333")
 DECISION_V1 = UUID("44444444-4444-4444-8444-444444444444")
 BAD_AMOUNT = UUID("55555555-5555-4555-8555-555555555555")
+MICROS = UUID("66666666-6666-4666-8666-666666666666")
 UNKNOWN = UUID("99999999-9999-4999-8999-999999999999")
 TXN: dict[str, Any] = {
     "transaction_id": "T-1",
@@ -147,6 +148,18 @@ def test_decoder_reads_v1_and_v2_frames_mixed_into_the_v2_reader() -> None:
     assert (txns[1].channel, txns[1].device_id) == ("pos", "D-7")
     assert (txns[2].channel, txns[2].device_id) == (None, None)
     assert [t.transaction_id for t in txns] == ["T-1", "T-2", "T-3", "T-4"]
+
+
+def test_decoder_reads_a_timestamp_micros_writer_as_epoch_ms() -> None:
+    doc = json.loads(schema_definition("transaction.v2"))
+    for field in doc["fields"]:
+        if field["name"] == "event_time":
+            field["type"] = {"type": "long", "logicalType": "timestamp-micros"}
+    lookup = MemoryLookup()
+    lookup.definitions[MICROS] = json.dumps(doc)
+    frame = encode({**TXN, "event_time": 1_795_857_302_123_456}, doc, MICROS)
+    tx = transaction_decoder(lookup)(frame)
+    assert tx == Transaction("T-1", "C-1", "TERM-1", 12.5, 1_795_857_302_123)
 
 
 def test_decoder_looks_up_each_writer_version_once() -> None:

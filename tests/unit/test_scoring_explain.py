@@ -118,6 +118,17 @@ def test_scorer_explain_gives_the_same_reasons_for_small_and_large_batches(size:
         scorer.explain(np.ones((size, N - 1)))
 
 
+@pytest.mark.parametrize("size", [1, 15, 16, 258])
+def test_scorer_explain_as_builds_explains_reasons_with_the_given_constructor(size: int) -> None:
+    scorer = shipped_scorer()
+    batch = rows()[-size:]
+    built = scorer.explain_as(lambda *fields: fields, batch)
+    assert built == [
+        tuple((r.feature, r.value, r.reference_median, r.deviation) for r in reasons)
+        for reasons in scorer.explain(batch)
+    ]
+
+
 def test_scorer_explain_reports_ties_in_feature_order() -> None:
     scorer = shipped_scorer()
     manifest = scorer.manifest

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
+from functools import partial
 from typing import Any
 
+import numpy as np
 import orjson
 
 from kestrel.events import Transaction
@@ -31,9 +32,13 @@ class Degraded(StrEnum):
     MODEL_ERROR = "model_error"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReasonCode:
-    """One reason for a decision: a feature far above its training median, or a rule."""
+    """One reason for a decision: a feature far above its training median, or a rule.
+
+    Not frozen (a frozen dataclass sets each field through ``object.__setattr__``, which
+    costs ~0.6 µs per reason on the stream's hot path); treat it as immutable all the same.
+    """
 
     kind: str
     name: str
@@ -52,9 +57,13 @@ class ReasonCode:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DecisionRecord:
-    """A transaction's score, decision, reasons and the provenance of all three."""
+    """A transaction's score, decision, reasons and the provenance of all three.
+
+    Not frozen, for the same reason as `ReasonCode` (12 fields: ~2 µs per transaction);
+    treat it as immutable all the same: `json` is encoded once and kept.
+    """
 
     transaction_id: str
     customer_id: str
@@ -68,6 +77,7 @@ class DecisionRecord:
     cold_start: tuple[str, ...]
     decided_at_ms: int
     source: str
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the decisions stream's record, the Redis value, the API's body)."""
@@ -88,10 +98,12 @@ class DecisionRecord:
             "source": self.source,
         }  # fmt: skip
 
-    @cached_property
+    @property
     def json(self) -> bytes:
         """`to_dict` as compact JSON, encoded once (the stream, Redis and the API share it)."""
-        return orjson.dumps(self.to_dict())
+        if self._json is None:
+            self._json = orjson.dumps(self.to_dict())
+        return self._json
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> DecisionRecord:
@@ -163,33 +175,27 @@ def decide_with_model(
     """Score feature vectors (FEATURE_NAMES order) in one batch; raise NoModelError if none."""
     if not transactions:
         return []
-    scores, manifest = scorer.score_batch(vectors)
-    explained = scorer.explain(vectors, manifest=manifest)
-    decide = manifest.thresholds.decide
+    # One conversion of the vectors for both: the model's float32 rows are this matrix cast
+    # (Python floats are float64 already), and the reasons work on it as it is.
+    matrix = np.asarray(vectors, dtype=np.float64)
+    scores, manifest = scorer.score_batch(matrix)
+    explained = scorer.explain_as(_feature_reason, matrix, manifest=manifest)
+    decide, version = manifest.thresholds.decide, manifest.version
     at = now_ms() if decided_at_ms is None else decided_at_ms
     cold = cold_start or [()] * len(transactions)
+    # Positional (DecisionRecord's field order): keywords cost ~0.5 µs more per record.
     return [
         DecisionRecord(
-            transaction_id=tx.transaction_id,
-            customer_id=tx.customer_id,
-            terminal_id=tx.terminal_id,
-            score=score,
-            decision=decide(score),
-            model_version=manifest.version,
-            feature_set_hash=FEATURE_SET_HASH,
-            reasons=tuple(
-                ReasonCode("feature", r.feature, r.value, r.reference_median, r.deviation)
-                for r in reasons
-            ),
-            degraded=(),
-            cold_start=flags,
-            decided_at_ms=at,
-            source=source,
+            tx.transaction_id, tx.customer_id, tx.terminal_id, score, decide(score), version,
+            FEATURE_SET_HASH, reasons, (), flags, at, source,
         )
         for tx, score, reasons, flags in zip(
             transactions, scores.tolist(), explained, cold, strict=True
         )
-    ]
+    ]  # fmt: skip
+
+
+_feature_reason = partial(ReasonCode, "feature")
 
 
 def decide_with_rules(

@@ -15,7 +15,6 @@ non-ASCII letters are refused too, so an id reads the same in logs, keys and URL
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import math
@@ -70,9 +69,13 @@ class PoisonRecord(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Transaction:
-    """A card transaction as the producer writes it to the transactions stream (UTC epoch ms)."""
+    """A card transaction as the producer writes it to the transactions stream (UTC epoch ms).
+
+    Not frozen: a frozen dataclass sets each field through ``object.__setattr__`` (~1 µs per
+    transaction, and every stream event builds one); treat it as immutable all the same.
+    """
 
     transaction_id: str
     customer_id: str
@@ -97,7 +100,8 @@ class Label:
 def decode_base64(data: str) -> bytes:
     """Decode a Kinesis record's base64 `data`; malformed base64 is an `undecodable` poison."""
     try:
-        return base64.b64decode(data, validate=True)
+        # What base64.b64decode(data, validate=True) calls, without its Python wrapper.
+        return binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise PoisonRecord(PoisonReason.UNDECODABLE, f"data: not valid base64 ({exc})") from None
 
@@ -114,14 +118,15 @@ def parse_label(raw: bytes) -> Label:
 
 def transaction_from_mapping(doc: Mapping[str, Any]) -> Transaction:
     """Validate one decoded transaction (from JSON or Avro), or raise `PoisonRecord`."""
+    # Positional: keywords cost 0.5 µs more per call, and every stream event comes here.
     return Transaction(
-        transaction_id=_identifier(doc, "transaction_id"),
-        customer_id=_identifier(doc, "customer_id"),
-        terminal_id=_identifier(doc, "terminal_id"),
-        amount=_amount(doc, "amount"),
-        event_time_ms=_epoch_ms(doc, "event_time"),
-        channel=_optional_text(doc, "channel"),
-        device_id=_optional_text(doc, "device_id"),
+        _identifier(doc, "transaction_id"),
+        _identifier(doc, "customer_id"),
+        _identifier(doc, "terminal_id"),
+        _amount(doc, "amount"),
+        _epoch_ms(doc, "event_time"),
+        _optional_text(doc, "channel"),
+        _optional_text(doc, "device_id"),
     )
 
 
@@ -232,9 +237,10 @@ def _json_object(raw: bytes) -> Mapping[str, Any]:
 
 
 def _field(doc: Mapping[str, Any], name: str) -> Any:
-    if name not in doc or doc[name] is None:
+    value = doc.get(name)
+    if value is None:
         raise PoisonRecord(PoisonReason.MISSING_FIELD, f"{name}: required field is missing")
-    return doc[name]
+    return value
 
 
 def _shown(value: Any) -> str:
@@ -255,7 +261,7 @@ def _invalid(name: str, problem: str, value: Any) -> PoisonRecord:
 
 def _identifier(doc: Mapping[str, Any], name: str) -> str:
     value = _field(doc, name)
-    if not valid_identifier(value):
+    if not isinstance(value, str) or _ID.fullmatch(value) is None:  # valid_identifier, inline
         raise _invalid(name, f"must be a string of {_ID_RULE}", value)
     return str(value)
 

@@ -102,7 +102,10 @@ def day_start_ms(time_ms: int) -> int:
     return time_ms - time_ms % DAY_MS
 
 
-@dataclass(frozen=True, slots=True)
+# The aggregates of every stream event: slots dataclasses, not frozen (a frozen one sets each
+# field through ``object.__setattr__``, ~1.5 µs per event for these three); treat them as
+# immutable all the same.
+@dataclass(slots=True)
 class CustomerAggregates:
     """Counts and cent sums per customer window (CUSTOMER_WINDOWS order), and the previous time."""
 
@@ -111,7 +114,7 @@ class CustomerAggregates:
     previous_time_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TerminalAggregates:
     """Transaction counts and known frauds per terminal window (TERMINAL_WINDOWS order)."""
 
@@ -119,7 +122,7 @@ class TerminalAggregates:
     frauds: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AppliedTransaction:
     """The aggregates as of one transaction, whether this call applied it (not a replay), and
     whether its customer and terminal held other transactions (else: cold start)."""
@@ -152,32 +155,35 @@ class TransactionPreview:
 
 def cold_start(customer_known: bool, terminal_known: bool) -> tuple[str, ...]:
     """The names of the unknown entities, customer first."""
-    return tuple(
-        name
-        for name, known in (("customer", customer_known), ("terminal", terminal_known))
-        if not known
-    )
+    if customer_known:
+        return () if terminal_known else ("terminal",)
+    return ("customer",) if terminal_known else ("customer", "terminal")
 
 
 def feature_vector(
     amount: float, event_time_ms: int, customer: CustomerAggregates, terminal: TerminalAggregates
 ) -> tuple[float, ...]:
     """The feature values in FEATURE_NAMES order."""
-    seconds_of_day = (event_time_ms % DAY_MS) // 1000
-    weekday = (event_time_ms // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday (3, Monday = 0)
-    values: list[float] = [
-        float(amount),
-        1.0 if weekday >= 5 else 0.0,
-        1.0 if seconds_of_day // 3600 <= NIGHT_LAST_HOUR else 0.0,
-    ]
-    for count, total in zip(customer.counts[:3], customer.sums_cents[:3], strict=True):
-        values += [float(count), total / count / 100.0 if count else 0.0]
-    for count, frauds in zip(terminal.counts, terminal.frauds, strict=True):
-        values += [float(count), frauds / count if count else 0.0]
-    for count, total in zip(customer.counts[3:], customer.sums_cents[3:], strict=True):
-        values += [float(count), total / 100.0]
+    # Written out, one line per feature (twice as fast as loops over the windows, and every
+    # event comes here): a change to the windows fails loudly in these unpackings.
+    c_1day, c_7day, c_30day, c_10min, c_1hour = customer.counts
+    s_1day, s_7day, s_30day, s_10min, s_1hour = customer.sums_cents
+    t_1day, t_7day, t_30day = terminal.counts
+    f_1day, f_7day, f_30day = terminal.frauds
     previous = customer.previous_time_ms
-    values.append((event_time_ms - previous) / 1000.0 if previous is not None else NO_PREVIOUS_S)
-    count_30, total_30 = customer.counts[2], customer.sums_cents[2]
-    values.append(float(amount) / (total_30 / count_30 / 100.0) if count_30 and total_30 else 0.0)
-    return tuple(values)
+    amount = float(amount)
+    return (
+        amount,
+        1.0 if (event_time_ms // DAY_MS + 3) % 7 >= 5 else 0.0,  # 1970-01-01 was a Thursday
+        1.0 if (event_time_ms % DAY_MS) // 1000 // 3600 <= NIGHT_LAST_HOUR else 0.0,
+        float(c_1day), s_1day / c_1day / 100.0 if c_1day else 0.0,
+        float(c_7day), s_7day / c_7day / 100.0 if c_7day else 0.0,
+        float(c_30day), s_30day / c_30day / 100.0 if c_30day else 0.0,
+        float(t_1day), f_1day / t_1day if t_1day else 0.0,
+        float(t_7day), f_7day / t_7day if t_7day else 0.0,
+        float(t_30day), f_30day / t_30day if t_30day else 0.0,
+        float(c_10min), s_10min / 100.0,
+        float(c_1hour), s_1hour / 100.0,
+        (event_time_ms - previous) / 1000.0 if previous is not None else NO_PREVIOUS_S,
+        amount / (s_30day / c_30day / 100.0) if c_30day and s_30day else 0.0,
+    )  # fmt: skip

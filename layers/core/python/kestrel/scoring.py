@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,7 @@ from kestrel.ports import Model, ModelSource
 logger = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_S = 15.0
+R = TypeVar("R")
 
 
 class Decision(StrEnum):
@@ -350,6 +351,16 @@ class Scorer:
         self, rows: Any, top: int = 3, manifest: ModelManifest | None = None
     ) -> list[tuple[Reason, ...]]:
         """`reasons` for every row of a batch at once, against `manifest` (default: serving)."""
+        return self.explain_as(Reason, rows, top, manifest)
+
+    def explain_as(
+        self,
+        build: Callable[[str, float, float, float], R],
+        rows: Any,
+        top: int = 3,
+        manifest: ModelManifest | None = None,
+    ) -> list[tuple[R, ...]]:
+        """`explain`, each reason made by ``build(feature, value, median, deviation)``."""
         if manifest is None:
             active = self._active
             if active is None:
@@ -362,7 +373,7 @@ class Scorer:
         else:
             matrix = bool(rows) and isinstance(rows[0], (Sequence, np.ndarray))
         if matrix and len(rows) >= _VECTOR_EXPLAIN_ROWS:
-            return _explain_matrix(np.asarray(rows, dtype=np.float64), manifest, top)
+            return _explain_matrix(np.asarray(rows, dtype=np.float64), manifest, top, build)
         values = rows.tolist() if isinstance(rows, np.ndarray) else rows
         if isinstance(values, (list, tuple)) and values and not isinstance(values[0], Sequence):
             values = [values]  # one row
@@ -375,7 +386,7 @@ class Scorer:
             picks = sorted(range(width), key=dev.__getitem__, reverse=True)[:top]
             explained.append(
                 tuple(
-                    Reason(names[i], float(row[i]), medians[i], round(dev[i], 6))
+                    build(names[i], float(row[i]), medians[i], round(dev[i], 6))
                     for i in picks
                     if dev[i] > 0
                 )
@@ -405,27 +416,31 @@ _VECTOR_EXPLAIN_ROWS = 16
 
 
 def _explain_matrix(
-    values: npt.NDArray[np.float64], manifest: ModelManifest, top: int
-) -> list[tuple[Reason, ...]]:
-    """`Scorer.explain` for a matrix of rows: the same picks, ties and rounding."""
+    values: npt.NDArray[np.float64],
+    manifest: ModelManifest,
+    top: int,
+    build: Callable[[str, float, float, float], R],
+) -> list[tuple[R, ...]]:
+    """`Scorer.explain_as` for a matrix of rows: the same picks, ties and rounding."""
     width = len(manifest.medians)
     if values.ndim != 2 or values.shape[1] != width:
         raise ValueError(f"expected rows of {width} features, got shape {values.shape}")
     deviation = (values - manifest.medians) / manifest.spreads
     # Largest deviation first, ties in feature order (a stable sort of the negated values).
     picks = np.argsort(-deviation, axis=1, kind="stable")[:, :top]
-    names = manifest.feature_names
+    names = np.asarray(manifest.feature_names, dtype=object)[picks].tolist()
+    # A list, then a tuple: faster than a tuple of a generator, and this runs for every event.
     return [
-        tuple(
-            Reason(names[i], v, m, round(d, 6))
-            for i, v, m, d in zip(row, picked, medians, devs, strict=True)
+        tuple([
+            build(n, v, m, round(d, 6))
+            for n, v, m, d in zip(row_names, picked, medians, devs, strict=True)
             if d > 0
-        )
-        for row, picked, medians, devs in zip(
-            picks.tolist(),
+        ])
+        for row_names, picked, medians, devs in zip(
+            names,
             np.take_along_axis(values, picks, 1).tolist(),
             manifest.medians[picks].tolist(),
             np.take_along_axis(deviation, picks, 1).tolist(),
             strict=True,
         )
-    ]
+    ]  # fmt: skip
