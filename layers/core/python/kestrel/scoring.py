@@ -39,6 +39,7 @@ import numpy.typing as npt
 
 from kestrel.features import FEATURE_NAMES, FEATURE_SET_HASH
 from kestrel.ports import Model, ModelSource
+from kestrel.reasons import explain_rows
 
 logger = logging.getLogger(__name__)
 
@@ -366,32 +367,7 @@ class Scorer:
             if active is None:
                 raise NoModelError("no usable fraud model is loaded")
             manifest = active.manifest
-        medians, spreads = manifest.medians.tolist(), manifest.spreads.tolist()
-        names, width = manifest.feature_names, len(medians)
-        if isinstance(rows, np.ndarray):
-            matrix = rows.ndim == 2
-        else:
-            matrix = bool(rows) and isinstance(rows[0], (Sequence, np.ndarray))
-        if matrix and len(rows) >= _VECTOR_EXPLAIN_ROWS:
-            return _explain_matrix(np.asarray(rows, dtype=np.float64), manifest, top, build)
-        values = rows.tolist() if isinstance(rows, np.ndarray) else rows
-        if isinstance(values, (list, tuple)) and values and not isinstance(values[0], Sequence):
-            values = [values]  # one row
-        explained = []
-        for row in values:
-            if len(row) != width:
-                raise ValueError(f"expected rows of {width} features, got {len(row)}")
-            # Largest deviation first, ties in feature order (a stable sort).
-            dev = [(v - m) / s for v, m, s in zip(row, medians, spreads, strict=True)]
-            picks = sorted(range(width), key=dev.__getitem__, reverse=True)[:top]
-            explained.append(
-                tuple(
-                    build(names[i], float(row[i]), medians[i], round(dev[i], 6))
-                    for i in picks
-                    if dev[i] > 0
-                )
-            )
-        return explained
+        return explain_rows(build, rows, manifest, top)
 
     def _override_thresholds(self, manifest: ModelManifest) -> ModelManifest:
         if self._review is None and self._decline is None:
@@ -408,39 +384,3 @@ class Scorer:
     def _reject(self, exc: RejectedModel) -> None:
         self.rejected_models += 1
         logger.error("refused model (keeping version %s): %s", self.model_version, exc)
-
-
-# From this many rows on, `Scorer.explain` works on the whole matrix at once (numpy pays off
-# above about a dozen rows; one row, the API's case, is faster in plain Python).
-_VECTOR_EXPLAIN_ROWS = 16
-
-
-def _explain_matrix(
-    values: npt.NDArray[np.float64],
-    manifest: ModelManifest,
-    top: int,
-    build: Callable[[str, float, float, float], R],
-) -> list[tuple[R, ...]]:
-    """`Scorer.explain_as` for a matrix of rows: the same picks, ties and rounding."""
-    width = len(manifest.medians)
-    if values.ndim != 2 or values.shape[1] != width:
-        raise ValueError(f"expected rows of {width} features, got shape {values.shape}")
-    deviation = (values - manifest.medians) / manifest.spreads
-    # Largest deviation first, ties in feature order (a stable sort of the negated values).
-    picks = np.argsort(-deviation, axis=1, kind="stable")[:, :top]
-    names = np.asarray(manifest.feature_names, dtype=object)[picks].tolist()
-    # A list, then a tuple: faster than a tuple of a generator, and this runs for every event.
-    return [
-        tuple([
-            build(n, v, m, round(d, 6))
-            for n, v, m, d in zip(row_names, picked, medians, devs, strict=True)
-            if d > 0
-        ])
-        for row_names, picked, medians, devs in zip(
-            names,
-            np.take_along_axis(values, picks, 1).tolist(),
-            manifest.medians[picks].tolist(),
-            np.take_along_axis(deviation, picks, 1).tolist(),
-            strict=True,
-        )
-    ]  # fmt: skip
