@@ -10,11 +10,18 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from kestrel import clients
 from kestrel.click_streaming import ClickPath
-from kestrel.stream_batch import click_metrics, kinesis_processor, log_outcome, respond
+from kestrel.stream_batch import (
+    click_metrics,
+    collect_less_often,
+    kinesis_processor,
+    log_outcome,
+    respond,
+)
 
 logger = Logger()
 metrics = Metrics()
 processor = kinesis_processor()
+collect_less_often()  # batches allocate many short-lived objects
 
 
 @metrics.log_metrics

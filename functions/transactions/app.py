@@ -9,12 +9,19 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from kestrel import clients
-from kestrel.stream_batch import kinesis_processor, log_outcome, respond, transaction_metrics
+from kestrel.stream_batch import (
+    collect_less_often,
+    kinesis_processor,
+    log_outcome,
+    respond,
+    transaction_metrics,
+)
 from kestrel.streaming import TransactionPath
 
 logger = Logger()
 metrics = Metrics()
 processor = kinesis_processor()
+collect_less_often()  # batches allocate many short-lived objects
 
 
 @metrics.log_metrics

@@ -1,7 +1,9 @@
-"""What both stream handlers share: the batch processor, the response and the metrics."""
+"""What the stream handlers share: the collector's pace, the batch processor, the response and
+the metrics."""
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Mapping
 from statistics import median
@@ -19,6 +21,21 @@ from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import Ki
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from kestrel.streaming import BatchOutcome
+
+# Allocations between two young-generation collections in a stream handler's process.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def collect_less_often() -> None:
+    """Let the young generation grow to GC_YOUNG_THRESHOLD allocations (700 by default).
+
+    A batch of 1,000 events allocates a few hundred thousand short-lived objects (records,
+    vectors, decisions, log rows); with the default threshold the collector runs hundreds
+    of times a batch and re-scans what the batch still holds. Measured with `make
+    bench-engine` (batches of 1,000): the client's CPU per event fell from 79 to 61-66 µs.
+    The older generations keep their defaults' ratio (10 and 10).
+    """
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
 def kinesis_processor() -> BatchProcessor:

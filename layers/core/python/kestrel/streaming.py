@@ -159,7 +159,7 @@ def _decode_parts(
     outcome: BatchOutcome,
     max_future_s: float,
     size: int,
-    check: Callable[[Any, float, float], None] = check_not_ahead_of_arrival,
+    check: Callable[[Any, float, float], None],
 ) -> Iterator[list[tuple[Mapping[str, Any], Any]]]:
     """Decode and check each record, yielding the valid ones `size` at a time (never an
     empty list), the first two parts a quarter and a half of it, so the store starts on
@@ -206,7 +206,10 @@ def _decode_all(
     max_future_s: float,
 ) -> list[tuple[Mapping[str, Any], Any]]:
     """`_decode_parts` of the whole batch at once."""
-    parts = _decode_parts(records, decode, dead_letters, outcome, max_future_s, len(records))
+    parts = _decode_parts(
+        records, decode, dead_letters, outcome, max_future_s, len(records),
+        check_not_ahead_of_arrival,
+    )  # fmt: skip
     return [pair for part in parts for pair in part]
 
 
@@ -255,8 +258,9 @@ class TransactionPath:
 
         def transactions() -> Iterator[list[Transaction]]:
             for part in _decode_parts(
-                records, self._decode, self._dead_letters, outcome, self._max_future_s, STORE_PART
-            ):
+                records, self._decode, self._dead_letters, outcome, self._max_future_s,
+                STORE_PART, check_not_ahead_of_arrival,
+            ):  # fmt: skip
                 waiting.append(part)
                 yield [tx for _, tx in part]
 
