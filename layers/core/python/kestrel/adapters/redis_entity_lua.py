@@ -268,24 +268,19 @@ if terminal then
     redis.call('ZADD', FRAUD, 'NX', t, id)
     v[7], v[8] = 1, v[8] - 1
   end
+  local hi = t - off[2]
   if v[7] == 1 then
-    -- The frauds of the widest window, with their times, in one read; a fraud labelled on
-    -- or after this transaction's day (late) does not count yet.
-    local late, lowest = {}, t - off[3]
+    local late = {}
     for _, lid in ipairs(redis.call('ZRANGEBYSCORE', LABELS, day_start, '+inf')) do
-      late[lid] = true
+      late[#late + 1] = tonumber(redis.call('ZSCORE', FRAUD, lid))
     end
-    for p = 4, P do lowest = math.min(lowest, t - off[p]) end
-    local counts = {}
-    for p = 3, P do counts[p] = 0 end
-    local frauds = redis.call('ZRANGEBYSCORE', FRAUD, '(' .. lowest, t - off[2], 'WITHSCORES')
-    for i = 1, #frauds, 2 do
-      if not late[frauds[i]] then
-        local ft = tonumber(frauds[i + 1])
-        for p = 3, P do if ft > t - off[p] then counts[p] = counts[p] + 1 end end
+    for p = 3, P do
+      local count = redis.call('ZCOUNT', FRAUD, '(' .. (t - off[p]), hi)
+      for _, lt in ipairs(late) do
+        if lt and lt > t - off[p] and lt <= hi then count = count - 1 end
       end
+      out[#out + 1] = count
     end
-    for p = 3, P do out[#out + 1] = counts[p] end
   else
     for p = 3, P do out[#out + 1] = 0 end
   end
