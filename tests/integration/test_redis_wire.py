@@ -99,3 +99,21 @@ def test_redis_wire_times_out_as_redis_py_does_then_recovers(redis_url: str) -> 
         assert send_batch(client, PINGS) == [b"PONG", b"x"]  # the timed-out one reconnects
     finally:
         client.close()
+
+
+def test_redis_wire_in_flight_skips_the_health_check_while_replies_are_pending(
+    redis_url: str,
+) -> None:
+    """A due health check (a PING, its PONG read next) must not eat a batch's replies."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5, health_check_interval=1)
+    try:
+        assert send_batch(client, PINGS) == [b"PONG", b"x"]
+        with redis_wire.InFlight(client) as wire:
+            wire._connection.next_health_check = 0.0  # due now
+            wire.send([("ECHO", "first")])
+            wire._connection.next_health_check = 0.0  # due again, with "first" in flight
+            wire.send([("ECHO", "second")])
+            assert (wire.read(), wire.read()) == ([b"first"], [b"second"])
+            assert wire._connection.next_health_check > 0.0  # the replies count as an answer
+    finally:
+        client.close()

@@ -105,8 +105,11 @@ class InFlight:
             self._queued.append(commands)
             return
         pack: Any = hiredis.pack_command  # typed for one-element tuples only
+        # redis-py's health check (a PING when the connection sat idle past the client's
+        # health_check_interval) reads the next reply as its PONG: only with none in flight.
         self._connection.send_packed_command(
-            [b"".join(pack(tuple(command)) for command in commands)]
+            [b"".join(pack(tuple(command)) for command in commands)],
+            check_health=not self._counts,
         )
         self._counts.append(len(commands))
 
@@ -138,10 +141,15 @@ def _read_replies(connection: Any, count: int) -> list[Any]:
     fill: Any = parser.read_from_socket
     while len(replies) < count:
         reply = gets()
-        if reply is NOT_ENOUGH_DATA:
-            fill()  # redis-py's: a timeout or a closed socket raises as from read_response
-        else:
+        if reply is not NOT_ENOUGH_DATA:
             replies.append(reply)
+            continue
+        try:
+            fill()  # redis-py's: a timeout or a closed socket raises as from read_response
+        except OSError as exc:  # as Connection.read_response turns them
+            raise RedisConnectionError(f"Error while reading from socket: {exc.args}") from exc
+    if connection.health_check_interval:  # as Connection.read_response: it answered
+        connection.next_health_check = time.monotonic() + connection.health_check_interval
     return replies
 
 
