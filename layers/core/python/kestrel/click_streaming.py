@@ -4,8 +4,8 @@
 (poison goes to the dead-letter sink with its reason; an event dated more than
 `max_future_s` after it reached the stream is poison too; when the schema registry cannot
 answer, that record and the rest are retried), applies the valid events to the click store
-in parts of `STORE_PART` (the store applies the next part while this one is handled),
-computes each event's feature vector (`kestrel.click_features`), scores the
+in parts (`kestrel.streaming.parts_for_store`: the store applies the next part while this
+one is handled), computes each event's feature vector (`kestrel.click_features`), scores the
 vectors with the propensity model in one call (`kestrel.propensity`), stores each user's
 latest propensity (`PropensitySink`), logs the events with their vectors and propensities to
 the event log (``events/clicks/``), then says which records must be retried.
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -39,7 +38,7 @@ from kestrel.monitoring_ports import TelemetrySink
 from kestrel.ports import DeadLetterSink, EventLog
 from kestrel.propensity import Propensity, PropensitySink, latest_per_user
 from kestrel.scoring import NoModelError, Scorer
-from kestrel.streaming import STORE_PART, BatchOutcome, _decode_parts, _observed, batch_id
+from kestrel.streaming import BatchOutcome, _observed, batch_id, parts_for_store
 
 logger = logging.getLogger(__name__)
 
@@ -89,20 +88,13 @@ class ClickPath:
         outcome = BatchOutcome()
         if not records:
             return outcome
-        # As in the fraud path: parts are decoded as the store asks for them, and each part
-        # is handled here while the store applies the next.
-        waiting: deque[list[tuple[Mapping[str, Any], ClickEvent]]] = deque()
-
-        def events() -> Iterator[list[ClickEvent]]:
-            for part in _decode_parts(
-                records, self._decode, self._dead_letters, outcome, self._max_future_s,
-                STORE_PART, check_click_not_ahead_of_arrival,
-            ):  # fmt: skip
-                waiting.append(part)
-                yield [event for _, event in part]
-
+        # As in the fraud path: each part is handled here while the store applies the next.
+        waiting, events = parts_for_store(
+            records, self._decode, self._dead_letters, outcome, self._max_future_s,
+            check_click_not_ahead_of_arrival,
+        )  # fmt: skip
         logged, kept, vectors, arrivals_ms = [], [], [], []
-        for results in self._store.apply_clicks_in_parts(events()):
+        for results in self._store.apply_clicks_in_parts(events):
             now_ms = self._clock() * 1000
             for (record, event), result in zip(waiting.popleft(), results, strict=True):
                 kinesis = record["kinesis"]

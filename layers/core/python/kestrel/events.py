@@ -261,7 +261,7 @@ def _invalid(name: str, problem: str, value: Any) -> PoisonRecord:
 
 def _identifier(doc: Mapping[str, Any], name: str) -> str:
     value = _field(doc, name)
-    if not isinstance(value, str) or _ID.fullmatch(value) is None:  # valid_identifier, inline
+    if not valid_identifier(value):
         raise _invalid(name, f"must be a string of {_ID_RULE}", value)
     return str(value)
 

@@ -198,6 +198,29 @@ def _decode_parts(
         yield decoded
 
 
+def parts_for_store(
+    records: Sequence[Mapping[str, Any]],
+    decode: Callable[[bytes], Any],
+    dead_letters: DeadLetterSink,
+    outcome: BatchOutcome,
+    max_future_s: float,
+    check: Callable[[Any, float, float], None],
+) -> tuple[deque[list[tuple[Mapping[str, Any], Any]]], Iterator[list[Any]]]:
+    """The batch's valid events in parts of `STORE_PART` for a store's ``..._in_parts``
+    (`_decode_parts`, decoded as the store asks for them), and the queue where each part's
+    (record, event) pairs wait, oldest first, until the store yields its results."""
+    waiting: deque[list[tuple[Mapping[str, Any], Any]]] = deque()
+
+    def events() -> Iterator[list[Any]]:
+        for part in _decode_parts(
+            records, decode, dead_letters, outcome, max_future_s, STORE_PART, check
+        ):
+            waiting.append(part)
+            yield [event for _, event in part]
+
+    return waiting, events()
+
+
 def _decode_all(
     records: Sequence[Mapping[str, Any]],
     decode: Callable[[bytes], Any],
@@ -252,23 +275,16 @@ class TransactionPath:
     def _run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """`run` without the telemetry."""
         outcome = BatchOutcome()
-        # Parts are decoded as the store asks for them; each waits here until its results
-        # come back. While the store applies the next part, this one is scored.
-        waiting: deque[list[tuple[Mapping[str, Any], Transaction]]] = deque()
-
-        def transactions() -> Iterator[list[Transaction]]:
-            for part in _decode_parts(
-                records, self._decode, self._dead_letters, outcome, self._max_future_s,
-                STORE_PART, check_not_ahead_of_arrival,
-            ):  # fmt: skip
-                waiting.append(part)
-                yield [tx for _, tx in part]
-
+        # While the store applies the next part, this one is scored.
+        waiting, transactions = parts_for_store(
+            records, self._decode, self._dead_letters, outcome, self._max_future_s,
+            check_not_ahead_of_arrival,
+        )  # fmt: skip
         scored: list[tuple[Mapping[str, Any], Transaction]] = []
         vectors: list[tuple[float, ...]] = []
         decisions: list[DecisionRecord] = []
         scoring_s = 0.0
-        for part_results in self._store.apply_transactions_in_parts(transactions()):
+        for part_results in self._store.apply_transactions_in_parts(transactions):
             part = waiting.popleft()
             now_ms = self._clock() * 1000
             first = len(scored)
