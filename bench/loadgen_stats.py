@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from kestrel_local.http_wire import parse_server_timing
 
 PENDING, RESPONSE, TIMEOUT, CONNECTION_ERROR = 0, 1, 2, 3
 OUTCOMES = ("pending", "response", "timeout", "connection")  # by outcome code
@@ -28,22 +29,6 @@ def summarize(values: Iterable[float]) -> dict[str, float]:
         stats[name] = percentile(v, q)
     stats["max"] = v[-1] if v else math.nan
     return stats
-
-
-def parse_server_timing(value: bytes | str, metric: str = "app") -> float | None:
-    """The ``dur`` (ms) of `metric` in a Server-Timing value (``app;dur=0.21, db;dur=0.1``)."""
-    text = value.decode("latin-1") if isinstance(value, bytes) else value
-    for entry in text.split(","):
-        name, *params = (part.strip() for part in entry.split(";"))
-        if name != metric:
-            continue
-        for param in params:
-            key, _, raw = param.partition("=")
-            if key.strip().lower() == "dur":
-                with contextlib.suppress(ValueError):
-                    return float(raw.strip().strip('"'))
-        return None
-    return None
 
 
 @dataclass

@@ -313,6 +313,7 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
             c.api_requests = len(click_api.latencies_ms) + click_api.errors
             c.api_p50_ms = percentile(click_api.latencies_ms, 50)
             c.api_p99_ms = percentile(click_api.latencies_ms, 99)
+            c.api_in_handler_p99_ms = percentile(click_api.in_handler_ms, 99)
             # Every click's second, from the first put until now (the drains took a while).
             snap = telemetry(args.port, key, time.monotonic() - started + 5)
             fill(c, store, clicks, snap.get("clickstream") or {})

@@ -52,6 +52,7 @@ class ClickSummary:
     api_errors: int = 0
     api_p50_ms: float = math.nan
     api_p99_ms: float = math.nan
+    api_in_handler_p99_ms: float = math.nan
     fell_behind: bool = False
 
 
@@ -232,7 +233,8 @@ def summary_rows(c: ClickSummary) -> list[tuple[str, str]]:
         (
             "API p50 / p99 (/v1/propensity)",
             f"{_fmt(c.api_p50_ms, '.2f', ' ms')} / {_fmt(c.api_p99_ms, '.2f', ' ms')}"
-            f" over {c.api_requests:,} requests, {c.api_errors} errors",
+            f" over {c.api_requests:,} requests, {c.api_errors} errors"
+            f" (in the handler: p99 {_fmt(c.api_in_handler_p99_ms, '.2f', ' ms')})",
         ),
         ("Propensity model", c.model_version or "none"),
     ]

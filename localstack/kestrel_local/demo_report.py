@@ -33,6 +33,7 @@ class DemoSummary:
     api_errors: int = 0
     api_p50_ms: float = math.nan
     api_p99_ms: float = math.nan
+    api_in_handler_p99_ms: float = math.nan
     decisions: dict[str, int] = field(default_factory=dict)
     frauds: int = 0
     average_precision: float = math.nan
@@ -135,7 +136,8 @@ def summary_table(s: DemoSummary) -> str:
         (
             "API p50 / p99 (/v1/score)",
             f"{_fmt(s.api_p50_ms, '.2f', ' ms')} / {_fmt(s.api_p99_ms, '.2f', ' ms')}"
-            f" over {s.api_requests:,} requests, {s.api_errors} errors",
+            f" over {s.api_requests:,} requests, {s.api_errors} errors"
+            f" (in the handler: p99 {_fmt(s.api_in_handler_p99_ms, '.2f', ' ms')})",
         ),
         (
             "Decisions",

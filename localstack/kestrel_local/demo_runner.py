@@ -29,6 +29,7 @@ from kestrel_local.demo_report import (
     known_cards,
     percentile,
 )
+from kestrel_local.http_wire import parse_server_timing
 from kestrel_local.template import PhysicalResource
 from kestrel_ops.backfill import BackfillReport, ProgressLine, StoreFailed, backfill, open_store
 from kestrel_ops.backfill_sources import ParquetHistory
@@ -44,12 +45,21 @@ class DemoError(RuntimeError):
 def _request(
     conn: http.client.HTTPConnection, method: str, path: str, key: str, body: bytes | None = None
 ) -> tuple[int, bytes]:
+    status, payload, _ = _timed_request(conn, method, path, key, body)
+    return status, payload
+
+
+def _timed_request(
+    conn: http.client.HTTPConnection, method: str, path: str, key: str, body: bytes | None = None
+) -> tuple[int, bytes, float | None]:
+    """Status, body and the handler's own time in ms (Server-Timing ``app;dur``; None: none)."""
     headers = {"x-api-key": key}
     if body is not None:
         headers["content-type"] = "application/json"
     conn.request(method, path, body=body, headers=headers)
     response = conn.getresponse()
-    return response.status, response.read()
+    timing = parse_server_timing(response.getheader("Server-Timing") or "")
+    return response.status, response.read(), timing
 
 
 def telemetry(port: int, key: str, window_s: float) -> dict[str, Any]:
@@ -69,8 +79,9 @@ def _score_loop(
     port: int, key: str, bodies: Sequence[bytes], rate: float, stop: Any, results: Any,
     path: str = "/v1/score",
 ) -> None:  # fmt: skip
-    """In its own process: POST one body every 1/rate s until `stop`; send back the timings."""
-    latencies, errors = [], 0
+    """In its own process: POST one body every 1/rate s until `stop`; send back the timings
+    (round trip and in-handler ms of each answered request) and the errors."""
+    latencies, handler, errors = [], [], 0
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     start = time.monotonic()
     for i in range(10**9):
@@ -78,16 +89,18 @@ def _score_loop(
             break
         sent = time.perf_counter()
         try:
-            code, _ = _request(conn, "POST", path, key, bodies[i % len(bodies)])
+            code, _, in_handler = _timed_request(conn, "POST", path, key, bodies[i % len(bodies)])
         except (OSError, http.client.HTTPException):
             errors += 1
             conn.close()
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             continue
         latencies.append((time.perf_counter() - sent) * 1000.0)
+        if in_handler is not None:
+            handler.append(in_handler)
         errors += code != 200
     conn.close()
-    results.send((latencies, errors))
+    results.send((latencies, handler, errors))
 
 
 class ApiLoad:
@@ -109,6 +122,7 @@ class ApiLoad:
     ) -> None:
         self.rate = rate
         self.latencies_ms: list[float] = []
+        self.in_handler_ms: list[float] = []  # Server-Timing of each answered request
         self.errors = 0
         context = multiprocessing.get_context("spawn")
         self._stop_event = context.Event()
@@ -136,7 +150,7 @@ class ApiLoad:
             return
         self._stop_event.set()
         if self._results.poll(30):
-            self.latencies_ms, self.errors = self._results.recv()
+            self.latencies_ms, self.in_handler_ms, self.errors = self._results.recv()
         self._process.join(10)
 
 
@@ -301,6 +315,7 @@ def collect_results(
     summary.api_errors = api.errors
     summary.api_p50_ms = percentile(api.latencies_ms, 50)
     summary.api_p99_ms = percentile(api.latencies_ms, 99)
+    summary.api_in_handler_p99_ms = percentile(api.in_handler_ms, 99)
 
 
 def backfill_history(data: DemoInput, redis_url: str, folder: Path) -> BackfillReport:

@@ -22,6 +22,7 @@ handling outside the app; this one is a few string operations per field.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -197,3 +198,19 @@ def _flatten(value: str) -> str:
 def _json_string(text: str) -> str:
     """`text` as a JSON string (the reasons here are ASCII without quotes or backslashes)."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_server_timing(value: bytes | str, metric: str = "app") -> float | None:
+    """The ``dur`` (ms) of `metric` in a Server-Timing value (``app;dur=0.21, db;dur=0.1``)."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    for entry in text.split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        if name != metric:
+            continue
+        for param in params:
+            key, _, raw = param.partition("=")
+            if key.strip().lower() == "dur":
+                with contextlib.suppress(ValueError):
+                    return float(raw.strip().strip('"'))
+        return None
+    return None
