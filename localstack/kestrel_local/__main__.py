@@ -39,6 +39,7 @@ from kestrel_local.api_server import (
 from kestrel_local.aws import AwsClients, apply_local_endpoint_defaults
 from kestrel_local.events import load_event
 from kestrel_local.invoker import FunctionPool, function_environment
+from kestrel_local.processes import run_below_serving
 from kestrel_local.provision import QUEUE, LocalApp, bind
 from kestrel_local.queue_stats import QueueStats, queue_stats
 from kestrel_local.runtime import RUNTIME_READY, LocalRuntime
@@ -109,6 +110,7 @@ def _cmd_invoke(args: argparse.Namespace, settings: LocalSettings) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, settings: LocalSettings) -> int:
+    run_below_serving()  # the stream functions yield the CPU to the API and Redis
     app, clients = _bind(args, settings, create=False)
     runtime = LocalRuntime(app, clients, settings, only=args.function or None)
     lines = runtime.describe()

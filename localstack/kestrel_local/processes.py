@@ -96,3 +96,31 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+# How far below the API and Redis the batch side of the local stack runs (see
+# `run_below_serving`): measured in `make demo` on 2 cores, /v1/score p99 42-73 ms with
+# everything at 0, 14.8 ms at 10 and 12.1 ms at 19.
+BATCH_NICE = 10
+
+
+def run_below_serving() -> None:
+    """Give this process's CPU turn to the API and Redis first: call it first thing in main.
+
+    On AWS the stream functions and the managed services have CPUs of their own; on a
+    laptop they share its cores with the scoring API and Redis, and a request that waits
+    for a core behind a batch of stream work costs the API its tail latency. This raises
+    the nice value of the calling thread to BATCH_NICE (threads and processes it starts
+    later inherit it) and, where the kernel groups scheduling by session (Linux
+    autogroups, where nice only orders the tasks inside a group), the nice of this
+    process's session when the process leads it, so never a terminal's. Raising a nice
+    value needs no privilege; failures leave the priority as it was.
+    """
+    with contextlib.suppress(OSError):
+        current = os.nice(0)
+        if current < BATCH_NICE:
+            os.nice(BATCH_NICE - current)
+    autogroup = Path("/proc/self/autogroup")
+    if os.getsid(0) == os.getpid() and autogroup.exists():
+        with contextlib.suppress(OSError):
+            autogroup.write_text(f"{BATCH_NICE}\n")
