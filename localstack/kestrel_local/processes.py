@@ -98,18 +98,19 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-# How far below the API and Redis the batch side of the local stack runs (see
-# `run_below_serving`): measured in `make demo` on 2 cores, /v1/score p99 42-73 ms with
-# everything at 0, 14.8 ms at 10 and 12.1 ms at 19.
+# How far below the API and Redis the local runtime runs (see `run_below_serving`):
+# measured in `make demo` on 2 cores, /v1/score p99 42-73 ms with everything at 0, 15.4 ms
+# with the runtime at 10 (12.1-14.8 ms with the emulator at 10 too, which cost the end-to-end
+# bench's producer: 4,510 instead of 5,094 puts/s at its 5,100/s step).
 BATCH_NICE = 10
 
 
 def run_below_serving() -> None:
     """Give this process's CPU turn to the API and Redis first: call it first thing in main.
 
-    On AWS the stream functions and the managed services have CPUs of their own; on a
-    laptop they share its cores with the scoring API and Redis, and a request that waits
-    for a core behind a batch of stream work costs the API its tail latency. This raises
+    On AWS the stream functions have CPUs of their own; on a laptop they share its cores
+    with the scoring API and Redis, and a request that waits for a core behind a batch of
+    stream work costs the API its tail latency. This raises
     the nice value of the calling thread to BATCH_NICE (threads and processes it starts
     later inherit it) and, where the kernel groups scheduling by session (Linux
     autogroups, where nice only orders the tasks inside a group), the nice of this

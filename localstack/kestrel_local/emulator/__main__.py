@@ -22,7 +22,6 @@ from types import FrameType
 from kestrel.settings import LocalSettings, SettingsError
 from kestrel_local.emulator.patches import UnsupportedMotoVersionError
 from kestrel_local.emulator.server import EmulatorServer, NonLoopbackHostError
-from kestrel_local.processes import run_below_serving
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +42,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Start the emulator and block until SIGTERM/SIGINT; return the exit status."""
     args = parse_args(argv)
-    run_below_serving()  # AWS's services stand-in yields the CPU to the API and Redis
     host, port = args.host, args.port
     if host is None or port is None:
         try:
