@@ -18,11 +18,11 @@ from bench.loadgen_stats import (
     RESPONSE,
     TIMEOUT,
     LoadResult,
-    parse_server_timing,
     percentile,
     summarize,
     summary,
 )
+from kestrel_local.http_wire import parse_server_timing
 
 MS = 1_000_000
 
