@@ -44,13 +44,6 @@ class DemoError(RuntimeError):
 
 def _request(
     conn: http.client.HTTPConnection, method: str, path: str, key: str, body: bytes | None = None
-) -> tuple[int, bytes]:
-    status, payload, _ = _timed_request(conn, method, path, key, body)
-    return status, payload
-
-
-def _timed_request(
-    conn: http.client.HTTPConnection, method: str, path: str, key: str, body: bytes | None = None
 ) -> tuple[int, bytes, float | None]:
     """Status, body and the handler's own time in ms (Server-Timing ``app;dur``; None: none)."""
     headers = {"x-api-key": key}
@@ -66,7 +59,7 @@ def telemetry(port: int, key: str, window_s: float) -> dict[str, Any]:
     """The API's `/v1/telemetry` snapshot over the last `window_s` seconds."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        code, body = _request(conn, "GET", f"/v1/telemetry?window={max(1, int(window_s))}", key)
+        code, body, _ = _request(conn, "GET", f"/v1/telemetry?window={max(1, int(window_s))}", key)
     finally:
         conn.close()
     if code != 200:
@@ -89,7 +82,7 @@ def _score_loop(
             break
         sent = time.perf_counter()
         try:
-            code, _, in_handler = _timed_request(conn, "POST", path, key, bodies[i % len(bodies)])
+            code, _, in_handler = _request(conn, "POST", path, key, bodies[i % len(bodies)])
         except (OSError, http.client.HTTPException):
             errors += 1
             conn.close()

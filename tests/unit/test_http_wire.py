@@ -17,6 +17,7 @@ from kestrel_local.http_wire import (
     Head,
     Refusal,
     parse_head,
+    parse_server_timing,
     refusal_bytes,
     response_bytes,
 )
@@ -117,6 +118,17 @@ def test_http_wire_parser_is_total_on_any_bytes(data: bytes) -> None:
         assert 0 < head.size <= len(data) and 0 <= head.content_length <= MAX_BODY_BYTES
     if isinstance(head, Refusal):
         assert 400 <= head.status <= 505
+
+
+@TOTALITY
+@given(
+    st.binary(max_size=300)
+    | st.text(max_size=300)
+    | st.builds(lambda tail: "app;dur=" + tail, st.text(max_size=40))
+)
+def test_server_timing_parser_is_total_on_any_value(value: bytes | str) -> None:
+    duration = parse_server_timing(value)
+    assert duration is None or isinstance(duration, float)
 
 
 def _read(raw: bytes, method: str = "GET") -> http.client.HTTPResponse:
