@@ -16,9 +16,16 @@ CHILD = (
     "from kestrel_local.processes import run_below_serving\n"
     "run_below_serving()\n"
     "group = pathlib.Path('/proc/self/autogroup')\n"
-    "print(os.nice(0), group.read_text().split()[-1] if group.exists() else '-')\n"
+    "words = group.read_text().split() if group.exists() else []\n"
+    "print(os.nice(0), words[-1] if words else '-')\n"
 )
 AUTOGROUPS = Path("/proc/self/autogroup").exists()
+
+
+def _own_group_nice() -> str:
+    """This process's autogroup nice; '-' for the root group, whose file reads empty."""
+    words = Path("/proc/self/autogroup").read_text().split()
+    return words[-1] if words else "-"
 
 
 def _child(new_session: bool) -> tuple[int, str]:
@@ -39,8 +46,8 @@ def test_run_below_serving_raises_the_nice_of_a_process_and_of_the_session_it_le
 
 @pytest.mark.skipif(not AUTOGROUPS, reason="the kernel has no scheduling autogroups")
 def test_run_below_serving_leaves_a_session_it_does_not_lead_as_it_was() -> None:
-    before = Path("/proc/self/autogroup").read_text().split()[-1]
+    before = _own_group_nice()
     nice, group = _child(new_session=False)
     assert nice == max(BATCH_NICE, os.nice(0))
     assert group == before
-    assert Path("/proc/self/autogroup").read_text().split()[-1] == before
+    assert _own_group_nice() == before
