@@ -11,6 +11,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from kestrel import clients
 from kestrel.click_streaming import ClickPath
 from kestrel.stream_batch import (
+    build_at_init,
     click_metrics,
     collect_less_often,
     kinesis_processor,
@@ -22,6 +23,7 @@ logger = Logger()
 metrics = Metrics()
 processor = kinesis_processor()
 collect_less_often()  # batches allocate many short-lived objects
+build_at_init(clients.click_path, logger)
 
 
 @metrics.log_metrics

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from statistics import median
 from typing import Any
 
@@ -36,6 +37,23 @@ def collect_less_often() -> None:
     The older generations keep their defaults' ratio (10 and 10).
     """
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
+def build_at_init(build: Callable[[], object], logger: Logger) -> None:
+    """Build the function's path in Lambda's init phase, so the first batch waits for nothing.
+
+    Models load and clients are made while the environment starts: on AWS before its first
+    invoke, in the local runtime while it warms environments, before any record is read.
+    Only inside a Lambda environment (``AWS_LAMBDA_FUNCTION_NAME`` set), so importing a
+    handler anywhere else does no I/O. A failure (an endpoint not up yet) is logged and
+    left to the first invoke, which builds the path again: the factories cache no failure.
+    """
+    if "AWS_LAMBDA_FUNCTION_NAME" not in os.environ:
+        return
+    try:
+        build()
+    except Exception:  # init must not die: the first invoke builds the path again
+        logger.exception("could not build the function's path at init; the first batch will")
 
 
 def kinesis_processor() -> BatchProcessor:
