@@ -47,6 +47,7 @@ from kestrel.events import iso_ms
 from kestrel.settings import LocalSettings, default_model_dir, redact_url
 from kestrel_local.api_server import ServeError, api_key
 from kestrel_local.aws import AwsClients, apply_local_endpoint_defaults
+from kestrel_local.demo_api_load import ApiLoad
 from kestrel_local.demo_children import Children, wait_http, wait_line
 from kestrel_local.demo_clicks import (
     DEFAULT_CLICK_API_RATE,
@@ -67,7 +68,6 @@ from kestrel_local.demo_input import (
 )
 from kestrel_local.demo_report import DemoSummary, percentile, summary_table
 from kestrel_local.demo_runner import (
-    ApiLoad,
     DemoError,
     Progress,
     backfill_history,
@@ -269,11 +269,11 @@ def run(args: argparse.Namespace, settings: LocalSettings, children: Children) -
         click_api = ApiLoad(args.port, key, api_bodies(clicks), rate, "/v1/propensity")
         lag = Lag(args.click_rate) if clicks else None
         progress = Progress(args.port, key, args.duration, len(tx), args.rate, lag)
+        api.start()  # before the stream: their start-up takes no CPU from its first seconds
+        click_api.start()
         started = time.monotonic()
         for thread in threads:
             thread.start()
-        api.start()
-        click_api.start()
         progress.start()
         poisoned = False
         while any(t.is_alive() for t in threads):

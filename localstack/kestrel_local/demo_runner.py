@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import math
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import redis
 from kestrel.adapters.glue_registry import GlueSchemaRegistry
 from kestrel.adapters.redis_scripts import decision_key
 from kestrel_local.aws import AwsClients
+from kestrel_local.demo_api_load import ApiLoad, request
 from kestrel_local.demo_clicks import Lag, progress_part
 from kestrel_local.demo_input import DemoInput
 from kestrel_local.demo_report import (
@@ -29,7 +29,6 @@ from kestrel_local.demo_report import (
     known_cards,
     percentile,
 )
-from kestrel_local.http_wire import parse_server_timing
 from kestrel_local.template import PhysicalResource
 from kestrel_ops.backfill import BackfillReport, ProgressLine, StoreFailed, backfill, open_store
 from kestrel_ops.backfill_sources import ParquetHistory
@@ -42,109 +41,17 @@ class DemoError(RuntimeError):
     """The demo cannot go on; the message says why and what to do."""
 
 
-def _request(
-    conn: http.client.HTTPConnection, method: str, path: str, key: str, body: bytes | None = None
-) -> tuple[int, bytes, float | None]:
-    """Status, body and the handler's own time in ms (Server-Timing ``app;dur``; None: none)."""
-    headers = {"x-api-key": key}
-    if body is not None:
-        headers["content-type"] = "application/json"
-    conn.request(method, path, body=body, headers=headers)
-    response = conn.getresponse()
-    timing = parse_server_timing(response.getheader("Server-Timing") or "")
-    return response.status, response.read(), timing
-
-
 def telemetry(port: int, key: str, window_s: float) -> dict[str, Any]:
     """The API's `/v1/telemetry` snapshot over the last `window_s` seconds."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        code, body, _ = _request(conn, "GET", f"/v1/telemetry?window={max(1, int(window_s))}", key)
+        code, body, _ = request(conn, "GET", f"/v1/telemetry?window={max(1, int(window_s))}", key)
     finally:
         conn.close()
     if code != 200:
         raise DemoError(f"/v1/telemetry answered {code}: {body[:200]!r}")
     loaded: dict[str, Any] = json.loads(body)
     return loaded
-
-
-def _score_loop(
-    port: int, key: str, bodies: Sequence[bytes], rate: float, stop: Any, results: Any,
-    path: str = "/v1/score",
-) -> None:  # fmt: skip
-    """In its own process: POST one body every 1/rate s until `stop`; send back the timings
-    (round trip and in-handler ms of each answered request) and the errors."""
-    latencies, handler, errors = [], [], 0
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    start = time.monotonic()
-    for i in range(10**9):
-        if stop.wait(max(0.0, start + i / rate - time.monotonic())):
-            break
-        sent = time.perf_counter()
-        try:
-            code, _, in_handler = _request(conn, "POST", path, key, bodies[i % len(bodies)])
-        except (OSError, http.client.HTTPException):
-            errors += 1
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            continue
-        latencies.append((time.perf_counter() - sent) * 1000.0)
-        if in_handler is not None:
-            handler.append(in_handler)
-        errors += code != 200
-    conn.close()
-    results.send((latencies, handler, errors))
-
-
-class ApiLoad:
-    """Scores streamed records through `path` (`POST /v1/score` by default) at a steady rate,
-    keep-alive.
-
-    The requests come from a process of their own: from the demo's process, busy producing,
-    each reply would wait for the interpreter lock and the client's delay would be counted
-    as the API's.
-    """
-
-    def __init__(
-        self,
-        port: int,
-        key: str,
-        records: Sequence[dict[str, Any]],
-        rate: float,
-        path: str = "/v1/score",
-    ) -> None:
-        self.rate = rate
-        self.latencies_ms: list[float] = []
-        self.in_handler_ms: list[float] = []  # Server-Timing of each answered request
-        self.errors = 0
-        context = multiprocessing.get_context("spawn")
-        self._stop_event = context.Event()
-        self._results, sender = context.Pipe(duplex=False)
-        bodies = [
-            json.dumps(records[(i * 7919) % len(records)]).encode()
-            for i in range(4096 if records else 0)
-        ]
-        self._sending = bool(bodies)
-        self._process = context.Process(
-            target=_score_loop,
-            args=(port, key, bodies, rate, self._stop_event, sender, path),
-            name=f"demo-api-load{path.replace('/', '-')}",
-            daemon=True,
-        )
-
-    def start(self) -> None:
-        """Start sending (nothing at a rate of 0 or without records)."""
-        if self.rate > 0 and self._sending:
-            self._process.start()
-
-    def stop(self) -> None:
-        """Stop sending and collect the timings."""
-        if not self._process.is_alive():
-            return
-        self._stop_event.set()
-        if self._results.poll(30):
-            self.latencies_ms, self.in_handler_ms, self.errors = self._results.recv()
-        self._process.join(10)
 
 
 class Progress(threading.Thread):

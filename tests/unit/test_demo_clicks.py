@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from kestrel_local.demo_api_load import ApiLoad
 from kestrel_local.demo_clicks import (
     ClickSummary,
     Lag,
@@ -14,7 +15,6 @@ from kestrel_local.demo_clicks import (
     tenths,
 )
 from kestrel_local.demo_report import DemoSummary, summary_table
-from kestrel_local.demo_runner import ApiLoad
 
 
 def snap(p50_ms: float | None, current: float) -> dict[str, object]:
@@ -94,7 +94,7 @@ def test_api_load_without_records_sends_nothing() -> None:
     assert load.latencies_ms == [] and load.errors == 0
     idle = ApiLoad(port=1, key="k", records=[], rate=10.0, path="/v1/propensity")
     idle.start()
-    assert not idle._process.is_alive()
+    assert not idle.running()
     idle.stop()
 
 
