@@ -21,7 +21,11 @@ from types import FrameType
 
 from kestrel.settings import LocalSettings, SettingsError
 from kestrel_local.emulator.patches import UnsupportedMotoVersionError
-from kestrel_local.emulator.server import EmulatorServer, NonLoopbackHostError
+from kestrel_local.emulator.server import (
+    EmulatorServer,
+    NonLoopbackHostError,
+    freeze_after_full_collections,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    freeze_after_full_collections()
     server.start()
     mode = "patched" if server.patched else "unpatched"
     print(f"kestrel emulator listening on {server.url} ({mode})", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ the route never shadows an AWS API call.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import logging
@@ -68,6 +69,26 @@ def health_middleware(app: WSGIApp, patched: bool) -> WSGIApp:
         return app(environ, start_response)
 
     return wrapped
+
+
+def freeze_after_full_collections() -> Callable[[], None]:
+    """After each full collection, move what survived out of the collector's reach (`gc.freeze`).
+
+    The emulator keeps every stream record, queue message and object it stores for the
+    stream's retention, millions of Python objects after a demo. Each full collection
+    rescanned all of them while holding the interpreter lock: 165 ms for 750,000 Kinesis
+    records on an idle core, long enough to stall every GetRecords and show as a freshness
+    spike. What survived a full collection is frozen, so the next one scans only what was
+    stored since. Frozen objects are still freed when their last reference goes; only a
+    cycle among them would be kept. Returns the function that stops doing it.
+    """
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info.get("generation") == 2:
+            gc.freeze()
+
+    gc.callbacks.append(callback)
+    return lambda: gc.callbacks.remove(callback)
 
 
 class EmulatorServer:
