@@ -32,22 +32,17 @@ class Counter:
         return object()
 
 
-def test_build_at_init_does_nothing_outside_a_lambda_environment(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(("function_name", "builds"), [(None, 0), ("TransactionsFunction", 1)])
+def test_build_at_init_builds_once_inside_a_lambda_environment_only(
+    function_name: str | None, builds: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    if function_name is None:
+        monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    else:
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", function_name)
     build = Counter()
     build_at_init(build, Logger(service="test"))
-    assert build.calls == 0
-
-
-def test_build_at_init_builds_once_inside_a_lambda_environment(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "TransactionsFunction")
-    build = Counter()
-    build_at_init(build, Logger(service="test"))
-    assert build.calls == 1
+    assert build.calls == builds
 
 
 def test_build_at_init_logs_a_failure_and_lets_the_import_go_on(
