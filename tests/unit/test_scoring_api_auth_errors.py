@@ -257,3 +257,14 @@ def test_api_server_timing_is_on_503_too(api: Api) -> None:
     response = api.get("/v1/customers/C-1/features")
     assert response.status_code == 503
     assert SERVER_TIMING.match(header(response, "Server-Timing") or "")
+
+
+@pytest.mark.parametrize("content_type", ["application/octet-stream", "image/png", "text/plain"])
+def test_api_refuses_a_body_that_is_not_json_with_415_whatever_its_bytes(
+    api: Api, content_type: str
+) -> None:
+    headers = {"content-type": content_type, "x-api-key": KEY}
+    response = api.client.http.post("/v1/score", headers=headers, body=b"\xff\xfe\x00{")
+    assert response.status_code == 415
+    assert "Unsupported media type" in response.json_body["Message"]
+    assert api.reader.calls == Counter()
