@@ -14,9 +14,10 @@ from uuid import UUID
 
 import redis
 
+from kestrel.batch_outcome import BatchOutcome
 from kestrel.codec import schema_definition
 from kestrel.ports import DeadLetter
-from kestrel.streaming import BatchOutcome, TransactionPath
+from kestrel.streaming import TransactionPath
 
 VERSION = UUID("5e57c0de-0000-4000-8000-000000000002")  # transaction.v2, registered nowhere
 

@@ -17,11 +17,11 @@ from telemetry_doubles import MemoryTelemetry
 from test_click_propensity import MemoryPropensities, SessionModel, Source, _scorer
 from test_clickstream_handler import CLICKS, NOW_S, MemoryClickStore
 
+from kestrel.batch_outcome import BatchOutcome
 from kestrel.click_events import parse_click
 from kestrel.click_streaming import ClickPath
 from kestrel.click_telemetry import click_figures
 from kestrel.propensity import Propensity
-from kestrel.streaming import BatchOutcome
 from kestrel.telemetry import freshness_bins, transaction_figures
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -63,7 +63,7 @@ def _set_frame(record: dict[str, Any], frame: bytes) -> None:
 
 
 def _streaming_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "kestrel.streaming"]
+    return [r for r in caplog.records if r.name == "kestrel.record_decoding"]
 
 
 def test_transactions_handler_retries_from_a_throttled_lookup_and_logs_it_once(
@@ -132,7 +132,7 @@ def test_labels_handler_logs_the_missing_permission_once_and_retries_the_rest(
     path = LabelPath(
         label_decoder(GlueSchemaRegistry(glue.api, "kestrel")), ports.store, ports.sink, ports.log
     )
-    caplog.set_level(logging.WARNING, logger="kestrel.streaming")
+    caplog.set_level(logging.WARNING, logger="kestrel.record_decoding")
 
     response = LABELS.lambda_handler(
         event, FakeContext(function_name="kestrel-LabelsFunction"), path=path

@@ -209,7 +209,7 @@ def test_shadow_scoring_skips_empty_batches_and_a_missing_challenger() -> None:
 
 
 def test_shadow_telemetry_counts_scores_names_the_challenger_and_shows_it() -> None:
-    from kestrel.streaming import BatchOutcome
+    from kestrel.batch_outcome import BatchOutcome
 
     outcome = BatchOutcome(
         applied=3, scores=[0.1, 0.2, 0.3], model_version="4",
@@ -242,8 +242,8 @@ def test_shadow_telemetry_counts_scores_names_the_challenger_and_shows_it() -> N
 def test_shadow_metrics_report_the_challengers_latency(error: str | None) -> None:
     from aws_lambda_powertools import Metrics
 
+    from kestrel.batch_outcome import BatchOutcome
     from kestrel.stream_batch import transaction_metrics
-    from kestrel.streaming import BatchOutcome
 
     metrics = Metrics(namespace="Kestrel", service="kestrel")
     outcome = BatchOutcome(applied=1, shadow=Shadow("9", [] if error else [0.5], 1.5, error))

@@ -11,6 +11,7 @@ from uuid import UUID
 import pytest
 from stream_doubles import AppliesInParts, MemoryDecisions, shipped_scorer
 
+from kestrel.batch_outcome import BatchOutcome, RecordFailed, batch_id
 from kestrel.codec import AvroEncoder, schema_definition, transaction_decoder
 from kestrel.events import Label, Transaction, parse_label, parse_transaction
 from kestrel.features import (
@@ -25,7 +26,7 @@ from kestrel.features import (
 )
 from kestrel.ports import DeadLetter, UnknownSchemaVersion
 from kestrel.scoring import NoModelError, Scorer
-from kestrel.streaming import BatchOutcome, LabelPath, RecordFailed, TransactionPath, batch_id
+from kestrel.streaming import LabelPath, TransactionPath
 
 ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/kestrel-transactions"
 SHARD = "shardId-000000000003"

@@ -14,7 +14,8 @@ from test_streaming import T0, MemoryEventLog, MemorySink, RecordingStore, _reco
 
 from kestrel.events import Transaction, parse_transaction
 from kestrel.ports import SchemaRegistryUnavailable
-from kestrel.streaming import STORE_PART, TransactionPath
+from kestrel.record_decoding import STORE_PART
+from kestrel.streaming import TransactionPath
 
 COUNT = 2 * STORE_PART + 37
 
@@ -94,7 +95,7 @@ def test_transaction_path_retries_from_a_registry_failure_in_a_later_part(
         str(1000 + n): "schema registry throttled: Rate exceeded" for n in range(failing_at, COUNT)
     }
     assert len(decisions.published) == failing_at
-    (logged,) = [r for r in caplog.records if r.name == "kestrel.streaming"]
+    (logged,) = [r for r in caplog.records if r.name == "kestrel.record_decoding"]
     assert logged.getMessage().startswith(
         f"schema registry throttled: {COUNT - failing_at} records to retry from sequence number "
         f"{1000 + failing_at}"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from telemetry_doubles import FixedDepths, MemoryDrift, MemoryTelemetry
 
-from kestrel.streaming import BatchOutcome
+from kestrel.batch_outcome import BatchOutcome
 from kestrel.telemetry import (
     FRESHNESS_BINS,
     FRESHNESS_MAX,

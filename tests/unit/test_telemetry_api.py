@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kestrel.adapters.prometheus_telemetry import StreamCollector
+from kestrel.batch_outcome import BatchOutcome
 from kestrel.events import Transaction
 from kestrel.features import TransactionPreview
-from kestrel.streaming import BatchOutcome
 from kestrel.telemetry import TelemetrySnapshot, label_figures, transaction_figures
 from kestrel_local.__main__ import _parser
 from kestrel_local.metrics_server import DEFAULT_PORT, serve_metrics

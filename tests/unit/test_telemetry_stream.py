@@ -23,9 +23,10 @@ from stream_doubles import shipped_scorer
 from telemetry_doubles import MemoryTelemetry
 
 from kestrel.adapters.sqs_queue_depths import SqsQueueDepths
+from kestrel.batch_outcome import BatchOutcome
 from kestrel.events import parse_label, parse_transaction
 from kestrel.stream_batch import dlq_depth_metrics, log_outcome
-from kestrel.streaming import BatchOutcome, LabelPath, TransactionPath
+from kestrel.streaming import LabelPath, TransactionPath
 from kestrel.telemetry import CachedDepths
 
 

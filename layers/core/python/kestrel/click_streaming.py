@@ -4,11 +4,12 @@
 (poison goes to the dead-letter sink with its reason; an event dated more than
 `max_future_s` after it reached the stream is poison too; when the schema registry cannot
 answer, that record and the rest are retried), applies the valid events to the click store
-in parts (`kestrel.streaming.parts_for_store`: the store applies the next part while this
-one is handled), computes each event's feature vector (`kestrel.click_features`), scores the
-vectors with the propensity model in one call (`kestrel.propensity`), stores each user's
-latest propensity (`PropensitySink`), logs the events with their vectors and propensities to
-the event log (``events/clicks/``), then says which records must be retried.
+in parts (`kestrel.record_decoding.BatchDecoder.parts_for_store`: the store applies the
+next part while this one is handled), computes each event's feature vector
+(`kestrel.click_features`), scores the vectors with the propensity model in one call
+(`kestrel.propensity`), stores each user's latest propensity (`PropensitySink`), logs the
+events with their vectors and propensities to the event log (``events/clicks/``), then says
+which records must be retried.
 
 Without a usable propensity model (none in the layer, or refused), the batch goes on
 without scores: features are stored and events logged with ``propensity`` null, and one
@@ -30,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
+from kestrel.batch_outcome import BatchOutcome, batch_id
 from kestrel.click_events import ClickEvent, check_click_not_ahead_of_arrival
 from kestrel.click_features import CLICK_FEATURE_SET_HASH, AppliedClick, click_feature_vector
 from kestrel.click_telemetry import click_figures
@@ -37,8 +39,9 @@ from kestrel.events import DEFAULT_MAX_FUTURE_S
 from kestrel.monitoring_ports import TelemetrySink
 from kestrel.ports import DeadLetterSink, EventLog
 from kestrel.propensity import Propensity, PropensitySink, latest_per_user
+from kestrel.record_decoding import BatchDecoder
 from kestrel.scoring import NoModelError, Scorer
-from kestrel.streaming import BatchOutcome, _observed, batch_id, parts_for_store
+from kestrel.streaming import _observed
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +76,10 @@ class ClickPath:
         propensities: PropensitySink | None = None,
         telemetry: TelemetrySink | None = None,
     ) -> None:
-        self._decode, self._store, self._dead_letters = decode, store, dead_letters
-        self._event_log, self._clock, self._max_future_s = event_log, clock, max_future_s
+        self._decoder = BatchDecoder(
+            decode, dead_letters, max_future_s, check_click_not_ahead_of_arrival
+        )
+        self._store, self._event_log, self._clock = store, event_log, clock
         self._scorer, self._propensities = scorer, propensities
         self._telemetry = telemetry
         self._warned = False  # the no-model warning was given (and no model served since)
@@ -89,10 +94,7 @@ class ClickPath:
         if not records:
             return outcome
         # As in the fraud path: each part is handled here while the store applies the next.
-        waiting, events = parts_for_store(
-            records, self._decode, self._dead_letters, outcome, self._max_future_s,
-            check_click_not_ahead_of_arrival,
-        )  # fmt: skip
+        waiting, events = self._decoder.parts_for_store(records, outcome)
         logged, kept, vectors, arrivals_ms = [], [], [], []
         for results in self._store.apply_clicks_in_parts(events):
             now_ms = self._clock() * 1000

@@ -24,7 +24,7 @@ from kestrel.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from kestrel.streaming import BatchOutcome
+    from kestrel.batch_outcome import BatchOutcome
 
 CLICK_COUNTERS = ("applied", "duplicates", "poison", "failed", "batches", "batch_errors")
 

@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from kestrel.streaming import BatchOutcome
+from kestrel.batch_outcome import BatchOutcome
 
 # Allocations between two young-generation collections in a stream handler's process.
 GC_YOUNG_THRESHOLD = 20_000

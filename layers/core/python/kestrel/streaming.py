@@ -2,7 +2,7 @@
 
 `TransactionPath.run` decodes every record (poison goes to the dead-letter sink with its
 reason; a record dated more than `max_future_s` after it reached the stream is poison too),
-applies the valid ones to the feature store in parts of `STORE_PART` (the store runs the
+applies the valid ones to the feature store in parts (`kestrel.record_decoding`: the store runs the
 next part while this one is scored), and publishes a decision for each (Redis, the
 decisions stream) in one batch, logs them with
 their features and decisions to the event log, and returns which records must be retried.
@@ -20,75 +20,33 @@ as ``correlation_id``.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from kestrel.batch_outcome import BatchOutcome, batch_id
 from kestrel.decisions import DecisionRecord, decide_with_model
 from kestrel.events import (
     DEFAULT_MAX_FUTURE_S,
     Label,
-    PoisonRecord,
     Transaction,
     check_not_ahead_of_arrival,
-    decode_base64,
 )
 from kestrel.features import FEATURE_SET_HASH, cold_start, feature_vector
 from kestrel.monitoring_ports import TelemetrySink
 from kestrel.ports import (
-    DeadLetter,
     DeadLetterSink,
     DecisionSink,
     EventLog,
     FeatureStore,
-    SchemaRegistryUnavailable,
 )
+from kestrel.record_decoding import BatchDecoder
 from kestrel.scoring import Scorer
-from kestrel.shadow import Shadow, shadow_score
+from kestrel.shadow import shadow_score
 from kestrel.telemetry import BatchFigures, error_figures, label_figures, transaction_figures
 
 log = logging.getLogger(__name__)
-
-
-class RecordFailed(Exception):
-    """This record must be retried (its reason is the message)."""
-
-
-@dataclass
-class BatchOutcome:
-    """What happened to each record of one batch, keyed by sequence number."""
-
-    failures: dict[str, str] = field(default_factory=dict)
-    applied: int = 0
-    duplicates: int = 0
-    poisoned: int = 0
-    vectors: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    decisions: dict[str, int] = field(default_factory=dict)
-    arrival_lag_ms: list[float] = field(default_factory=list)
-    event_lag_ms: list[float] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    model_version: str | None = None
-    scoring_ms: float | None = None
-    labels: int = 0
-    frauds: int = 0
-    shadow: Shadow | None = None  # the challenger's scores, when one is set (kestrel.shadow)
-
-    def check(self, sequence_number: str) -> None:
-        """Raise `RecordFailed` if the record with this sequence number must be retried."""
-        reason = self.failures.get(sequence_number)
-        if reason is not None:
-            raise RecordFailed(reason)
-
-
-def batch_id(records: Sequence[Mapping[str, Any]]) -> str:
-    """A stable id for a batch: shard, first and last sequence numbers."""
-    shard = str(records[0]["eventID"]).split(":", 1)[0]
-    first, last = records[0]["kinesis"]["sequenceNumber"], records[-1]["kinesis"]["sequenceNumber"]
-    return f"{shard}-{first}-{last}"
 
 
 def _record(sink: TelemetrySink | None, figures: Callable[[], BatchFigures]) -> None:
@@ -134,113 +92,6 @@ def _debug_decided(logged: Sequence[Mapping[str, Any]]) -> None:
         )  # fmt: skip
 
 
-def _registry_unavailable(
-    rest: Sequence[Mapping[str, Any]], exc: SchemaRegistryUnavailable, outcome: BatchOutcome
-) -> None:
-    """Mark `rest` for retry and log the registry's failure once for the batch."""
-    for record in rest:
-        outcome.failures[record["kinesis"]["sequenceNumber"]] = f"schema registry {exc}"
-    level = logging.ERROR if exc.kind == "access_denied" else logging.WARNING
-    log.log(
-        level,
-        "schema registry %s: %d records to retry from sequence number %s: %s",
-        exc.kind,
-        len(rest),
-        rest[0]["kinesis"]["sequenceNumber"],
-        exc.detail,
-        extra={"registry_error": exc.kind, "records_to_retry": len(rest)},
-    )
-
-
-def _decode_parts(
-    records: Sequence[Mapping[str, Any]],
-    decode: Callable[[bytes], Any],
-    dead_letters: DeadLetterSink,
-    outcome: BatchOutcome,
-    max_future_s: float,
-    size: int,
-    check: Callable[[Any, float, float], None],
-) -> Iterator[list[tuple[Mapping[str, Any], Any]]]:
-    """Decode and check each record, yielding the valid ones `size` at a time (never an
-    empty list), the first two parts a quarter and a half of it, so the store starts on
-    the batch sooner; park poison in the sink (a sink failure: retry the record).
-
-    An event dated more than `max_future_s` after its record reached the stream (its
-    `approximateArrivalTimestamp`, not the wall clock, so replays stay valid) is poison
-    (`check` says so for the event's family). When the schema registry cannot answer
-    (throttled, access denied, down), that record and every later one are retried (the
-    shard's checkpoint stops at the first failure anyway) without asking the registry
-    again, and the batch logs it once.
-    """
-    decoded: list[tuple[Mapping[str, Any], Any]] = []
-    sizes = itertools.chain((max(1, size // 4), max(1, size // 2)), itertools.repeat(size))
-    part = next(sizes)
-    for index, record in enumerate(records):
-        kinesis = record["kinesis"]
-        try:
-            event = decode(decode_base64(kinesis["data"]))
-            arrival_ms = float(kinesis["approximateArrivalTimestamp"]) * 1000.0
-            check(event, arrival_ms, max_future_s)
-            decoded.append((record, event))
-        except SchemaRegistryUnavailable as exc:
-            _registry_unavailable(records[index:], exc, outcome)
-            break
-        except PoisonRecord as poison:
-            try:
-                dead_letters.send(DeadLetter.from_kinesis_record(record, poison))
-                outcome.poisoned += 1
-            except Exception as exc:  # noqa: BLE001 - never drop it: retry the record instead
-                outcome.failures[kinesis["sequenceNumber"]] = f"dead-letter send failed: {exc}"
-        if len(decoded) == part:
-            yield decoded
-            decoded, part = [], next(sizes)
-    if decoded:
-        yield decoded
-
-
-def parts_for_store(
-    records: Sequence[Mapping[str, Any]],
-    decode: Callable[[bytes], Any],
-    dead_letters: DeadLetterSink,
-    outcome: BatchOutcome,
-    max_future_s: float,
-    check: Callable[[Any, float, float], None],
-) -> tuple[deque[list[tuple[Mapping[str, Any], Any]]], Iterator[list[Any]]]:
-    """The batch's valid events in parts of `STORE_PART` for a store's ``..._in_parts``
-    (`_decode_parts`, decoded as the store asks for them), and the queue where each part's
-    (record, event) pairs wait, oldest first, until the store yields its results."""
-    waiting: deque[list[tuple[Mapping[str, Any], Any]]] = deque()
-
-    def events() -> Iterator[list[Any]]:
-        for part in _decode_parts(
-            records, decode, dead_letters, outcome, max_future_s, STORE_PART, check
-        ):
-            waiting.append(part)
-            yield [event for _, event in part]
-
-    return waiting, events()
-
-
-def _decode_all(
-    records: Sequence[Mapping[str, Any]],
-    decode: Callable[[bytes], Any],
-    dead_letters: DeadLetterSink,
-    outcome: BatchOutcome,
-    max_future_s: float,
-) -> list[tuple[Mapping[str, Any], Any]]:
-    """`_decode_parts` of the whole batch at once."""
-    parts = _decode_parts(
-        records, decode, dead_letters, outcome, max_future_s, len(records),
-        check_not_ahead_of_arrival,
-    )  # fmt: skip
-    return [pair for part in parts for pair in part]
-
-
-# Transactions per part of a batch sent to the store: the store applies the next part while
-# this one is scored, so the stream's Python and Redis overlap on two cores.
-STORE_PART = 100
-
-
 class TransactionPath:
     """Transactions: decode, apply features once, score, decide, log, report retries.
 
@@ -262,10 +113,10 @@ class TransactionPath:
         telemetry: TelemetrySink | None = None,
         challenger: Scorer | None = None,
     ) -> None:
-        self._decode, self._store, self._dead_letters = decode, store, dead_letters
-        self._event_log, self._clock = event_log, clock
+        self._decoder = BatchDecoder(decode, dead_letters, max_future_s, check_not_ahead_of_arrival)
+        self._store, self._event_log, self._clock = store, event_log, clock
         self._scorer, self._decisions = scorer, tuple(decisions)
-        self._max_future_s, self._telemetry = max_future_s, telemetry
+        self._telemetry = telemetry
         self.challenger = challenger  # shadow-scores every batch (None: no shadow work)
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
@@ -276,10 +127,7 @@ class TransactionPath:
         """`run` without the telemetry."""
         outcome = BatchOutcome()
         # While the store applies the next part, this one is scored.
-        waiting, transactions = parts_for_store(
-            records, self._decode, self._dead_letters, outcome, self._max_future_s,
-            check_not_ahead_of_arrival,
-        )  # fmt: skip
+        waiting, transactions = self._decoder.parts_for_store(records, outcome)
         scored: list[tuple[Mapping[str, Any], Transaction]] = []
         vectors: list[tuple[float, ...]] = []
         decisions: list[DecisionRecord] = []
@@ -374,8 +222,8 @@ class LabelPath:
         telemetry: TelemetrySink | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._decode, self._store, self._dead_letters = decode, store, dead_letters
-        self._event_log, self._max_future_s = event_log, max_future_s
+        self._decoder = BatchDecoder(decode, dead_letters, max_future_s, check_not_ahead_of_arrival)
+        self._store, self._event_log = store, event_log
         self._telemetry, self._clock = telemetry, clock
 
     def run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
@@ -385,9 +233,7 @@ class LabelPath:
     def _run(self, records: Sequence[Mapping[str, Any]]) -> BatchOutcome:
         """`run` without the telemetry."""
         outcome = BatchOutcome()
-        decoded = _decode_all(
-            records, self._decode, self._dead_letters, outcome, self._max_future_s
-        )
+        decoded = self._decoder.all(records, outcome)
         frauds = [(record, label) for record, label in decoded if label.is_fraud]
         results = self._store.apply_labels([label for _, label in frauds])
         failed = set()

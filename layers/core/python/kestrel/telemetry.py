@@ -33,7 +33,7 @@ from kestrel.events import iso_ms
 from kestrel.monitoring_ports import DriftStatusReader, QueueDepths, TelemetrySource
 
 if TYPE_CHECKING:
-    from kestrel.streaming import BatchOutcome
+    from kestrel.batch_outcome import BatchOutcome
 
 MAX_WINDOW_S = 3600  # the longest window a snapshot reads
 BUCKET_TTL_S = MAX_WINDOW_S + 300  # how long a per-second bucket is kept
