@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import cProfile
+import dataclasses
 import pstats
 import statistics
 import time
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kestrel import streaming
+from kestrel import record_decoding, streaming
 from kestrel.adapters import redis_evalsha
 from kestrel.adapters.kinesis_decisions import KinesisDecisionStream
 from kestrel.adapters.redis_decisions import RedisDecisions
@@ -30,8 +31,7 @@ class StoreWire(InFlight):
 def phase_timers(bench: Bench, totals: dict[str, float]) -> Iterator[None]:
     """Wrap the handler's parts with wall-clock timers (summed into `totals`), then restore."""
     targets: list[tuple[Any, str]] = [
-        (bench.app, "lambda_handler"), (bench.path, "run"), (streaming, "decode_base64"),
-        (bench.path, "_decode"), (streaming, "check_not_ahead_of_arrival"),
+        (bench.app, "lambda_handler"), (bench.path, "run"), (record_decoding, "decode_base64"),
         (bench.store, "_calls"), (bench.store, "_commands"), (bench.store._batches, "_resend"),
         (bench.store, "_applied"), (StoreWire, "send"), (StoreWire, "read"),
         (streaming, "feature_vector"),
@@ -43,22 +43,34 @@ def phase_timers(bench: Bench, totals: dict[str, float]) -> Iterator[None]:
     for owner, attr in targets:
         original = getattr(owner, attr)
         saved.append((owner, attr, original, attr in vars(owner)))
-
-        def timed(*args: Any, _f: Any = original, _n: str = attr, **kw: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return _f(*args, **kw)
-            finally:
-                totals[_n] = totals.get(_n, 0.0) + time.perf_counter() - t0
-
-        setattr(owner, attr, timed)
+        setattr(owner, attr, _timed(original, attr, totals))
+    decoder = bench.path._decoder  # frozen: a timed copy stands in for it
+    bench.path._decoder = dataclasses.replace(
+        decoder,
+        decode=_timed(decoder.decode, "_decode", totals),
+        check=_timed(decoder.check, "check_not_ahead_of_arrival", totals),
+    )
     setattr(redis_evalsha, "InFlight", StoreWire)  # noqa: B010 - not re-exported there
     try:
         yield
     finally:
         setattr(redis_evalsha, "InFlight", InFlight)  # noqa: B010
+        bench.path._decoder = decoder
         for owner, attr, original, own in reversed(saved):
             setattr(owner, attr, original) if own else delattr(owner, attr)
+
+
+def _timed(function: Any, name: str, totals: dict[str, float]) -> Any:
+    """`function`, its wall-clock time summed into ``totals[name]``."""
+
+    def timed(*args: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return function(*args, **kw)
+        finally:
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
+
+    return timed
 
 
 # The stages' figure names (engine.stage.<name>_us), by their label in the breakdown.
