@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
+from http_harness import loopback_http_server
 
 from kestrel_local.demo_api_load import ApiLoad
 
@@ -41,14 +41,8 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server_port() -> Iterator[int]:
     Handler.bodies, Handler.keys = [], set()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_http_server(Handler) as port:
+        yield port
 
 
 def test_api_load_sends_the_records_at_its_rate_and_reports_each_request(server_port: int) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from http_harness import loopback_http_server
 
 from bench.loadgen import run_open_loop, schedule_ns
 from bench.loadgen_http import prepare_requests
@@ -43,15 +43,8 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server_port() -> Iterator[int]:
     Handler.seen = 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_http_server(Handler) as port:
+        yield port
 
 
 def test_loadgen_http_times_a_server_stall_from_the_intended_send_times(server_port: int) -> None:
